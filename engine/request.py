@@ -1,0 +1,289 @@
+"""GenerationRequest: the one description of a run (ARCHITECTURE.md, "The request is the contract").
+
+This module must stay free of torch/diffusers imports: the TUI validates as the user types with
+these same rules, before any heavy library is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+REQUEST_FORMAT = 1
+
+EMBEDDED_MODEL = "embedded"
+
+SOLVERS: tuple[str, ...] = ("euler", "heun", "midpoint", "rk4")
+# Model evaluations per step of each solver (MATH.md section 4).
+SOLVER_STAGES: dict[str, int] = {"euler": 1, "heun": 2, "midpoint": 2, "rk4": 4}
+
+GUIDANCE_METHODS: tuple[str, ...] = ("none", "cfg", "cfg++", "tnr", "tnr-cfg")
+# Predictions per model evaluation of each method (MATH.md section 5).
+GUIDANCE_PREDICTIONS: dict[str, int] = {"none": 1, "cfg": 2, "cfg++": 2, "tnr": 1, "tnr-cfg": 2}
+DEFAULT_SCALE: dict[str, float] = {"none": 1.0, "cfg": 5.0, "cfg++": 0.8, "tnr": 1.0, "tnr-cfg": 5.0}
+
+SCHEDULES: tuple[str, ...] = ("default", "leading", "trailing", "linspace", "karras", "power")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+DTYPES: tuple[str, ...] = ("auto", "float32", "float16", "bfloat16")
+
+MAX_SEED = 2**63 - 1
+
+
+class RequestError(ValueError):
+    """A request parameter is invalid; the message is meant for the user as is."""
+
+
+@dataclass(frozen=True)
+class WeightedPrompt:
+    """One prompt of the N-prompt form (MATH.md 5) with its own scale."""
+
+    text: str
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str = ""
+    # N-prompt form: when non-empty, these prompts (with their scales) replace prompt/negative/scale in
+    # the guidance base: B = mean(p_i), base = B + sum s_i (p_i - B).
+    prompts: tuple[WeightedPrompt, ...] = ()
+    model: str = EMBEDDED_MODEL
+    width: int | None = None  # None: the model's native size
+    height: int | None = None
+    seed: int = 0
+    steps: int = 20
+    solver: str = "euler"
+    schedule: str = "default"  # "default": the spacing the model's scheduler config names
+    schedule_rho: float = 7.0  # Karras rho, and the exponent of the "power" timestep warp
+    guidance: str = "cfg"
+    scale: float | None = None  # None: the method's default (DEFAULT_SCALE)
+    tnr_power: float = 0.25  # exponent p of the TNR factor S = 2 - abar(sigma_next)**p
+    cfg_rescale: float = 0.0  # phi of CFG rescale, 0 = off
+    guidance_sigma_min: float | None = None  # outside [min, max] guidance falls back to the conditional eps
+    guidance_sigma_max: float | None = None
+    preview_every: int = 1  # cheap latent-to-RGB preview every N steps (0 = never)
+    decode_every: int = 0  # full decode every N steps (0 = only the final image)
+    device: str = "auto"
+    dtype: str = "auto"
+    tags: dict[str, str] = field(default_factory=dict)  # free labels, e.g. {"sweep": "<id>"}
+
+    def __post_init__(self) -> None:
+        # Normalise the prompts given as lists/dicts (JSON) into WeightedPrompt tuples.
+        norm = []
+        for p in self.prompts:
+            if isinstance(p, WeightedPrompt):
+                norm.append(p)
+            elif isinstance(p, dict):
+                norm.append(WeightedPrompt(str(p.get("text", "")), _as_float("prompt scale", p.get("scale", 1.0))))
+            elif isinstance(p, (list, tuple)) and len(p) == 2:
+                norm.append(WeightedPrompt(str(p[0]), _as_float("prompt scale", p[1])))
+            else:
+                raise RequestError(f"prompts: each entry must be (text, scale), got {p!r}")
+        object.__setattr__(self, "prompts", tuple(norm))
+        object.__setattr__(self, "tags", dict(self.tags))
+        self.validate()
+
+    # ---- derived values -------------------------------------------------------------------------
+
+    @property
+    def effective_scale(self) -> float:
+        return DEFAULT_SCALE[self.guidance] if self.scale is None else float(self.scale)
+
+    @property
+    def evaluations_per_step(self) -> int:
+        """Model evaluations (UNet forward passes per sample) per step; batched predictions count each."""
+        preds = len(self.prompts) if self.prompts and self.guidance != "none" and self.guidance != "tnr" else None
+        if preds is None:
+            preds = GUIDANCE_PREDICTIONS[self.guidance]
+        return SOLVER_STAGES[self.solver] * preds
+
+    @property
+    def model_evaluations(self) -> int:
+        """Upper bound on model evaluations of the run (the final step to sigma 0 is Euler: fewer)."""
+        return self.steps * self.evaluations_per_step
+
+    # ---- validation ------------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        for f in fields(self):
+            msg = validate_field(f.name, getattr(self, f.name))
+            if msg:
+                raise RequestError(msg)
+        lo, hi = self.guidance_sigma_min, self.guidance_sigma_max
+        if lo is not None and hi is not None and lo > hi:
+            raise RequestError(f"guidance sigma window: min ({lo}) is larger than max ({hi})")
+
+    # ---- JSON round trip -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["prompts"] = [{"text": p.text, "scale": p.scale} for p in self.prompts]
+        d["format"] = REQUEST_FORMAT
+        return d
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerationRequest:
+        if not isinstance(data, dict):
+            raise RequestError(f"a request must be a JSON object, got {type(data).__name__}")
+        data = dict(data)
+        fmt = data.pop("format", REQUEST_FORMAT)
+        if fmt != REQUEST_FORMAT:
+            raise RequestError(f"request format {fmt!r} is not supported (this version reads {REQUEST_FORMAT})")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RequestError(f"unknown request field(s): {', '.join(unknown)}")
+        if "prompt" not in data:
+            raise RequestError("a request needs a prompt")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> GenerationRequest:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise RequestError(f"request is not valid JSON: {e}") from None
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> GenerationRequest:
+        return replace(self, **changes)
+
+
+def _as_float(name: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise RequestError(f"{name} must be a number, got {value!r}")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise RequestError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise RequestError(f"{name} must be a finite number, got {value!r}")
+    return v
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str | None:
+    if value not in choices:
+        return f"unknown {name} {value!r}; choose one of: {', '.join(choices)}"
+    return None
+
+
+def _finite(name: str, value: Any, *, minimum: float | None = None, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{name} must be a number, got {value!r}"
+    if not math.isfinite(float(value)):
+        return f"{name} must be a finite number, got {value!r}"
+    if minimum is not None and value < minimum:
+        return f"{name} must be at least {minimum}, got {value!r}"
+    return None
+
+
+def _size(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not _is_int(value) or value <= 0 or value % 8:
+        return f"{name} must be a positive multiple of 8, got {value!r}"
+    return None
+
+
+def _count(name: str, value: Any, minimum: int) -> str | None:
+    if not _is_int(value) or value < minimum:
+        return f"{name} must be a whole number of at least {minimum}, got {value!r}"
+    return None
+
+
+def validate_field(name: str, value: Any) -> str | None:
+    """The message for an invalid value of one field, or None. Shared by the CLI and the TUI inputs."""
+    if name in ("prompt", "negative_prompt", "model"):
+        if not isinstance(value, str):
+            return f"{name} must be text, got {type(value).__name__}"
+        if name == "model" and not value.strip():
+            return "model must name a directory, a .safetensors file, a hub id, or 'embedded'"
+        return None
+    if name == "prompts":
+        for p in value:
+            if not isinstance(p, WeightedPrompt):
+                return f"prompts: each entry must be (text, scale), got {p!r}"
+            msg = _finite("prompt scale", p.scale)
+            if msg:
+                return msg
+        if value and len(value) < 2:
+            return "prompts: the N-prompt form needs at least two prompts"
+        return None
+    if name in ("width", "height"):
+        return _size(name, value)
+    if name == "seed":
+        if not _is_int(value) or not 0 <= value <= MAX_SEED:
+            return f"seed must be a whole number in 0..{MAX_SEED}, got {value!r}"
+        return None
+    if name == "steps":
+        return _count("steps", value, 1)
+    if name == "solver":
+        return _choice("solver", value, SOLVERS)
+    if name == "schedule":
+        return _choice("schedule", value, SCHEDULES)
+    if name == "schedule_rho":
+        msg = _finite("schedule rho", value)
+        if msg is None and value <= 0:
+            return f"schedule rho must be positive, got {value!r}"
+        return msg
+    if name == "guidance":
+        return _choice("guidance method", value, GUIDANCE_METHODS)
+    if name == "scale":
+        return _finite("scale", value, optional=True)
+    if name == "tnr_power":
+        msg = _finite("TNR exponent p", value)
+        if msg is None and value <= 0:
+            return f"TNR exponent p must be positive, got {value!r}"
+        return msg
+    if name == "cfg_rescale":
+        msg = _finite("CFG rescale", value)
+        if msg is None and not 0.0 <= value <= 1.0:
+            return f"CFG rescale must be between 0 and 1, got {value!r}"
+        return msg
+    if name in ("guidance_sigma_min", "guidance_sigma_max"):
+        return _finite(name.replace("_", " "), value, minimum=0.0, optional=True)
+    if name in ("preview_every", "decode_every"):
+        return _count(name.replace("_", " "), value, 0)
+    if name == "device":
+        if not isinstance(value, str) or not (value in DEVICES or value.startswith("cuda:")):
+            return f"unknown device {value!r}; choose one of: {', '.join(DEVICES)} (or cuda:N)"
+        return None
+    if name == "dtype":
+        return _choice("dtype", value, DTYPES)
+    if name == "tags":
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            return "tags must map text to text"
+        return None
+    return None
+
+
+def parse_field(name: str, text: str) -> Any:
+    """Parse a text input (CLI argument, TUI input) into a field value, raising RequestError."""
+    text = text.strip()
+    if name in ("width", "height", "seed", "steps", "preview_every", "decode_every"):
+        try:
+            value: Any = int(text)
+        except ValueError:
+            raise RequestError(f"{name.replace('_', ' ')} must be a whole number, got {text!r}") from None
+    elif name in ("scale", "tnr_power", "cfg_rescale", "schedule_rho", "guidance_sigma_min", "guidance_sigma_max"):
+        if text == "" and name in ("scale", "guidance_sigma_min", "guidance_sigma_max"):
+            return None
+        value = _as_float(name.replace("_", " "), text)
+    else:
+        value = text
+    msg = validate_field(name, value)
+    if msg:
+        raise RequestError(msg)
+    return value

@@ -1,0 +1,3 @@
+from tnr_tui.cli import main
+
+raise SystemExit(main())
