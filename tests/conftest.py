@@ -1,0 +1,30 @@
+"""Shared fixtures: a tiny random SDXL-topology model directory and an isolated data directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random SDXL-topology diffusers directory saved with `save_pretrained` (built once per session).
+
+    Two CLIP text encoders of different widths, `text_time` added conditioning, a VAE with the SDXL decoder's
+    block structure, SDXL's EulerDiscreteScheduler config, tokenizers trained on the fly. Tests load it through
+    the real loader (`engine.models.load_bundle(str(tiny_sdxl_dir))`). Treat it as read-only: copy it first
+    to modify it.
+    """
+    from engine.models.tiny import build_tiny_sdxl
+
+    return build_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl") / "tiny-sdxl")
+
+
+@pytest.fixture
+def tmp_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh lab data directory: TNR_LAB_HOME points at it for the duration of the test."""
+    data_dir = tmp_path / "tnr-lab-home"
+    data_dir.mkdir()
+    monkeypatch.setenv("TNR_LAB_HOME", str(data_dir))
+    return data_dir
