@@ -1,0 +1,201 @@
+"""The trained noise schedule and the sigma grids sampled on (MATH.md section 1).
+
+Everything is derived from the model's own scheduler config, in float64. The grids reproduce diffusers'
+`EulerDiscreteScheduler.set_timesteps` (and `HeunDiscreteScheduler`, which uses the same sigmas, each but the
+first and last visited twice): spacing `leading` (with `steps_offset`), `trailing` and `linspace`, and Karras.
+One grid is our own, the timestep-power warp:
+
+    t_i = t_max * (1 - i / N) ** rho     for i = 0 .. N-1, then sigma_N = 0,
+
+where t_max = T - 1 and sigma_i = sigma(t_i) by log-sigma interpolation of the training table. rho = 1 spaces
+the timesteps evenly (close to `trailing`); rho > 1 spends more steps at low noise, rho < 1 at high noise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+GRID_KINDS: tuple[str, ...] = ("default", "leading", "trailing", "linspace", "karras", "power")
+SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
+# The exponent each grid kind uses when the request leaves it unset.
+DEFAULT_RHO: dict[str, float] = {"karras": 7.0, "power": 1.0}
+
+
+class ScheduleError(ValueError):
+    """The scheduler config cannot be used; the message says which key and why."""
+
+
+def betas_from_config(config: dict[str, Any]) -> torch.Tensor:
+    """The training betas (float64) named by `beta_schedule`, `beta_start`, `beta_end`, `num_train_timesteps`."""
+    T = int(config.get("num_train_timesteps", 1000))
+    if config.get("trained_betas") is not None:
+        return torch.tensor(config["trained_betas"], dtype=torch.float64)
+    kind = config.get("beta_schedule", "linear")
+    start, end = float(config.get("beta_start", 0.0001)), float(config.get("beta_end", 0.02))
+    if kind == "scaled_linear":
+        return torch.linspace(math.sqrt(start), math.sqrt(end), T, dtype=torch.float64) ** 2
+    if kind == "linear":
+        return torch.linspace(start, end, T, dtype=torch.float64)
+    raise ScheduleError(f"scheduler config: beta_schedule {kind!r} is not supported (use scaled_linear or linear)")
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule:
+    betas: torch.Tensor  # [T] float64
+    alphas_cumprod: torch.Tensor  # abar[k], [T] float64
+    sigmas: torch.Tensor  # the training table sigma[k], ascending in k, [T] float64
+    num_train_timesteps: int
+    timestep_spacing: str
+    steps_offset: int
+    prediction_type: str
+    use_karras_sigmas: bool = False
+    sigma_min: float | None = None  # Karras end points from the config, when it names them
+    sigma_max: float | None = None
+
+    @classmethod
+    def from_config(cls, scheduler_config: dict[str, Any]) -> Schedule:
+        config = dict(scheduler_config)
+        spacing = config.get("timestep_spacing", "linspace")
+        if spacing not in SPACINGS:
+            raise ScheduleError(f"scheduler config: timestep_spacing {spacing!r} is not one of {', '.join(SPACINGS)}")
+        if config.get("rescale_betas_zero_snr"):
+            raise ScheduleError("scheduler config: rescale_betas_zero_snr is not supported (sigma would be infinite)")
+        betas = betas_from_config(config)
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        return cls(
+            betas=betas,
+            alphas_cumprod=alphas_cumprod,
+            sigmas=sigma_of_abar(alphas_cumprod),
+            num_train_timesteps=len(betas),
+            timestep_spacing=spacing,
+            steps_offset=int(config.get("steps_offset", 0)),
+            prediction_type=config.get("prediction_type", "epsilon"),
+            use_karras_sigmas=bool(config.get("use_karras_sigmas", False)),
+            sigma_min=config.get("sigma_min"),
+            sigma_max=config.get("sigma_max"),
+        )
+
+    # ---- the table, continuous -------------------------------------------------------------------
+
+    def abar(self, sigma: float | torch.Tensor) -> float | torch.Tensor:
+        """abar(sigma) = 1 / (1 + sigma**2)."""
+        return 1.0 / (1.0 + sigma**2)
+
+    def sigma_to_t(self, sigma: float | torch.Tensor) -> float | torch.Tensor:
+        """The continuous timestep of a sigma: linear in log sigma between table entries, clamped to [0, T-1]."""
+        scalar = not isinstance(sigma, torch.Tensor)
+        s = torch.as_tensor(sigma, dtype=torch.float64)
+        log_table = self.sigmas.log()
+        log_sigma = s.clamp(min=1e-10).log()
+        # low: the last table entry at or below log_sigma (0 when below the table), high = low + 1.
+        low = (torch.searchsorted(log_table, log_sigma, right=True) - 1).clamp(0, len(log_table) - 2)
+        w = ((log_sigma - log_table[low]) / (log_table[low + 1] - log_table[low])).clamp(0.0, 1.0)
+        t = low.to(torch.float64) + w
+        return float(t) if scalar else t
+
+    def t_to_sigma(self, t: float | torch.Tensor) -> torch.Tensor:
+        """The inverse of `sigma_to_t`: log sigma interpolated linearly in t (float64 tensor)."""
+        t = torch.as_tensor(t, dtype=torch.float64).clamp(0, self.num_train_timesteps - 1)
+        low = t.floor().clamp(max=self.num_train_timesteps - 2).long()
+        w = t - low
+        log_table = self.sigmas.log()
+        return ((1 - w) * log_table[low] + w * log_table[low + 1]).exp()
+
+    # ---- grids -------------------------------------------------------------------------------------
+
+    def resolve_kind(self, kind: str) -> str:
+        """The concrete grid kind: "default" is what the model's scheduler config says."""
+        if kind == "default":
+            return "karras" if self.use_karras_sigmas else self.timestep_spacing
+        if kind not in GRID_KINDS:
+            raise ScheduleError(f"unknown schedule {kind!r}; choose one of: {', '.join(GRID_KINDS)}")
+        return kind
+
+    def spacing_timesteps(self, steps: int, spacing: str) -> torch.Tensor:
+        """diffusers' timesteps for a spacing (descending, float64), Table 2 of arXiv:2305.08891."""
+        # numpy, as diffusers does: np.arange's length rule and float32 linspace fix which timesteps come out.
+        T = self.num_train_timesteps
+        if spacing == "linspace":
+            t = np.linspace(0, T - 1, steps, dtype=np.float32)[::-1]
+        elif spacing == "leading":
+            t = (np.arange(0, steps) * (T // steps)).round()[::-1].astype(np.float32) + self.steps_offset
+        elif spacing == "trailing":
+            # For some N (61, 103, 121, 122 of T = 1000) np.arange yields one extra timestep, -1, and diffusers
+            # then runs N + 1 steps; we keep the N that were asked for.
+            t = (np.arange(T, 0, -T / steps).round().astype(np.float32) - 1)[:steps]
+        else:
+            t = None
+        if t is not None:
+            return torch.from_numpy(t.astype(np.float64).copy())
+        raise ScheduleError(f"unknown timestep spacing {spacing!r}; choose one of: {', '.join(SPACINGS)}")
+
+    def spacing_sigmas(self, steps: int, spacing: str) -> torch.Tensor:
+        """Sigmas at a spacing's timesteps, interpolated linearly in sigma as diffusers does (no final 0)."""
+        t = self.spacing_timesteps(steps, spacing)
+        low = t.floor().long().clamp(0, self.num_train_timesteps - 2)
+        w = (t - low).clamp(0, 1)
+        return (1 - w) * self.sigmas[low] + w * self.sigmas[low + 1]
+
+    def grid(self, steps: int, kind: str = "default", rho: float | None = None) -> torch.Tensor:
+        """The sigmas of a run: `steps + 1` values, descending, the last one 0 (float64)."""
+        if not isinstance(steps, int) or steps < 1:
+            raise ScheduleError(f"steps must be a whole number of at least 1, got {steps!r}")
+        kind = self.resolve_kind(kind)
+        if rho is None:
+            rho = DEFAULT_RHO.get(kind, 7.0)
+        if kind in SPACINGS:
+            sigmas = self.spacing_sigmas(steps, kind)
+        elif kind == "karras":
+            sigmas = self.karras_sigmas(steps, rho)
+        else:
+            sigmas = self.power_sigmas(steps, rho)
+        return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+    def karras_sigmas(self, steps: int, rho: float = 7.0) -> torch.Tensor:
+        """Karras et al. (2022) eq. 5 between the end points of the config's spacing grid, as diffusers does."""
+        base = self.spacing_sigmas(steps, self.timestep_spacing)
+        sigma_min = float(self.sigma_min) if self.sigma_min is not None else float(base[-1])
+        sigma_max = float(self.sigma_max) if self.sigma_max is not None else float(base[0])
+        ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+        lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+        return (hi + ramp * (lo - hi)) ** rho
+
+    def power_sigmas(self, steps: int, rho: float = 1.0) -> torch.Tensor:
+        """The timestep-power warp t_i = t_max * (1 - i/N)**rho (module docstring)."""
+        t_max = self.num_train_timesteps - 1
+        u = 1.0 - torch.arange(steps, dtype=torch.float64) / steps
+        return self.t_to_sigma(t_max * u**rho)
+
+    def init_noise_sigma(self, grid: torch.Tensor, kind: str = "default") -> float:
+        """diffusers' `init_noise_sigma`: the largest sigma for linspace/trailing spacing, else sqrt(max^2 + 1).
+
+        The spacing is the grid's own for leading/trailing/linspace grids, the config's for Karras and power
+        grids (diffusers keeps the config's spacing when `use_karras_sigmas` is set).
+        """
+        kind = self.resolve_kind(kind)
+        spacing = kind if kind in SPACINGS else self.timestep_spacing
+        max_sigma = float(grid.max())
+        if spacing in ("linspace", "trailing"):
+            return max_sigma
+        return math.sqrt(max_sigma**2 + 1)
+
+    def grid_timesteps(self, steps: int, kind: str = "default", rho: float | None = None) -> torch.Tensor:
+        """The UNet timestep of each nonzero sigma of `grid(steps, kind, rho)` (float64, `steps` values).
+
+        Spacing grids use diffusers' own timesteps (fractional for linspace, where diffusers interpolates the
+        sigma linearly in t, not in log sigma); Karras and power grids use `sigma_to_t`.
+        """
+        resolved = self.resolve_kind(kind)
+        if resolved in SPACINGS:
+            return self.spacing_timesteps(steps, resolved)
+        return self.sigma_to_t(self.grid(steps, kind, rho)[:-1])
+
+
+def sigma_of_abar(abar: torch.Tensor) -> torch.Tensor:
+    """The variance-exploding sigma of a cumulative alpha: sqrt((1 - abar) / abar)."""
+    return ((1 - abar) / abar).sqrt()
