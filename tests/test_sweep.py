@@ -1,0 +1,129 @@
+"""Sweeps: model-evaluation matching, argument parsing, the plan, and a tiny sweep through the CLI."""
+
+from __future__ import annotations
+
+import pytest
+
+from tnr_tui.sweep import (
+    Cell,
+    SweepError,
+    SweepSpec,
+    cell_key_of_request,
+    evaluations,
+    matched_steps,
+    parse_scales,
+    parse_seeds,
+    plan,
+    reference_budget,
+)
+
+
+def test_evaluations_count_the_final_euler_step_once() -> None:
+    assert evaluations("euler", "none", 20) == 20
+    assert evaluations("euler", "cfg", 20) == 40
+    # Heun: 19 two-stage steps + the final Euler step
+    assert evaluations("heun", "tnr", 20) == 39
+    # RK4 with CFG: 2 * (4 * 4 + 1)
+    assert evaluations("rk4", "tnr-cfg", 5) == 34
+    assert evaluations("rk4", "none", 1) == 1
+
+
+@pytest.mark.parametrize(
+    "solver, guidance, budget, steps, spent",
+    [
+        ("euler", "none", 20, 20, 20),
+        ("euler", "cfg", 20, 10, 20),
+        ("heun", "none", 20, 10, 19),  # 19 and 21 are equally near: the fewer steps win
+        ("rk4", "tnr", 20, 6, 21),  # 21 is nearer than 17
+        ("heun", "cfg++", 20, 5, 18),  # 18 vs 22: tie, fewer steps
+        ("rk4", "tnr-cfg", 20, 3, 18),  # 18 vs 26
+        ("rk4", "cfg", 2, 1, 2),  # never below one step
+        ("heun", "none", 40, 20, 39),
+    ],
+)
+def test_matched_steps_spend_the_nearest_budget(solver, guidance, budget, steps, spent) -> None:
+    assert matched_steps(solver, guidance, budget) == steps
+    assert evaluations(solver, guidance, steps) == spent
+
+
+def test_matched_steps_is_nearest_for_every_budget() -> None:
+    for solver in ("euler", "heun", "midpoint", "rk4"):
+        for guidance in ("none", "cfg"):
+            for budget in range(1, 60):
+                n = matched_steps(solver, guidance, budget)
+                best = min(abs(evaluations(solver, guidance, m) - budget) for m in range(1, 80))
+                assert abs(evaluations(solver, guidance, n) - budget) == best
+
+
+def test_reference_budget_is_one_evaluation_per_euler_step() -> None:
+    assert reference_budget(20) == 20
+
+
+def test_parse_seeds_ranges_and_lists() -> None:
+    assert parse_seeds("1-4,9, 12-13") == (1, 2, 3, 4, 9, 12, 13)
+    assert parse_seeds("3,3,2") == (3, 2)
+    for bad, message in (("4-1", "backwards"), ("x", "cannot read"), ("", "no seeds"), ("1-20000", "more than")):
+        with pytest.raises(SweepError, match=message):
+            parse_seeds(bad)
+
+
+def test_parse_scales_per_method() -> None:
+    assert parse_scales(["cfg=3,5,7", "cfg++=0.4,0.8"]) == {"cfg": (3.0, 5.0, 7.0), "cfg++": (0.4, 0.8)}
+    with pytest.raises(SweepError, match="takes no scale"):
+        parse_scales(["tnr=2"])
+    with pytest.raises(SweepError, match="not numbers"):
+        parse_scales(["cfg=a,b"])
+    with pytest.raises(SweepError, match="METHOD=V1,V2"):
+        parse_scales(["cfg"])
+
+
+def test_plan_expands_the_grid_with_matched_steps() -> None:
+    spec = SweepSpec(
+        prompts=("a red circle on a white background",),
+        methods=("none", "cfg"),
+        scales={"cfg": (3.0, 5.0)},
+        solvers=("euler", "rk4"),
+        steps=8,
+        match_evaluations=True,
+        seeds=(1, 2),
+    )
+    cells = plan(spec)
+    # none: 1 scale x 2 solvers; cfg: 2 scales x 2 solvers; times 2 seeds
+    assert len(cells) == (2 + 4) * 2
+    steps = {(c.guidance, c.scale, c.solver): c.steps for c in cells}
+    assert steps == {
+        ("none", None, "euler"): 8,
+        ("none", None, "rk4"): 3,  # 9 evaluations (vs 5 for 2 steps)
+        ("cfg", 3.0, "euler"): 4,
+        ("cfg", 3.0, "rk4"): 2,  # 10 evaluations: nearer 8 than the 2 of one step
+        ("cfg", 5.0, "euler"): 4,
+        ("cfg", 5.0, "rk4"): 2,
+    }
+
+
+def test_sweep_id_depends_on_the_arguments_only() -> None:
+    a = SweepSpec(prompts=("p",), seeds=(1, 2))
+    assert a.sweep_id == SweepSpec(prompts=("p",), seeds=(1, 2)).sweep_id
+    assert a.sweep_id != SweepSpec(prompts=("p",), seeds=(1, 2, 3)).sweep_id
+    assert a.sweep_id.startswith("sw-") and len(a.sweep_id) == 13
+    assert SweepSpec.from_dict(a.to_dict()) == a
+
+
+def test_spec_rejects_bad_arguments() -> None:
+    with pytest.raises(SweepError, match="--prompt"):
+        SweepSpec(prompts=())
+    with pytest.raises(SweepError, match="not in --guidance"):
+        SweepSpec(prompts=("p",), methods=("none",), scales={"cfg": (3.0,)})
+
+
+def test_cell_key_round_trips_through_a_recorded_request() -> None:
+    spec = SweepSpec(prompts=("p",), methods=("cfg", "tnr"), scales={"cfg": (3.0,)}, seeds=(7,))
+    for cell in plan(spec):
+        request = cell.request(spec, spec.sweep_id)
+        assert request.tags == {"sweep": spec.sweep_id}
+        assert cell_key_of_request(request.to_dict()) == cell.key
+    # a cfg run recorded without a scale used the method's default
+    assert (
+        cell_key_of_request({"prompt": "p", "guidance": "cfg", "scale": None, "solver": "euler", "steps": 3, "seed": 1})
+        == Cell("p", "cfg", 5.0, "euler", 3, 1).key
+    )

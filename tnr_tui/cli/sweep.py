@@ -1,0 +1,135 @@
+"""`tnr-lab sweep`: a grid of runs (prompts x methods x scales x solvers x seeds), a CSV and contact sheets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tnr_tui.cli import UserError
+
+DEFAULT_METHODS = "none,tnr,cfg,cfg++,tnr-cfg"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "sweep",
+        help="run a grid of prompts, guidance methods, scales, solvers and seeds; write a CSV and contact sheets",
+        description=(
+            "Run every combination as an ordinary history run tagged with the sweep's id, then write DIR/sweep.csv "
+            "(one row per image: parameters, model evaluations, metrics, the checker's verdicts on the embedded "
+            "model) and one contact sheet PNG per prompt. Re-running the same command resumes: cells already done "
+            "are skipped."
+        ),
+    )
+    p.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="a prompt (repeat for several)")
+    p.add_argument("--negative-prompt", default="", metavar="TEXT")
+    p.add_argument("--guidance", default=DEFAULT_METHODS, metavar="LIST", help=f"methods (default {DEFAULT_METHODS})")
+    p.add_argument(
+        "--scales",
+        nargs="+",
+        default=[],
+        metavar="METHOD=V,...",
+        help="scales per scaled method, e.g. cfg=3,5,7 cfg++=0.4,0.8 tnr-cfg=3,5 (default: each method's default)",
+    )
+    p.add_argument("--solvers", default="euler", metavar="LIST", help="solvers, e.g. euler,heun,rk4 (default euler)")
+    p.add_argument("--steps", type=int, default=20, help="steps (the reference with --match-evaluations; default 20)")
+    p.add_argument(
+        "--match-evaluations",
+        action="store_true",
+        help="give each solver/method the steps that spend the model evaluations of --steps Euler steps with one "
+        "prediction (Heun costs 2 per step, RK4 4, two-prediction methods double; the last step is Euler)",
+    )
+    p.add_argument("--seeds", default="1-4", help="seeds, e.g. 1-16 or 1,2,5-8 (default 1-4)")
+    p.add_argument("--model", default="embedded", help="model directory, .safetensors file or 'embedded'")
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--schedule", default="default")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--out", required=True, metavar="DIR", help="where the CSV and contact sheets go")
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="ID",
+        help="continue sweep ID (its arguments are read from DIR/sweep.json when no --prompt is given)",
+    )
+    p.set_defaults(func=run)
+
+
+def build_spec(args: argparse.Namespace):  # -> SweepSpec (kept lazy-typed: importing sweep is cheap anyway)
+    from engine.request import GUIDANCE_METHODS, SCHEDULES, SOLVERS
+    from tnr_tui.sweep import SweepError, SweepSpec, parse_list, parse_scales, parse_seeds
+
+    out = Path(args.out)
+    if not args.prompt:
+        if args.resume is None:
+            raise UserError("give at least one --prompt (or --resume ID with the sweep's --out DIR)")
+        manifest = out / "sweep.json"
+        if not manifest.is_file():
+            raise UserError(f"cannot resume {args.resume}: {manifest} does not exist; give the sweep's arguments")
+        try:
+            saved = json.loads(manifest.read_text())
+            spec = SweepSpec.from_dict(saved["spec"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"cannot read {manifest}: {e}") from None
+        if saved.get("sweep") != args.resume:
+            raise UserError(f"{manifest} holds sweep {saved.get('sweep')}, not {args.resume}")
+        return spec
+    if args.schedule not in SCHEDULES:
+        raise UserError(f"unknown schedule {args.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+    for name in ("width", "height"):
+        v = getattr(args, name)
+        if v is not None and (v <= 0 or v % 8):
+            raise UserError(f"{name} must be a positive multiple of 8, got {v}")
+    try:
+        return SweepSpec(
+            prompts=tuple(args.prompt),
+            methods=parse_list(args.guidance, GUIDANCE_METHODS, "guidance method"),
+            scales=parse_scales(args.scales),
+            solvers=parse_list(args.solvers, SOLVERS, "solver"),
+            steps=args.steps,
+            match_evaluations=args.match_evaluations,
+            seeds=parse_seeds(args.seeds),
+            model=args.model,
+            negative_prompt=args.negative_prompt,
+            width=args.width,
+            height=args.height,
+            schedule=args.schedule,
+        )
+    except SweepError as e:
+        raise UserError(str(e)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.request import validate_field
+
+    for name in ("device", "dtype"):
+        message = validate_field(name, getattr(args, name))
+        if message:
+            raise UserError(message)
+    spec = build_spec(args)
+
+    from engine.models import ModelError, load_bundle
+    from tnr_tui.history import open_store
+    from tnr_tui.sweep import SweepError, run_sweep
+
+    store = open_store(Path(args.data_dir) if args.data_dir else None)
+    try:
+        bundle = load_bundle(spec.model, device=args.device, dtype=args.dtype)
+    except ModelError as e:
+        raise UserError(str(e)) from None
+    try:
+        report = run_sweep(
+            spec, Path(args.out), store, sweep_id=args.resume, bundle=bundle, device=args.device, dtype=args.dtype
+        )
+    except SweepError as e:
+        raise UserError(str(e)) from None
+    print(
+        f"sweep {report.sweep_id}: {report.ran} run, {report.skipped} already done, {report.failed} failed "
+        f"of {report.total} in {report.seconds:.1f} s"
+    )
+    print(f"csv: {report.csv_path}")
+    for sheet in report.sheets:
+        print(f"sheet: {sheet}")
+    return 1 if report.failed else 0

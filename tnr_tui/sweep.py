@@ -1,0 +1,542 @@
+"""Sweeps: a grid of runs over prompts x guidance methods x scales x solvers x seeds, recorded in the history.
+
+Every cell is an ordinary history run (made by `tnr_tui.runs.execute`) tagged `{"sweep": <id>}`. A sweep writes
+into its output directory a CSV of one row per image (parameters, evaluations, metrics, the checker's verdicts
+on the embedded model) and one labelled contact sheet PNG per prompt. Cells already done (in the CSV or in the
+history under the same sweep id) are skipped, so an interrupted sweep resumes where it stopped.
+
+Model evaluations (`--match-evaluations`): a step of a solver with k stages under a method with P predictions
+costs k * P UNet evaluations, except the last step (to sigma 0), which every solver takes with Euler (MATH.md 4),
+so n steps cost `P * (k * (n - 1) + 1)`. The reference budget is `--steps` of Euler with one prediction
+(`budget = steps`); each solver/method gets the step count whose cost is nearest to the budget (ties: the fewer
+steps, so no cell spends more than its tie partner). The CSV reports the evaluations actually spent.
+
+No torch here at import time: the planning half is pure Python; execution imports the engine lazily.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.request import (
+    DEFAULT_SCALE,
+    EMBEDDED_MODEL,
+    GUIDANCE_METHODS,
+    GUIDANCE_PREDICTIONS,
+    SOLVER_STAGES,
+    SOLVERS,
+    GenerationRequest,
+)
+
+# Methods whose scale means something; the others run once, with no scale.
+SCALED_METHODS: tuple[str, ...] = ("cfg", "cfg++", "tnr-cfg")
+MAX_SEEDS = 10_000
+
+
+class SweepError(ValueError):
+    """Bad sweep arguments or a sweep that cannot continue; the message is meant for the user."""
+
+
+# ---- model evaluations --------------------------------------------------------------------------------------
+
+
+def evaluations(solver: str, guidance: str, steps: int) -> int:
+    """UNet evaluations of one image: P * (k * (steps - 1) + 1) (the final step to sigma 0 is Euler)."""
+    if steps < 1:
+        raise SweepError(f"steps must be at least 1, got {steps}")
+    return GUIDANCE_PREDICTIONS[guidance] * (SOLVER_STAGES[solver] * (steps - 1) + 1)
+
+
+def reference_budget(steps: int) -> int:
+    """The evaluation budget of `steps` Euler steps with one prediction per step (none or tnr)."""
+    return evaluations("euler", "none", steps)
+
+
+def matched_steps(solver: str, guidance: str, budget: int) -> int:
+    """The step count whose evaluations are nearest `budget` (ties: fewer steps); at least 1 step."""
+    per_step = GUIDANCE_PREDICTIONS[guidance] * SOLVER_STAGES[solver]
+    # The cost is increasing in steps, so the answer is one of the two integers around the exact solution.
+    exact = (budget / GUIDANCE_PREDICTIONS[guidance] - 1) / SOLVER_STAGES[solver] + 1
+    candidates = {max(1, int(exact)), max(1, int(exact) + 1)}
+    del per_step
+    return min(candidates, key=lambda n: (abs(evaluations(solver, guidance, n) - budget), n))
+
+
+# ---- argument parsing ---------------------------------------------------------------------------------------
+
+
+def parse_list(text: str, choices: Sequence[str], what: str) -> tuple[str, ...]:
+    """'a,b,c' -> ('a', 'b', 'c'), each checked against `choices`, duplicates dropped, order kept."""
+    items = [t.strip().lower() for t in text.split(",") if t.strip()]
+    if not items:
+        raise SweepError(f"no {what} given")
+    for item in items:
+        if item not in choices:
+            raise SweepError(f"unknown {what} {item!r}; choose from: {', '.join(choices)}")
+    return tuple(dict.fromkeys(items))
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """'1-4,9,12-13' -> (1, 2, 3, 4, 9, 12, 13)."""
+    seeds: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+        if m is None:
+            raise SweepError(f"seeds: cannot read {part!r}; write e.g. 1-16 or 1,2,5-8")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        if hi < lo:
+            raise SweepError(f"seeds: the range {part!r} runs backwards")
+        if len(seeds) + hi - lo + 1 > MAX_SEEDS:
+            raise SweepError(f"seeds: more than {MAX_SEEDS} seeds; is {part!r} a typo?")
+        seeds.extend(range(lo, hi + 1))
+    if not seeds:
+        raise SweepError("no seeds given")
+    return tuple(dict.fromkeys(seeds))
+
+
+def parse_scales(items: Iterable[str]) -> dict[str, tuple[float, ...]]:
+    """['cfg=3,5,7', 'cfg++=0.4,0.8'] -> {'cfg': (3.0, 5.0, 7.0), 'cfg++': (0.4, 0.8)}."""
+    scales: dict[str, tuple[float, ...]] = {}
+    for item in items:
+        method, sep, values = item.partition("=")
+        method = method.strip().lower()
+        if not sep or not values.strip():
+            raise SweepError(f"scales: cannot read {item!r}; write METHOD=V1,V2 (e.g. cfg=3,5,7)")
+        if method not in SCALED_METHODS:
+            raise SweepError(f"scales: {method!r} takes no scale; scaled methods: {', '.join(SCALED_METHODS)}")
+        try:
+            parsed = tuple(float(v) for v in values.split(",") if v.strip())
+        except ValueError:
+            raise SweepError(f"scales: {values!r} are not numbers (in {item!r})") from None
+        if not parsed or any(v != v or v in (float("inf"), float("-inf")) for v in parsed):
+            raise SweepError(f"scales: {item!r} needs finite numbers")
+        scales[method] = tuple(dict.fromkeys(parsed))
+    return scales
+
+
+# ---- the plan -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """Everything that decides a sweep's cells (its id is a hash of this)."""
+
+    prompts: tuple[str, ...]
+    methods: tuple[str, ...] = GUIDANCE_METHODS
+    scales: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    solvers: tuple[str, ...] = ("euler",)
+    steps: int = 20
+    match_evaluations: bool = False
+    seeds: tuple[int, ...] = (1, 2, 3, 4)
+    model: str = EMBEDDED_MODEL
+    negative_prompt: str = ""
+    width: int | None = None
+    height: int | None = None
+    schedule: str = "default"
+
+    def __post_init__(self) -> None:
+        if not self.prompts or any(not p.strip() for p in self.prompts):
+            raise SweepError("give at least one non-empty --prompt")
+        for m in self.methods:
+            if m not in GUIDANCE_METHODS:
+                raise SweepError(f"unknown guidance method {m!r}; choose from: {', '.join(GUIDANCE_METHODS)}")
+        for s in self.solvers:
+            if s not in SOLVERS:
+                raise SweepError(f"unknown solver {s!r}; choose from: {', '.join(SOLVERS)}")
+        if self.steps < 1:
+            raise SweepError(f"steps must be at least 1, got {self.steps}")
+        unused = sorted(set(self.scales) - set(self.methods))
+        if unused:
+            raise SweepError(f"scales given for {', '.join(unused)}, which is not in --guidance")
+
+    def scales_of(self, method: str) -> tuple[float | None, ...]:
+        if method not in SCALED_METHODS:
+            return (None,)
+        return self.scales.get(method, (DEFAULT_SCALE[method],))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["scales"] = {m: list(v) for m, v in sorted(self.scales.items())}
+        for k in ("prompts", "methods", "solvers", "seeds"):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SweepSpec:
+        d = dict(d)
+        d["scales"] = {m: tuple(float(x) for x in v) for m, v in d.get("scales", {}).items()}
+        for k in ("prompts", "methods", "solvers", "seeds"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+    @property
+    def sweep_id(self) -> str:
+        """'sw-' + 10 hex digits of the spec's canonical JSON: the same arguments give the same sweep."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return "sw-" + hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One image of a sweep."""
+
+    prompt: str
+    guidance: str
+    scale: float | None
+    solver: str
+    steps: int
+    seed: int
+
+    @property
+    def key(self) -> str:
+        """A stable text key for matching cells against CSV rows and history runs."""
+        scale = "" if self.scale is None else repr(float(self.scale))
+        return json.dumps([self.prompt, self.guidance, scale, self.solver, self.steps, self.seed])
+
+    @property
+    def row_label(self) -> str:
+        """The contact sheet's row label: method, scale, solver, steps."""
+        scale = "" if self.scale is None else f" {self.scale:g}"
+        return f"{self.guidance}{scale} {self.solver} {self.steps}st"
+
+    @property
+    def planned_evaluations(self) -> int:
+        return evaluations(self.solver, self.guidance, self.steps)
+
+    def request(self, spec: SweepSpec, sweep_id: str, extra_tags: dict[str, str] | None = None) -> GenerationRequest:
+        tags = {"sweep": sweep_id, **(extra_tags or {})}
+        return GenerationRequest(
+            prompt=self.prompt,
+            negative_prompt=spec.negative_prompt,
+            model=spec.model,
+            width=spec.width,
+            height=spec.height,
+            seed=self.seed,
+            steps=self.steps,
+            solver=self.solver,
+            schedule=spec.schedule,
+            guidance=self.guidance,
+            scale=self.scale,
+            preview_every=0,  # nobody watches a sweep's previews; skip their cost
+            decode_every=0,
+            tags=tags,
+        )
+
+
+def cell_key_of_request(request: dict[str, Any]) -> str:
+    """The cell key of a recorded request (a dict as the history stores it)."""
+    scale = request.get("scale")
+    if request.get("guidance") not in SCALED_METHODS:
+        scale = None
+    elif scale is None:
+        scale = DEFAULT_SCALE[request["guidance"]]
+    return Cell(
+        request["prompt"], request["guidance"], scale, request["solver"], int(request["steps"]), int(request["seed"])
+    ).key
+
+
+def plan(spec: SweepSpec) -> list[Cell]:
+    """The cells in sheet order: prompt, then method, scale, solver (rows), then seed (columns)."""
+    budget = reference_budget(spec.steps)
+    cells = []
+    for prompt in spec.prompts:
+        for method in spec.methods:
+            for scale in spec.scales_of(method):
+                for solver in spec.solvers:
+                    steps = matched_steps(solver, method, budget) if spec.match_evaluations else spec.steps
+                    for seed in spec.seeds:
+                        cells.append(Cell(prompt, method, scale, solver, steps, seed))
+    return cells
+
+
+# ---- the CSV ------------------------------------------------------------------------------------------------
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "sweep",
+    "run_id",
+    "prompt",
+    "guidance",
+    "scale",
+    "solver",
+    "steps",
+    "seed",
+    "evaluations",
+    "planned_evaluations",
+    "seconds",
+    "colourfulness",
+    "contrast",
+    "saturation",
+    "dynamic_range",
+    "check_colour",
+    "check_background",
+    "check_shape",
+    "check_all",
+    "image",
+    "key",
+)
+
+
+def read_rows(csv_path: Path) -> list[dict[str, str]]:
+    if not csv_path.is_file():
+        return []
+    with csv_path.open(newline="", encoding="utf-8") as f:
+        return [row for row in csv.DictReader(f) if row.get("key")]
+
+
+def write_rows(csv_path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Write the whole CSV through a temporary file, so a crash never leaves half a file."""
+    tmp = csv_path.with_name(csv_path.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_value(row.get(k)) for k in CSV_COLUMNS})
+    os.replace(tmp, csv_path)
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+# ---- checker --------------------------------------------------------------------------------------------------
+
+
+def check_verdicts(image: Any, prompt: str) -> dict[str, bool | None]:
+    """The embedded model's checker on one image: colour, background, shape, all (None where it cannot say)."""
+    from engine.toy import check
+
+    try:
+        result = check(image, prompt)
+    except ValueError:  # a prompt outside the toy grammar: no verdict
+        return {"check_colour": None, "check_background": None, "check_shape": None, "check_all": None}
+    return {
+        "check_colour": bool(result.shape_colour),
+        "check_background": bool(result.background),
+        "check_shape": bool(result.shape),
+        "check_all": bool(result.all),
+    }
+
+
+def is_embedded(model: str) -> bool:
+    return model == EMBEDDED_MODEL
+
+
+# ---- execution ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepReport:
+    sweep_id: str
+    total: int
+    ran: int
+    skipped: int
+    failed: int
+    csv_path: Path
+    sheets: list[Path]
+    seconds: float
+
+
+def history_done_cells(store: Any, sweep_id: str) -> dict[str, dict[str, Any]]:
+    """Cells of this sweep already done in the history: key -> {run_id, request, image, stats}."""
+    from tnr_tui import runs
+
+    return runs.sweep_runs(store, sweep_id)
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out_dir: Path,
+    store: Any,
+    *,
+    sweep_id: str | None = None,
+    bundle: Any = None,
+    log: Callable[[str], None] = print,
+    device: str = "auto",
+    dtype: str = "auto",
+) -> SweepReport:
+    """Run every cell not yet done, append the CSV as it goes, then draw the contact sheets."""
+    from PIL import Image
+
+    from engine.metrics import image_metrics
+
+    started = time.perf_counter()
+    sweep_id = sweep_id or spec.sweep_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = out_dir / "sweep.json"
+    manifest.write_text(json.dumps({"sweep": sweep_id, "spec": spec.to_dict()}, indent=2, sort_keys=True) + "\n")
+    csv_path = out_dir / "sweep.csv"
+    cells = plan(spec)
+    wanted = {c.key for c in cells}
+
+    rows: dict[str, dict[str, Any]] = {}
+    for row in read_rows(csv_path):
+        if row.get("sweep") == sweep_id and row["key"] in wanted and Path(row.get("image", "")).is_file():
+            rows[row["key"]] = row
+    # Runs done in the history but missing from the CSV (a crash between the two, or a deleted CSV).
+    for key, done in history_done_cells(store, sweep_id).items():
+        if key in wanted and key not in rows and done.get("image") and Path(done["image"]).is_file():
+            image = Image.open(done["image"]).convert("RGB")
+            prompt = done["request"]["prompt"]
+            rows[key] = _row(sweep_id, key, done, image_metrics(image), _verdicts(spec, image, prompt))
+    skipped = len(rows)
+    todo = [c for c in cells if c.key not in rows]
+    log(f"sweep {sweep_id}: {len(cells)} cells, {skipped} already done, {len(todo)} to run")
+
+    ran = failed = 0
+    if todo:
+        from tnr_tui import runs
+
+        if bundle is None:
+            from engine.models import load_bundle
+
+            bundle = load_bundle(spec.model, device=device, dtype=dtype)
+        for i, cell in enumerate(todo, 1):
+            request = cell.request(spec, sweep_id)
+            if device != "auto" or dtype != "auto":
+                request = request.replace(device=device, dtype=dtype)
+            outcome = runs.execute(request, store, bundle=bundle)
+            if outcome.status != "done":
+                failed += 1
+                log(f"  [{i}/{len(todo)}] {cell.row_label} seed {cell.seed}: {outcome.status} {outcome.error or ''}")
+                continue
+            ran += 1
+            image = outcome.image
+            done = {
+                "run_id": outcome.run_id,
+                "request": request.to_dict(),
+                "image": str(outcome.image_path),
+                "stats": outcome.stats,
+            }
+            metrics = outcome.metrics or image_metrics(image)
+            rows[cell.key] = _row(sweep_id, cell.key, done, metrics, _verdicts(spec, image, cell.prompt))
+            write_rows(csv_path, _ordered(cells, rows))
+            log(
+                f"  [{i}/{len(todo)}] {cell.row_label} seed {cell.seed}: "
+                f"{outcome.stats.get('model_evaluations')} evaluations, {outcome.stats.get('seconds', 0):.2f} s"
+            )
+    write_rows(csv_path, _ordered(cells, rows))
+    sheets = write_contact_sheets(spec, cells, rows, out_dir)
+    return SweepReport(sweep_id, len(cells), ran, skipped, failed, csv_path, sheets, time.perf_counter() - started)
+
+
+def _verdicts(spec: SweepSpec, image: Any, prompt: str) -> dict[str, bool | None]:
+    return check_verdicts(image, prompt) if is_embedded(spec.model) else {}
+
+
+def _row(
+    sweep_id: str, key: str, done: dict[str, Any], metrics: dict[str, float], verdicts: dict[str, Any]
+) -> dict[str, Any]:
+    req = done["request"]
+    stats = done.get("stats") or {}
+    cell = json.loads(key)
+    return {
+        "sweep": sweep_id,
+        "run_id": done.get("run_id"),
+        "prompt": req["prompt"],
+        "guidance": req["guidance"],
+        "scale": cell[2],
+        "solver": req["solver"],
+        "steps": req["steps"],
+        "seed": req["seed"],
+        "evaluations": stats.get("model_evaluations"),
+        "planned_evaluations": evaluations(req["solver"], req["guidance"], int(req["steps"])),
+        "seconds": stats.get("seconds"),
+        **{k: float(v) for k, v in metrics.items() if k in CSV_COLUMNS},
+        **verdicts,
+        "image": done.get("image"),
+        "key": key,
+    }
+
+
+def _ordered(cells: list[Cell], rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    return [rows[c.key] for c in cells if c.key in rows]
+
+
+# ---- contact sheets -------------------------------------------------------------------------------------------
+
+THUMB = 128
+PAD = 4
+
+
+def slug(text: str, limit: int = 48) -> str:
+    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return (s[:limit].rstrip("-") or "prompt") + "-" + hashlib.sha1(text.encode()).hexdigest()[:6]
+
+
+def write_contact_sheets(
+    spec: SweepSpec, cells: list[Cell], rows: dict[str, dict[str, Any]], out_dir: Path
+) -> list[Path]:
+    """One PNG per prompt: rows method/scale/solver, columns seeds, each row labelled at its left."""
+    sheets = []
+    for prompt in spec.prompts:
+        mine = [c for c in cells if c.prompt == prompt]
+        labels = list(dict.fromkeys(c.row_label for c in mine))
+        grid: dict[tuple[str, int], Path] = {}
+        for c in mine:
+            row = rows.get(c.key)
+            if row and row.get("image"):
+                grid[(c.row_label, c.seed)] = Path(row["image"])
+        path = out_dir / f"sheet-{slug(prompt)}.png"
+        draw_sheet(prompt, labels, list(spec.seeds), grid, path)
+        sheets.append(path)
+    return sheets
+
+
+def draw_sheet(
+    title: str, row_labels: list[str], seeds: list[int], images: dict[tuple[str, int], Path], path: Path
+) -> None:
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=13)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max([probe.textlength(lbl, font=font) for lbl in row_labels] + [60]) + 2 * PAD
+    header_h = 40
+    width = int(label_w) + len(seeds) * (THUMB + PAD) + PAD
+    height = header_h + len(row_labels) * (THUMB + PAD) + PAD
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    draw.text((PAD, PAD), title, fill=(0, 0, 0), font=font)
+    for j, seed in enumerate(seeds):
+        x = int(label_w) + j * (THUMB + PAD)
+        draw.text((x + 2, header_h - 18), f"seed {seed}", fill=(60, 60, 60), font=font)
+    for i, label in enumerate(row_labels):
+        y = header_h + i * (THUMB + PAD)
+        draw.text((PAD, y + THUMB // 2 - 7), label, fill=(0, 0, 0), font=font)
+        for j, seed in enumerate(seeds):
+            x = int(label_w) + j * (THUMB + PAD)
+            src = images.get((label, seed))
+            if src is None or not src.is_file():
+                draw.rectangle((x, y, x + THUMB - 1, y + THUMB - 1), outline=(200, 200, 200))
+                draw.text((x + 8, y + THUMB // 2 - 7), "missing", fill=(160, 160, 160), font=font)
+                continue
+            with Image.open(src) as im:
+                thumb = im.convert("RGB")
+                # Nearest for small images keeps the pixels honest; downscale large ones smoothly.
+                resample = Image.Resampling.NEAREST if max(thumb.size) <= THUMB else Image.Resampling.LANCZOS
+                thumb.thumbnail((THUMB, THUMB), resample) if max(thumb.size) > THUMB else None
+                if max(thumb.size) < THUMB:
+                    factor = THUMB // max(thumb.size)
+                    thumb = thumb.resize((thumb.width * factor, thumb.height * factor), resample)
+                sheet.paste(thumb, (x, y))
+    tmp = path.with_name(path.name + ".tmp.png")
+    sheet.save(tmp)
+    os.replace(tmp, path)
