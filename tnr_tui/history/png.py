@@ -1,0 +1,221 @@
+"""PNG metadata: AUTOMATIC1111's `parameters` text (read by other tools and image sites) and our own
+`tnr-lab` chunk holding the full request JSON. Reading prefers ours and falls back to A1111's.
+
+The A1111 text is: the prompt (one or more lines), a `Negative prompt: ...` line when there is one, then
+one line of `Key: value` pairs separated by ", " starting with `Steps:`. Values holding a comma or a quote
+are written as JSON strings, as A1111 does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+TNR_CHUNK = "tnr-lab"
+A1111_CHUNK = "parameters"
+
+SAMPLER_NAMES = {"euler": "Euler", "heun": "Heun", "midpoint": "Midpoint", "rk4": "RK4"}
+# A1111 sampler names -> our solver; ancestral and multistep samplers have no exact counterpart here, so
+# they map to the deterministic solver of the same order (the note says so).
+A1111_SAMPLERS: dict[str, str] = {
+    "euler": "euler",
+    "euler a": "euler",
+    "heun": "heun",
+    "midpoint": "midpoint",
+    "rk4": "rk4",
+    "dpm2": "midpoint",
+    "dpm2 a": "midpoint",
+    "lms": "euler",
+    "dpm++ 2m": "heun",
+    "dpm++ 2s a": "midpoint",
+    "ddim": "euler",
+}
+A1111_SCHEDULES = {"karras": "karras", "uniform": "linspace", "automatic": "default", "sgm uniform": "trailing"}
+
+
+class PngMetadataError(ValueError):
+    """A PNG holds no usable generation parameters; the message is for the user."""
+
+
+def _quote(value: str) -> str:
+    return json.dumps(value) if ("," in value or '"' in value or ":" in value or "\n" in value) else value
+
+
+def _format_number(value: float) -> str:
+    return f"{value:g}" if float(value) != int(value) else str(int(value))
+
+
+def a1111_parameters(request: dict[str, Any], *, model_name: str = "", model_hash: str = "") -> str:
+    """The `parameters` text for a (resolved) request dict."""
+    scale = request.get("scale")
+    if scale is None:
+        from engine.request import DEFAULT_SCALE  # torch-free
+
+        scale = DEFAULT_SCALE.get(request.get("guidance", "cfg"), 1.0)
+    lines = [request.get("prompt", "")]
+    if request.get("negative_prompt"):
+        lines.append(f"Negative prompt: {request['negative_prompt']}")
+    fields: list[tuple[str, str]] = [
+        ("Steps", str(request.get("steps", 20))),
+        ("Sampler", SAMPLER_NAMES.get(request.get("solver", "euler"), request.get("solver", "euler"))),
+    ]
+    schedule = request.get("schedule", "default")
+    if schedule == "karras":
+        fields.append(("Schedule type", "Karras"))
+    fields += [
+        ("CFG scale", _format_number(float(scale))),
+        ("Seed", str(request.get("seed", 0))),
+    ]
+    if request.get("width") and request.get("height"):
+        fields.append(("Size", f"{request['width']}x{request['height']}"))
+    if model_name:
+        fields.append(("Model", model_name))
+    if model_hash:
+        fields.append(("Model hash", model_hash))
+    fields.append(("Guidance", request.get("guidance", "cfg")))
+    if request.get("guidance") in ("tnr", "tnr-cfg"):
+        fields.append(("TNR p", _format_number(float(request.get("tnr_power", 0.25)))))
+    if request.get("cfg_rescale"):
+        fields.append(("CFG rescale", _format_number(float(request["cfg_rescale"]))))
+    if schedule not in ("default", "karras"):
+        fields.append(("Sigma schedule", schedule))
+    from tnr_tui import __version__
+
+    fields.append(("Version", f"tnr-lab {__version__}"))
+    lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in fields))
+    return "\n".join(lines)
+
+
+def png_info(request: dict[str, Any], *, model_name: str = "", model_hash: str = "", run_id: str = "") -> Any:
+    """A PIL PngInfo with both chunks."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(A1111_CHUNK, a1111_parameters(request, model_name=model_name, model_hash=model_hash))
+    payload = {"request": request, "run_id": run_id, "model_name": model_name, "model_identity": model_hash}
+    info.add_text(TNR_CHUNK, json.dumps(payload, sort_keys=True))
+    return info
+
+
+def write_png(image: Any, path: Path, pnginfo: Any = None) -> None:
+    """Write atomically: a temporary name in the same directory, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        image.save(tmp, format="PNG", pnginfo=pnginfo)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+_PAIR = re.compile(r'\s*([\w .+/()-]+?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+def parse_a1111(text: str) -> dict[str, Any]:
+    """Parse a `parameters` text: {"prompt", "negative_prompt", "fields": {key: value}}."""
+    lines = text.strip("\n").split("\n")
+    fields: dict[str, str] = {}
+    if lines and re.match(r"\s*Steps:\s*", lines[-1]):
+        for match in _PAIR.finditer(lines[-1]):
+            key, value = match.group(1).strip(), match.group(2).strip()
+            if value.startswith('"'):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError:
+                    value = value.strip('"')
+            fields[key] = value
+        lines = lines[:-1]
+    prompt_lines, negative_lines, in_negative = [], [], False
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:") :].lstrip()
+        (negative_lines if in_negative else prompt_lines).append(line)
+    return {"prompt": "\n".join(prompt_lines), "negative_prompt": "\n".join(negative_lines), "fields": fields}
+
+
+def request_from_a1111(text: str) -> tuple[dict[str, Any], list[str]]:
+    """A request dict from A1111 `parameters`, and notes on what could not be carried over exactly."""
+    parsed = parse_a1111(text)
+    fields = parsed["fields"]
+    if not fields:
+        raise PngMetadataError("the parameters text has no 'Steps: ...' line")
+    notes: list[str] = []
+    request: dict[str, Any] = {"prompt": parsed["prompt"], "negative_prompt": parsed["negative_prompt"]}
+
+    def number(key: str, kind: type) -> Any:
+        try:
+            return kind(float(fields[key])) if kind is int else kind(fields[key])
+        except (KeyError, ValueError):
+            return None
+
+    if (steps := number("Steps", int)) is not None:
+        request["steps"] = steps
+    if (seed := number("Seed", int)) is not None:
+        request["seed"] = seed
+    sampler = fields.get("Sampler", "Euler")
+    solver = A1111_SAMPLERS.get(sampler.lower())
+    if solver is None:
+        solver = "euler"
+        notes.append(f"sampler {sampler!r} has no counterpart here; using euler")
+    elif sampler.lower() not in SAMPLER_NAMES and sampler.lower() not in ("euler", "heun"):
+        notes.append(f"sampler {sampler!r} approximated by the deterministic {solver} solver")
+    elif sampler.lower() == "euler a":
+        notes.append("sampler 'Euler a' (ancestral) approximated by deterministic euler")
+    request["solver"] = solver
+    guidance = fields.get("Guidance", "cfg")
+    request["guidance"] = guidance
+    if (scale := number("CFG scale", float)) is not None:
+        request["scale"] = scale
+    if "Size" in fields:
+        m = re.fullmatch(r"(\d+)x(\d+)", fields["Size"].strip())
+        if m:
+            request["width"], request["height"] = int(m.group(1)), int(m.group(2))
+    schedule_type = fields.get("Schedule type")
+    if schedule_type:
+        request["schedule"] = A1111_SCHEDULES.get(schedule_type.lower(), "default")
+    if "Sigma schedule" in fields:
+        request["schedule"] = fields["Sigma schedule"]
+    if (p := number("TNR p", float)) is not None:
+        request["tnr_power"] = p
+    if (phi := number("CFG rescale", float)) is not None:
+        request["cfg_rescale"] = phi
+    if "Model" in fields:
+        notes.append(f"made with model {fields['Model']!r}; the request uses the embedded model unless --model says")
+    return request, notes
+
+
+def read_png_text(path: Path) -> dict[str, str]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            text = dict(getattr(im, "text", {}) or {})
+            fmt = im.format
+    except FileNotFoundError:
+        raise PngMetadataError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise PngMetadataError(f"{path}: not a readable image ({e})") from None
+    if fmt != "PNG":
+        raise PngMetadataError(f"{path}: not a PNG file ({fmt})")
+    return text
+
+
+def request_from_png(path: Path) -> tuple[dict[str, Any], str, list[str]]:
+    """(request dict, source "tnr-lab" or "a1111", notes) from a PNG's text chunks."""
+    text = read_png_text(path)
+    if TNR_CHUNK in text:
+        try:
+            payload = json.loads(text[TNR_CHUNK])
+            return dict(payload["request"]), "tnr-lab", []
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass  # damaged: fall back to A1111's text
+    if A1111_CHUNK in text:
+        request, notes = request_from_a1111(text[A1111_CHUNK])
+        return request, "a1111", notes
+    raise PngMetadataError(f"{path}: no generation parameters (neither a 'tnr-lab' nor a 'parameters' chunk)")
