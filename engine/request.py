@@ -57,7 +57,8 @@ class GenerationRequest:
     steps: int = 20
     solver: str = "euler"
     schedule: str = "default"  # "default": the spacing the model's scheduler config names
-    schedule_rho: float = 7.0  # Karras rho, and the exponent of the "power" timestep warp
+    # Karras rho, and the exponent of the "power" timestep warp; None: the schedule's own default (7 and 1).
+    schedule_rho: float | None = None
     guidance: str = "cfg"
     scale: float | None = None  # None: the method's default (DEFAULT_SCALE)
     tnr_power: float = 0.25  # exponent p of the TNR factor S = 2 - abar(sigma_next)**p
@@ -234,8 +235,8 @@ def validate_field(name: str, value: Any) -> str | None:
     if name == "schedule":
         return _choice("schedule", value, SCHEDULES)
     if name == "schedule_rho":
-        msg = _finite("schedule rho", value)
-        if msg is None and value <= 0:
+        msg = _finite("schedule rho", value, optional=True)
+        if msg is None and value is not None and value <= 0:
             return f"schedule rho must be positive, got {value!r}"
         return msg
     if name == "guidance":
@@ -278,7 +279,7 @@ def parse_field(name: str, text: str) -> Any:
         except ValueError:
             raise RequestError(f"{name.replace('_', ' ')} must be a whole number, got {text!r}") from None
     elif name in ("scale", "tnr_power", "cfg_rescale", "schedule_rho", "guidance_sigma_min", "guidance_sigma_max"):
-        if text == "" and name in ("scale", "guidance_sigma_min", "guidance_sigma_max"):
+        if text == "" and name in ("scale", "schedule_rho", "guidance_sigma_min", "guidance_sigma_max"):
             return None
         value = _as_float(name.replace("_", " "), text)
     else:

@@ -84,7 +84,7 @@ class Schedule:
 
     def abar(self, sigma: float | torch.Tensor) -> float | torch.Tensor:
         """abar(sigma) = 1 / (1 + sigma**2)."""
-        return 1.0 / (1.0 + sigma**2)
+        return abar_of_sigma(sigma)
 
     def sigma_to_t(self, sigma: float | torch.Tensor) -> float | torch.Tensor:
         """The continuous timestep of a sigma: linear in log sigma between table entries, clamped to [0, T-1]."""
@@ -194,6 +194,11 @@ class Schedule:
         if resolved in SPACINGS:
             return self.spacing_timesteps(steps, resolved)
         return self.sigma_to_t(self.grid(steps, kind, rho)[:-1])
+
+
+def abar_of_sigma(sigma: float | torch.Tensor) -> float | torch.Tensor:
+    """abar(sigma) = 1 / (1 + sigma**2): the cumulative alpha of a VE noise level."""
+    return 1.0 / (1.0 + sigma**2)
 
 
 def sigma_of_abar(abar: torch.Tensor) -> torch.Tensor:

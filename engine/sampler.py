@@ -1,0 +1,221 @@
+"""The sampling loop, written once for every solver and guidance method (MATH.md sections 2 to 6).
+
+    x_T = n * init_noise_sigma                    n: the true noise, CPU float32, seeded by the request
+    for each step sigma -> sigma_next of the grid:
+        the step's guidance (rows to evaluate, S held fixed) -> pair function (den, ren)
+        x = rk_step(tableau, pair, x, sigma, sigma_next)          (Euler when sigma_next == 0)
+    image = decode(x)
+
+The model is only reached through the bundle (docs/CONTRACTS.md): `encode`, `eps` (one batched call per
+stage), `decode`, `preview`, `schedule`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from engine.guidance import GuidancePlan, StepGuidance
+from engine.preview import decoded_to_image
+from engine.request import GenerationRequest, RequestError
+from engine.solvers import Pair, rk_step, tableau_for_step
+
+
+class SamplingCancelled(Exception):
+    """`should_stop()` returned true; raised before the next model evaluation."""
+
+
+class SamplingError(RuntimeError):
+    """The run cannot go on (a non-finite latent); the message names the step."""
+
+
+@dataclass
+class StepEvent:
+    index: int  # 0-based
+    steps: int
+    sigma: float
+    sigma_next: float
+    denoised: torch.Tensor  # D = x - sigma * den at the step's start, model space, CPU float32
+    preview: Image.Image | None
+    image: Image.Image | None  # full decode on `decode_every` steps
+    tnr_factor: float | None
+    evaluations: int  # model evaluations so far (a batched call of k predictions counts k)
+    elapsed: float  # seconds since sampling began
+
+
+@dataclass
+class Result:
+    latent: torch.Tensor  # final latent in model space, CPU float32 (diffusers' output_type="latent")
+    image: Image.Image
+    true_noise: torch.Tensor  # CPU float32
+    stats: dict[str, Any] = field(default_factory=dict)
+    request: GenerationRequest | None = None  # the request with resolved sizes
+
+
+def make_true_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """The true noise n: one standard normal draw, float32 on the CPU whatever the device (MATH.md 2)."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return torch.randn(shape, generator=generator, dtype=torch.float32)
+
+
+def denoised_estimate(x: torch.Tensor, sigma: float, den: torch.Tensor) -> torch.Tensor:
+    """D = x - sigma * den: the clean-image estimate that previews show (MATH.md 2)."""
+    return x - sigma * den
+
+
+def resolve_request(bundle: Any, request: GenerationRequest) -> GenerationRequest:
+    """Fill in the model's native size and check the size against the model's latent factor."""
+    height, width = bundle.default_size
+    request = request.replace(width=request.width or width, height=request.height or height)
+    factor = bundle.vae_scale_factor
+    for name in ("width", "height"):
+        value = getattr(request, name)
+        if value % factor:
+            raise RequestError(f"{name} must be a multiple of {factor} for this model, got {value}")
+    return request
+
+
+def sample(
+    bundle: Any,
+    request: GenerationRequest,
+    on_step: Callable[[StepEvent], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Result:
+    """Run one request on a loaded model bundle; see the module docstring and docs/CONTRACTS.md."""
+    started = time.perf_counter()
+    request = resolve_request(bundle, request)
+    schedule = bundle.schedule
+    device = bundle.device
+    steps = request.steps
+
+    def check_stop() -> None:
+        if should_stop is not None and should_stop():
+            raise SamplingCancelled("sampling cancelled")
+
+    # The grid and its timesteps: float64 schedule math, handed to the model as Python floats.
+    grid = schedule.grid(steps, request.schedule, request.schedule_rho)
+    grid_t = schedule.grid_timesteps(steps, request.schedule, request.schedule_rho)
+    sigmas = grid.tolist()
+
+    plan = GuidancePlan.from_request(request)
+    check_stop()
+    zero_if_empty = [
+        bundle.force_zeros_for_empty_prompt and text == "" and i != plan.conditional_row
+        for i, text in enumerate(plan.texts)
+    ]
+    cond = bundle.encode(list(plan.texts), request.height, request.width, zero_if_empty=zero_if_empty)
+    cond_rows: dict[tuple[int, ...], Any] = {}
+
+    def conditioning(rows: tuple[int, ...]) -> Any:
+        if rows == tuple(range(cond.batch)):
+            return cond
+        if rows not in cond_rows:
+            cond_rows[rows] = cond.select(list(rows))
+        return cond_rows[rows]
+
+    shape = (
+        1,
+        bundle.latent_channels,
+        request.height // bundle.vae_scale_factor,
+        request.width // bundle.vae_scale_factor,
+    )
+    true_noise = make_true_noise(request.seed, shape)
+    n = true_noise.to(device)
+    init_noise_sigma = schedule.init_noise_sigma(grid, request.schedule)
+    x = n * init_noise_sigma
+
+    evaluations = 0
+    tnr_factors: list[float] = []
+    loop_started = time.perf_counter()
+    final_image: Image.Image | None = None
+
+    for i in range(steps):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        guide: StepGuidance = plan.for_step(sigma, sigma_next)
+        if guide.S is not None:
+            tnr_factors.append(guide.S)
+        step_cond = conditioning(guide.rows)
+        k = len(guide.rows)
+
+        def timestep(s: float, i: int = i, sigma_next: float = sigma_next) -> float:
+            # Grid sigmas use the grid's own timesteps (diffusers' fractional linspace ones included).
+            if s == sigmas[i]:
+                return float(grid_t[i])
+            if s == sigma_next and i + 1 < steps:
+                return float(grid_t[i + 1])
+            return float(schedule.sigma_to_t(s))
+
+        def pair_at(
+            x_stage: torch.Tensor,
+            s: float,
+            stage: int,
+            guide: StepGuidance = guide,
+            step_cond: Any = step_cond,
+            k: int = k,
+        ) -> Pair:
+            nonlocal evaluations
+            check_stop()
+            predictions = bundle.eps(x_stage.expand(k, *x_stage.shape[1:]), s, timestep(s), step_cond)
+            evaluations += k
+            return guide.pair(predictions.float(), n)
+
+        x_start = x
+        x, (den, _) = rk_step(tableau_for_step(request.solver, sigma_next), pair_at, x, sigma, sigma_next)
+        if not bool(torch.isfinite(x).all()):
+            raise SamplingError(
+                f"non-finite latent at step {i + 1} of {steps} (sigma {sigma:.4g} -> {sigma_next:.4g}); try fewer steps, a smaller scale or float32"
+            )
+
+        if on_step is not None:
+            denoised = denoised_estimate(x_start, sigma, den).detach().float().cpu()
+            last = i == steps - 1
+            preview = None
+            if request.preview_every and ((i + 1) % request.preview_every == 0 or last):
+                preview = bundle.preview(denoised)
+            image = None
+            if request.decode_every and ((i + 1) % request.decode_every == 0 or last):
+                if last:
+                    final_image = decoded_to_image(bundle.decode(x))
+                    image = final_image
+                else:
+                    image = decoded_to_image(bundle.decode(denoised.to(device)))
+            on_step(
+                StepEvent(
+                    index=i,
+                    steps=steps,
+                    sigma=sigma,
+                    sigma_next=sigma_next,
+                    denoised=denoised,
+                    preview=preview,
+                    image=image,
+                    tnr_factor=guide.S,
+                    evaluations=evaluations,
+                    elapsed=time.perf_counter() - started,
+                )
+            )
+    loop_seconds = time.perf_counter() - loop_started
+
+    latent = x.detach().float().cpu()
+    if final_image is None:
+        final_image = decoded_to_image(bundle.decode(x))
+    stats = {
+        "seconds": time.perf_counter() - started,
+        "seconds_per_step": loop_seconds / steps,
+        "model_evaluations": evaluations,
+        "steps": steps,
+        "device": str(device),
+        "dtype": str(bundle.dtype).removeprefix("torch."),
+        "sigmas": sigmas,
+        "timesteps": grid_t.tolist(),
+        "schedule": schedule.resolve_kind(request.schedule),
+        "init_noise_sigma": init_noise_sigma,
+        "tnr_factors": tnr_factors if plan.uses_tnr else None,
+        "equivalent_cfg_scale": plan.equivalent_cfg_scale,
+        "request": request.to_dict(),
+    }
+    return Result(latent=latent, image=final_image, true_noise=true_noise, stats=stats, request=request)
