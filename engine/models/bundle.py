@@ -1,0 +1,226 @@
+"""ModelBundle: one loaded SDXL-topology model behind the small interface the sampler needs (CONTRACTS.md).
+
+encode(texts, height, width) -> Conditioning       (SDXL's conditioning, exactly as diffusers builds it)
+eps(x, sigma, t, cond)       -> eps, float32        (MATH.md 2: the UNet sees x / sqrt(sigma**2 + 1))
+decode(latent)               -> image in [-1, 1]    (engine.decoder, float32)
+preview(denoised)            -> PIL.Image           (latent-to-RGB factors, MATH.md 6)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from engine.decoder import SDXLDecoder
+    from engine.schedule import Schedule
+
+
+class ModelError(Exception):
+    """A model cannot be loaded or used; the message names the path and the problem, for the user as is."""
+
+
+# SDXL's public latent-to-RGB factors (ComfyUI's latent_formats.SDXL): rows are latent channels, columns R, G, B.
+SDXL_LATENT_RGB_FACTORS = (
+    (0.3651, 0.4232, 0.4341),
+    (-0.2533, -0.0042, 0.1068),
+    (0.1076, 0.1111, -0.0362),
+    (-0.3165, -0.2492, -0.2188),
+)
+SDXL_LATENT_RGB_BIAS = (0.1084, -0.0175, -0.0011)
+
+
+@dataclass
+class Conditioning:
+    """SDXL conditioning, one row per text, on the model's device in the UNet dtype.
+
+    `prompt_embeds` [N, 77, D1 + D2]: penultimate hidden states of both text encoders, concatenated;
+    `text_embeds` [N, P]: the pooled projection of text encoder 2; `time_ids` [N, 6]: original size,
+    crop top-left (0, 0), target size.
+    """
+
+    prompt_embeds: torch.Tensor
+    text_embeds: torch.Tensor
+    time_ids: torch.Tensor
+    texts: list[str] = field(default_factory=list)
+
+    @property
+    def batch(self) -> int:
+        return int(self.prompt_embeds.shape[0])
+
+    def repeat(self, n: int) -> Conditioning:
+        """Each row repeated `n` times in place (rows a, b -> a, a, b, b), like num_images_per_prompt."""
+        return Conditioning(
+            self.prompt_embeds.repeat_interleave(n, dim=0),
+            self.text_embeds.repeat_interleave(n, dim=0),
+            self.time_ids.repeat_interleave(n, dim=0),
+            [t for t in self.texts for _ in range(n)],
+        )
+
+    def select(self, idx: list[int] | torch.Tensor) -> Conditioning:
+        index = torch.as_tensor(idx, dtype=torch.long, device=self.prompt_embeds.device)
+        texts = [self.texts[i] for i in index.tolist()] if self.texts else []
+        return Conditioning(self.prompt_embeds[index], self.text_embeds[index], self.time_ids[index], texts)
+
+    @staticmethod
+    def cat(parts: list[Conditioning]) -> Conditioning:
+        return Conditioning(
+            torch.cat([p.prompt_embeds for p in parts]),
+            torch.cat([p.text_embeds for p in parts]),
+            torch.cat([p.time_ids for p in parts]),
+            [t for p in parts for t in p.texts],
+        )
+
+
+class ModelBundle:
+    """A loaded model. Build it with `engine.models.load_bundle`, not directly."""
+
+    def __init__(
+        self,
+        *,
+        ref: str,
+        path: Path,
+        name: str,
+        identity: str,
+        device: torch.device,
+        dtype: torch.dtype,
+        unet: Any,
+        text_encoder: Any,
+        text_encoder_2: Any,
+        tokenizer: Any,
+        tokenizer_2: Any,
+        decoder: SDXLDecoder,
+        scheduler_config: dict[str, Any],
+        force_zeros_for_empty_prompt: bool = True,
+        latent_rgb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        self.ref = ref
+        self.path = path
+        self.name = name
+        self.identity = identity
+        self.device = device
+        self.dtype = dtype
+        self.unet = unet
+        self.text_encoder = text_encoder
+        self.text_encoder_2 = text_encoder_2
+        self.tokenizer = tokenizer
+        self.tokenizer_2 = tokenizer_2
+        self.decoder = decoder
+        self.scheduler_config = dict(scheduler_config)
+        self.force_zeros_for_empty_prompt = bool(force_zeros_for_empty_prompt)
+        self.latent_channels = int(unet.config.in_channels)
+        self.vae_scale_factor = int(decoder.scale_factor)
+        size = unet.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else size
+        self.default_size = (int(h) * self.vae_scale_factor, int(w) * self.vae_scale_factor)
+        self.scaling_factor = float(decoder.scaling_factor)
+        self.prediction_type = self.scheduler_config.get("prediction_type", "epsilon")
+        if latent_rgb is None:
+            latent_rgb = default_latent_rgb(self.latent_channels)
+        self.latent_rgb = latent_rgb
+
+    def __repr__(self) -> str:
+        return f"ModelBundle({self.name!r}, identity={self.identity}, device={self.device}, dtype={self.dtype})"
+
+    @cached_property
+    def schedule(self) -> Schedule:
+        from engine.schedule import Schedule
+
+        return Schedule.from_config(self.scheduler_config)
+
+    # ---- conditioning --------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def encode(
+        self, texts: list[str], height: int, width: int, zero_if_empty: list[bool] | None = None
+    ) -> Conditioning:
+        """SDXL conditioning for each text, as StableDiffusionXLPipeline.encode_prompt builds it.
+
+        A row whose text is empty and whose `zero_if_empty` flag is set (the negative prompt) gets zero
+        embeddings when the model's `force_zeros_for_empty_prompt` is on: diffusers does this for a
+        negative prompt left unset.
+        """
+        texts = [str(t) for t in texts]
+        if not texts:
+            raise ValueError("encode: no texts")
+        flags = list(zero_if_empty) if zero_if_empty is not None else [False] * len(texts)
+        if len(flags) != len(texts):
+            raise ValueError(f"encode: {len(texts)} texts but {len(flags)} zero_if_empty flags")
+        zero = [self.force_zeros_for_empty_prompt and f and t == "" for t, f in zip(texts, flags, strict=True)]
+        hidden, pooled = [], None
+        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+            ids = tokenizer(
+                texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+            ).input_ids.to(self.device)
+            out = encoder(ids, output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])
+            if encoder is self.text_encoder_2:
+                pooled = out.text_embeds
+        prompt_embeds = torch.cat(hidden, dim=-1).to(self.dtype)
+        text_embeds = pooled.to(self.dtype)
+        if any(zero):
+            mask = torch.tensor(zero, device=self.device)
+            prompt_embeds = torch.where(mask[:, None, None], torch.zeros_like(prompt_embeds), prompt_embeds)
+            text_embeds = torch.where(mask[:, None], torch.zeros_like(text_embeds), text_embeds)
+        # time_ids: original size, crop top-left, target size (no micro-conditioning tricks).
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.dtype, device=self.device)
+        return Conditioning(prompt_embeds, text_embeds, time_ids.repeat(len(texts), 1), texts)
+
+    # ---- the model -----------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def eps(self, x: torch.Tensor, sigma: float, t: float, cond: Conditioning) -> torch.Tensor:
+        """The noise prediction for the VE latent `x` at `sigma` (timestep `t`), one batched UNet call.
+
+        `x` has one row per conditioning row. Returns float32 on the model's device.
+        """
+        if x.shape[0] != cond.batch:
+            raise ValueError(f"eps: {x.shape[0]} latents but {cond.batch} conditioning rows")
+        sigma = float(sigma)
+        c_in = 1.0 / math.sqrt(sigma * sigma + 1.0)
+        x = x.to(device=self.device, dtype=torch.float32)
+        model_input = (x * c_in).to(self.dtype)
+        timesteps = torch.full((x.shape[0],), float(t), dtype=torch.float32, device=self.device)
+        out = self.unet(
+            model_input,
+            timesteps,
+            encoder_hidden_states=cond.prompt_embeds,
+            added_cond_kwargs={"text_embeds": cond.text_embeds, "time_ids": cond.time_ids},
+            return_dict=False,
+        )[0].float()
+        if self.prediction_type == "v_prediction":
+            # v = a*eps - s*x0 and z = a*x0 + s*eps (a = c_in, s = sigma*c_in)  =>  eps = a*v + s*z.
+            return c_in * out + sigma * c_in * (x * c_in)
+        if self.prediction_type != "epsilon":
+            raise ModelError(f"{self.path}: prediction_type {self.prediction_type!r} is not supported")
+        return out
+
+    # ---- images --------------------------------------------------------------------------------------
+
+    def decode(self, latent_model_space: torch.Tensor) -> torch.Tensor:
+        """Full decode with the lab's SDXL decoder: [N, C, h, w] -> [N, 3, H, W] float32 (on the device)."""
+        return self.decoder.decode(latent_model_space)
+
+    def preview(self, denoised_model_space: torch.Tensor) -> Image.Image:
+        """Cheap latent-to-RGB preview of the first row (MATH.md 6)."""
+        from PIL import Image
+
+        factors, bias = self.latent_rgb
+        d = denoised_model_space[0].detach().to("cpu", torch.float32)
+        rgb = torch.einsum("chw,ck->hwk", d, factors) + bias
+        rgb = ((rgb + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8)
+        return Image.fromarray(rgb.numpy(), "RGB")
+
+
+def default_latent_rgb(channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's public factors for 4-channel latents; a grey projection of the channel mean otherwise."""
+    if channels == 4:
+        return torch.tensor(SDXL_LATENT_RGB_FACTORS), torch.tensor(SDXL_LATENT_RGB_BIAS)
+    return torch.full((channels, 3), 1.0 / channels), torch.zeros(3)

@@ -1,0 +1,358 @@
+"""load_bundle: resolve a model reference, check it, load its parts (ARCHITECTURE.md, "Models").
+
+References:
+- "embedded": `$TNR_LAB_EMBEDDED_MODEL`, else `<repo>/data/models/shapes-xl` (trained by `python -m engine.toy.train`).
+- a diffusers-format directory (model_index.json, unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/,
+  tokenizer_2/, scheduler/); loaded with `local_files_only`.
+- a single-file `.safetensors` checkpoint plus a config directory (diffusers layout, JSON configs and
+  tokenizers; weights not needed): the `config` argument, else `$TNR_LAB_MODEL_CONFIG`, else a sibling
+  directory `<stem>/` or `<stem>.config/` or the file's own folder when it holds model_index.json.
+- a hub id ("org/name") when online; with HF_HUB_OFFLINE set only from the local cache.
+
+Only safetensors are read: pickled weights (.ckpt, .bin, .pt, .pth, .pkl) can run arbitrary code when
+loaded, so they are refused.
+
+identity: sha256 over, for every weight file in sorted relative-path order, its path, its size, and its first
+and last MiB; the first 12 hex digits. Cheap on multi-GB files and changes whenever weights change in practice
+(a re-save, a fine-tune, a different dtype); it is a fingerprint, not a proof of integrity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.models.bundle import ModelBundle, ModelError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EMBEDDED_DEFAULT = REPO_ROOT / "data" / "models" / "shapes-xl"
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle")
+COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+WEIGHTED = ("unet", "vae", "text_encoder", "text_encoder_2")
+_MIB = 1 << 20
+
+
+def embedded_model_path() -> Path:
+    env = os.environ.get("TNR_LAB_EMBEDDED_MODEL")
+    return Path(env).expanduser() if env else EMBEDDED_DEFAULT
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if device in ("auto", None, ""):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelError(f"unknown device {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device 'cuda' asked for, but torch sees no CUDA device")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """UNet and text-encoder dtype: fp16 on accelerators, float32 on CPU, unless asked otherwise."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in ("auto", None, ""):
+        return torch.float32 if device.type == "cpu" else torch.float16
+    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype not in table:
+        raise ModelError(f"unknown dtype {dtype!r}: choose one of auto, {', '.join(table)}")
+    return table[dtype]
+
+
+def weights_identity(files: list[Path], root: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda p: str(p.relative_to(root)) if p.is_relative_to(root) else p.name):
+        size = f.stat().st_size
+        rel = str(f.relative_to(root)) if f.is_relative_to(root) else f.name
+        h.update(f"{rel}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(_MIB))
+            if size > _MIB:
+                fh.seek(max(_MIB, size - _MIB))
+                h.update(fh.read(_MIB))
+    return h.hexdigest()[:12]
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _refuse_pickle(path: Path) -> None:
+    raise ModelError(
+        f"{path}: refusing to load a pickled checkpoint ({path.suffix}): unpickling can run arbitrary code. "
+        "Convert it to .safetensors first."
+    )
+
+
+def _check_safetensors(path: Path) -> None:
+    """Read the header and check that the data fits the file: catches truncated and non-safetensors files."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+    except Exception as exc:  # safetensors raises its own error types
+        raise ModelError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if not keys:
+        raise ModelError(f"{path}: safetensors file holds no tensors")
+
+
+def _component_weights(path: Path, component: str) -> list[Path]:
+    folder = path / component
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        pickles = [f for f in folder.iterdir() if f.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            _refuse_pickle(pickles[0])
+        raise ModelError(f"{folder}: no .safetensors weights")
+    return files
+
+
+def _check_diffusers_dir(path: Path) -> list[Path]:
+    missing = [c for c in COMPONENTS if not (path / c).is_dir()]
+    if missing:
+        hint = ""
+        if not (path / "model_index.json").exists():
+            hint = " (not a diffusers-format directory: no model_index.json)"
+        raise ModelError(f"{path}: missing {', '.join(missing)}{hint}; an SDXL-topology diffusers directory is needed")
+    files = []
+    for c in WEIGHTED:
+        for f in _component_weights(path, c):
+            _check_safetensors(f)
+            files.append(f)
+    return files
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ModelError(f"{path}: missing") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def _latent_rgb_beside(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`latent_rgb.json` beside the model: {"factors": [[r, g, b] per latent channel], "bias": [r, g, b]}."""
+    f = path / "latent_rgb.json" if path.is_dir() else path.with_name("latent_rgb.json")
+    if not f.is_file():
+        return None
+    data = _read_json(f)
+    try:
+        return torch.tensor(data["factors"], dtype=torch.float32), torch.tensor(data["bias"], dtype=torch.float32)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{f}: expected {{'factors': [[r, g, b], ...], 'bias': [r, g, b]}} ({exc})") from exc
+
+
+def load_bundle(
+    ref: str = "embedded",
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    *,
+    config: str | Path | None = None,
+) -> ModelBundle:
+    """Load a model (see the module docstring for the references understood). Raises ModelError."""
+    ref = str(ref)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if ref == "embedded":
+        path = embedded_model_path()
+        if not path.exists():
+            raise ModelError(
+                f"the embedded model is not there yet ({path}): train it with `python -m engine.toy.train`, "
+                "or pass --model DIR"
+            )
+        return _load_directory(ref, path, dev, dt)
+    path = Path(ref).expanduser()
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        _refuse_pickle(path)
+    if path.is_dir():
+        return _load_directory(ref, path, dev, dt)
+    if path.is_file():
+        if path.suffix.lower() != ".safetensors":
+            raise ModelError(f"{path}: not a .safetensors checkpoint or a diffusers directory")
+        return _load_single_file(ref, path, dev, dt, config)
+    if _looks_like_hub_id(ref):
+        return _load_hub(ref, dev, dt)
+    raise ModelError(f"{path}: no such file or directory")
+
+
+def _looks_like_hub_id(ref: str) -> bool:
+    parts = ref.split("/")
+    return len(parts) == 2 and all(parts) and not ref.startswith((".", "/", "~")) and "\\" not in ref
+
+
+def _load_hub(ref: str, dev: torch.device, dt: torch.dtype) -> ModelBundle:
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    try:
+        # Only the component folders' configs, tokenizers and safetensors (never the root single-file
+        # checkpoints or pickled weights that some repositories also carry).
+        patterns = ["model_index.json"] + [f"{c}/*.{ext}" for c in COMPONENTS for ext in ("json", "txt", "safetensors")]
+        local = snapshot_download(ref, local_files_only=offline, allow_patterns=patterns)
+    except Exception as exc:  # network, missing repo, offline without a cache
+        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else _first_line(exc)
+        raise ModelError(f"{ref}: cannot get the model from the hub ({why})") from exc
+    return _load_directory(ref, Path(local), dev, dt)
+
+
+@contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Silence diffusers/transformers chatter (progress bars, the accelerate hint) while loading."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    d_level, t_level = dlog.get_verbosity(), tlog.get_verbosity()
+    t_bars = tlog.is_progress_bar_enabled()
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(d_level)
+        tlog.set_verbosity(t_level)
+        if t_bars:
+            tlog.enable_progress_bar()
+
+
+def _load_directory(ref: str, path: Path, dev: torch.device, dt: torch.dtype) -> ModelBundle:
+    files = _check_diffusers_dir(path)
+    scheduler_config = _read_json(path / "scheduler" / "scheduler_config.json")
+    index = _read_json(path / "model_index.json") if (path / "model_index.json").exists() else {}
+    try:
+        with _quiet_libraries():
+            from diffusers import UNet2DConditionModel
+            from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+            from engine.decoder import load_sdxl_decoder
+
+            unet = UNet2DConditionModel.from_pretrained(
+                path, subfolder="unet", torch_dtype=dt, use_safetensors=True, local_files_only=True
+            )
+            text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dt, local_files_only=True)
+            text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
+                path / "text_encoder_2", dtype=dt, local_files_only=True
+            )
+            tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
+            tokenizer_2 = CLIPTokenizer.from_pretrained(path / "tokenizer_2", local_files_only=True)
+            decoder = load_sdxl_decoder(path / "vae", dev)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot load the model ({_first_line(exc)})") from exc
+    _check_topology(path, unet, text_encoder, text_encoder_2)
+    return ModelBundle(
+        ref=ref,
+        path=path,
+        name=path.name,
+        identity=weights_identity(files, path),
+        device=dev,
+        dtype=dt,
+        unet=unet.to(dev).eval(),
+        text_encoder=text_encoder.to(dev).eval(),
+        text_encoder_2=text_encoder_2.to(dev).eval(),
+        tokenizer=_fix_max_length(tokenizer),
+        tokenizer_2=_fix_max_length(tokenizer_2),
+        decoder=decoder,
+        scheduler_config=scheduler_config,
+        force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", True)),
+        latent_rgb=_latent_rgb_beside(path),
+    )
+
+
+def _fix_max_length(tokenizer: Any) -> Any:
+    # PITFALLS.md: a tokenizer without model_max_length pads to 1e30; CLIP's context is 77 tokens.
+    if tokenizer.model_max_length > 10_000:
+        tokenizer.model_max_length = 77
+    return tokenizer
+
+
+def _check_topology(path: Path, unet: Any, te1: Any, te2: Any) -> None:
+    cfg = unet.config
+    if cfg.addition_embed_type != "text_time":
+        raise ModelError(
+            f"{path}: the UNet has no SDXL 'text_time' conditioning (addition_embed_type {cfg.addition_embed_type!r})"
+        )
+    width = te1.config.hidden_size + te2.config.hidden_size
+    if cfg.cross_attention_dim != width:
+        raise ModelError(
+            f"{path}: UNet cross_attention_dim {cfg.cross_attention_dim} != text encoder widths "
+            f"{te1.config.hidden_size} + {te2.config.hidden_size}"
+        )
+
+
+def _single_file_config_dir(path: Path, config: str | Path | None) -> Path:
+    candidates = []
+    if config is not None:
+        candidates.append(Path(config).expanduser())
+    elif os.environ.get("TNR_LAB_MODEL_CONFIG"):
+        candidates.append(Path(os.environ["TNR_LAB_MODEL_CONFIG"]).expanduser())
+    else:
+        candidates += [path.with_suffix(""), path.with_name(path.stem + ".config"), path.parent]
+    for c in candidates:
+        if (c / "model_index.json").is_file() and (c / "unet" / "config.json").is_file():
+            return c
+    tried = ", ".join(str(c) for c in candidates)
+    raise ModelError(
+        f"{path}: a single-file checkpoint needs a config directory (diffusers layout: model_index.json, "
+        f"unet/config.json, vae/, text encoders' configs, tokenizers); none found at {tried}"
+    )
+
+
+def _load_single_file(
+    ref: str, path: Path, dev: torch.device, dt: torch.dtype, config: str | Path | None
+) -> ModelBundle:
+    _check_safetensors(path)
+    config_dir = _single_file_config_dir(path, config)
+    try:
+        with _quiet_libraries():
+            from diffusers import StableDiffusionXLPipeline
+
+            from engine.decoder import SDXLDecoder
+
+            pipe = StableDiffusionXLPipeline.from_single_file(
+                str(path), config=str(config_dir), local_files_only=True, torch_dtype=torch.float32
+            )
+            decoder = SDXLDecoder(dict(pipe.vae.config))
+            decoder.load_decoder_state(pipe.vae.state_dict())
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot load the checkpoint ({_first_line(exc)})") from exc
+    _check_topology(path, pipe.unet, pipe.text_encoder, pipe.text_encoder_2)
+    scheduler_config = _read_json(config_dir / "scheduler" / "scheduler_config.json")
+    return ModelBundle(
+        ref=ref,
+        path=path,
+        name=path.stem,
+        identity=weights_identity([path], path.parent),
+        device=dev,
+        dtype=dt,
+        unet=pipe.unet.to(dev, dt).eval(),
+        text_encoder=pipe.text_encoder.to(dev, dt).eval(),
+        text_encoder_2=pipe.text_encoder_2.to(dev, dt).eval(),
+        tokenizer=_fix_max_length(pipe.tokenizer),
+        tokenizer_2=_fix_max_length(pipe.tokenizer_2),
+        decoder=decoder.to(dev).eval(),
+        scheduler_config=scheduler_config,
+        force_zeros_for_empty_prompt=bool(pipe.config.get("force_zeros_for_empty_prompt", True)),
+        latent_rgb=_latent_rgb_beside(path),
+    )
