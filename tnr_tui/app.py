@@ -1,0 +1,212 @@
+"""The Textual lab (`tnr-lab` with no command). No torch at import time: the worker loads it after first paint.
+
+The App owns the device worker and routes its messages to the screens; screens never talk to the worker
+thread directly and the worker never touches widgets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from engine.request import EMBEDDED_MODEL, GenerationRequest
+from tnr_tui.screens.compare import CompareScreen
+from tnr_tui.screens.history import HistoryScreen
+from tnr_tui.screens.lab import LabScreen
+from tnr_tui.widgets.picture import ENV_PROTOCOL, prepare_images
+from tnr_tui.worker import DeviceWorker, ModelState, RunEnded, RunPreview, RunProgress, RunStarted
+
+KEYMAP_FILE = "keymap.json"  # {"binding id": "keys"}, e.g. {"lab.run": "ctrl+g"}, in the data directory
+
+
+class TnrLabApp(App[int]):
+    """The lab: Lab, History and Compare screens over one device worker."""
+
+    TITLE = "tnr-lab"
+    CSS_PATH = "app.tcss"
+    DEFAULT_MODE = "lab"
+    BINDINGS = [
+        Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True),
+        Binding("f2", "switch_mode('lab')", "Lab", id="app.lab"),
+        Binding("f3", "switch_mode('history')", "History", id="app.history"),
+        Binding("f4", "switch_mode('compare')", "Compare", id="app.compare"),
+        Binding("f12", "screenshot", "Screenshot", id="app.screenshot", show=False),
+    ]
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path | None = None,
+        model: str | None = None,
+        image_protocol: str = "auto",
+        load_fn: Callable[[str], Any] | None = None,
+        run_fn: Callable[..., Any] | None = None,
+        store_fn: Callable[[Path | None], Any] | None = None,
+        autoload: bool = True,
+    ) -> None:
+        self.image_protocol = prepare_images(image_protocol)  # before run(): it may query the terminal
+        super().__init__()
+        # One instance of each screen for the app's life: the Lab keeps its panels while History is open.
+        self.lab_screen = LabScreen()
+        self.history_screen = HistoryScreen()
+        self.compare_screen = CompareScreen()
+        self.add_mode("lab", lambda: self.lab_screen)
+        self.add_mode("history", lambda: self.history_screen)
+        self.add_mode("compare", lambda: self.compare_screen)
+        self.data_dir = Path(data_dir) if data_dir else None
+        self.model_ref = model or EMBEDDED_MODEL
+        self.autoload = autoload
+        self._store_fn = store_fn
+        self._store: Any = None
+        self.worker = DeviceWorker(
+            self.post_message, data_dir=self.data_dir, load_fn=load_fn, run_fn=run_fn, store_fn=store_fn
+        )
+        self.job_owner: dict[int, str] = {}
+        self.first_frame_at: float | None = None
+        self.ended: list[RunEnded] = []  # every outcome, in order (tests and the compare screen read it)
+
+    # ---- lifecycle ----
+
+    def on_mount(self) -> None:
+        self._apply_user_keymap()
+        self.worker.start()
+        # The model loads after the first frame is on screen, so start-up stays fast.
+        self.call_after_refresh(self._after_first_paint)
+
+    def _after_first_paint(self) -> None:
+        self.first_frame_at = time.perf_counter()
+        if self.autoload:
+            self.load_model(self.model_ref)
+
+    def _apply_user_keymap(self) -> None:
+        try:
+            path = self.resolved_data_dir() / KEYMAP_FILE
+            if path.is_file():
+                keymap = json.loads(path.read_text())
+                if isinstance(keymap, dict):
+                    self.set_keymap({str(k): str(v) for k, v in keymap.items()})
+        except (OSError, ValueError) as exc:
+            self.notify(f"keymap ignored: {exc}", severity="warning", markup=False)
+
+    def resolved_data_dir(self) -> Path:
+        from tnr_tui.history import resolve_data_dir
+
+        return resolve_data_dir(self.data_dir)
+
+    @property
+    def store(self) -> Any:
+        """The UI thread's handle on the history (the worker has its own)."""
+        if self._store is None:
+            if self._store_fn is not None:
+                self._store = self._store_fn(self.data_dir)
+            else:
+                from tnr_tui.history import open_store
+
+                self._store = open_store(self.data_dir)
+        return self._store
+
+    async def action_quit(self) -> None:
+        # The run in progress sees the stop flag at its next model evaluation; the thread is a daemon.
+        self.worker.shutdown(timeout=1.0)
+        self.exit(0)
+
+    def on_unmount(self) -> None:
+        self.worker.shutdown(timeout=0.5)
+
+    # ---- the worker, for screens ----
+
+    @property
+    def lab(self) -> LabScreen:
+        return self.lab_screen
+
+    def submit(self, request: GenerationRequest, owner: str = "lab") -> int:
+        job_id = self.worker.submit(request)
+        self.job_owner[job_id] = owner
+        return job_id
+
+    def cancel_runs(self) -> bool:
+        busy = self.worker.cancel()
+        if busy:
+            self.notify("cancelling the run", timeout=2)
+        return busy
+
+    def load_model(self, ref: str) -> None:
+        self.model_ref = ref
+        self.worker.load_model(ref)
+
+    # ---- worker messages ----
+
+    def on_model_state(self, message: ModelState) -> None:
+        if self.lab.is_mounted:
+            self.lab.show_model_state(message.ref, message.state, message.detail)
+        if message.state == "failed":
+            self.notify(message.detail, title=f"Model {message.ref}", severity="error", markup=False, timeout=8)
+
+    def on_run_started(self, message: RunStarted) -> None:
+        if self.lab.is_mounted:
+            self.lab.show_started(message.request)
+
+    def on_run_progress(self, message: RunProgress) -> None:
+        if self.lab.is_mounted:
+            self.lab.show_progress(message)
+
+    def on_run_preview(self, message: RunPreview) -> None:
+        if self.lab.is_mounted:
+            self.lab.show_preview(message)
+
+    def on_run_ended(self, message: RunEnded) -> None:
+        self.ended.append(message)
+        if self.lab.is_mounted:
+            self.lab.show_ended(message)
+        if message.status == "failed":
+            self.notify(message.error or "the run failed", title="Run failed", severity="error", markup=False)
+        owner = self.job_owner.pop(message.job_id, "lab")
+        for screen in (self.history_screen, self.compare_screen):
+            if screen.is_mounted:
+                screen.run_ended(message, owner)
+
+    # ---- command palette ----
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Run", "Run the request in the Lab panels (ctrl+r)", self._palette_run)
+        yield SystemCommand("Cancel run", "Cancel the run in progress (escape)", self.cancel_runs)
+        yield SystemCommand("New random seed", "Draw a new seed (ctrl+n)", self._palette_new_seed)
+        yield SystemCommand("Load model", "Load the model named in the Model panel", self._palette_load)
+        yield SystemCommand("Lab", "Show the Lab (f2)", lambda: self.switch_mode("lab"))
+        yield SystemCommand("History", "Browse the run history (f3)", lambda: self.switch_mode("history"))
+        yield SystemCommand("Compare", "Compare methods and scales (f4)", lambda: self.switch_mode("compare"))
+        yield SystemCommand("Save screenshot", "Save an SVG of the screen (f12)", self.action_screenshot)
+
+    def _palette_run(self) -> None:
+        self.switch_mode("lab")
+        self.lab.action_run()
+
+    def _palette_new_seed(self) -> None:
+        self.lab.action_new_seed()
+
+    def _palette_load(self) -> None:
+        self.lab.action_load_model()
+
+    def action_screenshot(self) -> None:
+        path = self.save_screenshot(path=str(self.resolved_data_dir()))
+        self.notify(f"screenshot saved: {path}", markup=False)
+
+
+def run_app(args: Any) -> int:
+    """Entry point from the CLI: args has data_dir, image_protocol, model."""
+    protocol = getattr(args, "image_protocol", None) or os.environ.get(ENV_PROTOCOL, "auto")
+    data_dir = getattr(args, "data_dir", None)
+    app = TnrLabApp(
+        data_dir=Path(data_dir) if data_dir else None, model=getattr(args, "model", None), image_protocol=protocol
+    )
+    result = app.run()
+    return int(result or 0)

@@ -1,0 +1,167 @@
+"""The Compare screen: one prompt and seed across guidance methods and scales (rows: solvers, matched by
+model evaluations), as a grid of labelled thumbnails. Every cell is an ordinary queued run in the history."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from rich.markup import escape
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Button, Footer, Header, Input, Label, Static
+
+from engine.request import (
+    GUIDANCE_METHODS,
+    SOLVER_STAGES,
+    SOLVERS,
+    GenerationRequest,
+    RequestError,
+    parse_field,
+)
+from tnr_tui.widgets.picture import Picture
+
+DEFAULT_METHODS = "none cfg:3 cfg:7 cfg++:0.8 tnr tnr-cfg:5"
+
+
+@dataclass(frozen=True)
+class Cell:
+    label: str
+    request: GenerationRequest
+
+
+def parse_methods(spec: str) -> list[tuple[str, float | None]]:
+    """'cfg:3 cfg:7 tnr' -> [('cfg', 3.0), ('cfg', 7.0), ('tnr', None)]; RequestError on a bad token."""
+    out: list[tuple[str, float | None]] = []
+    for token in spec.replace(",", " ").split():
+        method, _, scale = token.partition(":")
+        if method not in GUIDANCE_METHODS:
+            raise RequestError(f"unknown guidance method {method!r}; choose one of: {', '.join(GUIDANCE_METHODS)}")
+        out.append((method, parse_field("scale", scale) if scale else None))
+    if not out:
+        raise RequestError("give at least one method, e.g. 'cfg:5 tnr'")
+    return out
+
+
+def plan_grid(base: GenerationRequest, methods: str, solvers: str) -> list[list[Cell]]:
+    """Rows of cells: one row per solver, one cell per method:scale. Every row spends the model evaluations
+    of the base request's steps with Euler, so a 4-stage solver gets a quarter of the steps."""
+    names = solvers.replace(",", " ").split() or [base.solver]
+    for name in names:
+        if name not in SOLVERS:
+            raise RequestError(f"unknown solver {name!r}; choose one of: {', '.join(SOLVERS)}")
+    grid_id = f"compare-{int(time.time())}"
+    rows = []
+    for solver in names:
+        steps = max(1, round(base.steps / SOLVER_STAGES[solver]))
+        row = []
+        for method, scale in parse_methods(methods):
+            request = base.replace(
+                solver=solver, steps=steps, guidance=method, scale=scale, tags={**base.tags, "compare": grid_id}
+            )
+            shown = "" if method in ("none", "tnr") else f" {request.effective_scale:g}"
+            row.append(Cell(f"{method}{shown} · {solver} {steps} steps · {request.model_evaluations} evals", request))
+        rows.append(row)
+    return rows
+
+
+class CompareScreen(Screen):
+    AUTO_FOCUS = "#compare-prompt"
+    BINDINGS = [Binding("ctrl+r", "run_grid", "Run grid", id="compare.run")]
+
+    def __init__(self) -> None:
+        super().__init__(id="compare")
+        self.cells: dict[int, Picture] = {}  # job id -> its tile
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Vertical(id="compare-form", classes="panel") as form:
+            form.border_title = "Compare"
+            with Horizontal(classes="pair"):
+                with Vertical(classes="wide"):
+                    yield Label("Prompt")
+                    yield Input(placeholder="a red circle on a blue background", id="compare-prompt")
+                with Vertical():
+                    yield Label("Seed")
+                    yield Input("0", id="compare-seed")
+                with Vertical():
+                    yield Label("Euler steps")
+                    yield Input("20", id="compare-steps")
+            with Horizontal(classes="pair"):
+                with Vertical(classes="wide"):
+                    yield Label("Methods (method:scale ...)")
+                    yield Input(DEFAULT_METHODS, id="compare-methods")
+                with Vertical():
+                    yield Label("Solvers (matched by model evaluations)")
+                    yield Input("euler", id="compare-solvers")
+                yield Button("Run grid", id="run-grid", variant="primary")
+        yield VerticalScroll(Static("the grid appears here", id="compare-empty", markup=False), id="compare-grid-box")
+        yield Footer()
+
+    def base_request(self) -> GenerationRequest:
+        """The Lab's request (model, size, negative prompt ...) with this screen's prompt, seed and steps."""
+        app: Any = self.app
+        try:
+            base = app.lab.build_request()
+        except (RequestError, Exception):
+            base = GenerationRequest(prompt="", model=app.model_ref)
+        return base.replace(
+            prompt=parse_field("prompt", self.query_one("#compare-prompt", Input).value),
+            seed=parse_field("seed", self.query_one("#compare-seed", Input).value),
+            steps=parse_field("steps", self.query_one("#compare-steps", Input).value),
+            prompts=(),
+        )
+
+    @on(Button.Pressed, "#run-grid")
+    def _run_pressed(self) -> None:
+        self.action_run_grid()
+
+    def action_run_grid(self) -> None:
+        try:
+            rows = plan_grid(
+                self.base_request(),
+                self.query_one("#compare-methods", Input).value,
+                self.query_one("#compare-solvers", Input).value,
+            )
+        except RequestError as exc:
+            self.notify(str(exc), title="Cannot compare", severity="error", markup=False)
+            return
+        app: Any = self.app
+        box = self.query_one("#compare-grid-box")
+        box.remove_children()
+        self.cells.clear()
+        grid = Grid(id="compare-grid")
+        grid.styles.grid_size_columns = len(rows[0])
+        tiles = []
+        for row in rows:
+            for cell in row:
+                tile = Picture(f"{cell.label}\nqueued", classes="compare-tile")
+                tiles.append(tile)
+                self.cells[app.submit(cell.request, owner="compare")] = tile
+                tile.label = cell.label  # type: ignore[attr-defined]
+        box.mount(grid)
+        grid.mount_all(tiles)
+        self.notify(f"queued {len(tiles)} runs", markup=False)
+
+    def run_ended(self, message: Any, owner: str) -> None:
+        tile = self.cells.get(message.job_id)
+        if tile is None:
+            return
+        label = getattr(tile, "label", "")
+        if message.status == "done":
+            seconds = message.stats.get("seconds")
+            outcome = f"{seconds:.1f} s" if isinstance(seconds, (int, float)) else "done"
+        else:
+            outcome = f"{message.status}: {message.error}" if message.error else message.status
+        image = message.image
+        if image is not None:
+            image = image.copy()
+            image.thumbnail((128, 128))
+        tile.show(image, f"{label}\n{outcome}")
+
+
+__all__ = ["CompareScreen", "plan_grid", "parse_methods", "escape"]

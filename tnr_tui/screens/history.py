@@ -1,0 +1,363 @@
+"""The History screen: the run store, one page at a time (keyset pagination on the run id)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import Checkbox, DataTable, Footer, Header, Input, Select, Static
+
+from engine.request import GUIDANCE_METHODS, GenerationRequest, RequestError
+from tnr_tui.screens.dialogs import ConfirmDialog, ExportDialog, NoteDialog
+from tnr_tui.widgets.picture import Picture
+
+PAGE_SIZE = 60
+PREFETCH_ROWS = 15  # fetch the next page when the cursor gets this close to the last loaded row
+STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
+IMAGE_KINDS = ("image", "png")
+
+
+def run_image_path(store: Any, run: Any) -> Path | None:
+    for kind in IMAGE_KINDS:
+        out = run.output(kind)
+        if out is not None:
+            path = store.resolve(out.path)
+            return path if path.is_file() else None
+    return None
+
+
+def describe_run(run: Any) -> str:
+    """The full parameters and outcome of a run, as plain text."""
+    lines = [f"run {run.id}  ·  {run.status}  ·  {run.created_at:%Y-%m-%d %H:%M:%S} UTC"]
+    if run.favourite:
+        lines[0] += "  ·  ★"
+    if run.error:
+        lines.append(f"error: {run.error}")
+    if run.seconds is not None:
+        lines.append(f"{run.seconds:.2f} s · {run.model_evaluations} model evaluations")
+    if run.metrics:
+        lines.append(" · ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in sorted(run.metrics.items())))
+    if run.notes:
+        lines.append(f"note: {run.notes}")
+    if run.model_name or run.device:
+        lines.append(f"model: {run.model_name or run.model} on {run.device or '?'} {run.dtype or ''}".rstrip())
+    lines.append("")
+    for key, value in sorted(run.request.items()):
+        if key == "format":
+            continue
+        lines.append(f"{key}: {json.dumps(value, ensure_ascii=False)}")
+    return "\n".join(lines)
+
+
+def export_run(store: Any, run: Any, fmt: str, path: Path) -> Path:
+    """Write one run: its PNG (with metadata), its whole record as JSON, or its bare request as JSON."""
+    if fmt == "png":
+        source = run_image_path(store, run)
+        if source is None:
+            raise ValueError(f"run {run.id} has no image file")
+        shutil.copyfile(source, path)
+    elif fmt == "json":
+        path.write_text(json.dumps(run.to_dict(), indent=2, sort_keys=True, default=str, ensure_ascii=False))
+    elif fmt == "request":
+        path.write_text(json.dumps(run.request, indent=2, sort_keys=True, ensure_ascii=False))
+    else:
+        raise ValueError(f"unknown export format {fmt!r}")
+    return path
+
+
+class HistoryScreen(Screen):
+    """Search and filter runs; select one to see its picture and parameters; act on it."""
+
+    AUTO_FOCUS = "#runs"
+    BINDINGS = [
+        Binding("slash", "focus_search", "Search", id="history.search"),
+        Binding("r", "rerun", "Re-run", id="history.rerun"),
+        Binding("l", "load", "Load into Lab", id="history.load"),
+        Binding("f", "favourite", "Favourite", id="history.favourite"),
+        Binding("n", "note", "Note", id="history.note"),
+        Binding("e", "export", "Export", id="history.export"),
+        Binding("delete", "delete", "Delete", id="history.delete"),
+        Binding("ctrl+l", "refresh", "Refresh", id="history.refresh", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(id="history")
+        self._last_id: str | None = None
+        self._exhausted = False
+        self._runs: dict[str, Any] = {}
+        self._search_timer: Timer | None = None
+        self.pages_loaded = 0
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="history-filters"):
+            yield Input(placeholder="search prompts  (/)", id="search")
+            yield Select(
+                [("any status", "")] + [(s, s) for s in STATUSES], value="", allow_blank=False, id="status-filter"
+            )
+            yield Select(
+                [("any method", "")] + [(m, m) for m in GUIDANCE_METHODS],
+                value="",
+                allow_blank=False,
+                id="method-filter",
+            )
+            yield Checkbox("★ only", False, id="favourite-filter")
+        with Horizontal(id="history-body"):
+            table: DataTable[Any] = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+            yield table
+            with VerticalScroll(id="run-detail", classes="panel") as detail:
+                detail.border_title = "Run"
+                yield Picture("", id="thumb")
+                yield Static("select a run", id="run-params", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#runs", DataTable)
+        for label, key in (
+            ("id", "id"),
+            ("when", "when"),
+            ("status", "status"),
+            ("★", "fav"),
+            ("method", "method"),
+            ("scale", "scale"),
+            ("solver", "solver"),
+            ("steps", "steps"),
+            ("seed", "seed"),
+            ("prompt", "prompt"),
+        ):
+            table.add_column(label, key=key)
+        self.reload()
+
+    def on_screen_resume(self) -> None:
+        if self.is_mounted:
+            self.reload()
+
+    # ---- loading pages ----
+
+    def filters(self) -> Any:
+        from tnr_tui.history import RunFilter
+
+        status = self.query_one("#status-filter", Select).value
+        method = self.query_one("#method-filter", Select).value
+        return RunFilter(
+            text=self.query_one("#search", Input).value.strip() or None,
+            status=str(status) or None,
+            guidance=str(method) or None,
+            favourite=True if self.query_one("#favourite-filter", Checkbox).value else None,
+        )
+
+    def reload(self) -> None:
+        table = self.query_one("#runs", DataTable)
+        selected = self.selected_id()
+        table.clear()
+        self._runs.clear()
+        self._last_id, self._exhausted, self.pages_loaded = None, False, 0
+        self.load_page()
+        if selected in self._runs:
+            table.move_cursor(row=table.get_row_index(selected))
+        self._show_selected()
+
+    def load_page(self) -> int:
+        """Append the next page (PAGE_SIZE runs after the last loaded id); the store never returns all rows."""
+        if self._exhausted:
+            return 0
+        app: Any = self.app
+        runs = app.store.list_runs(self.filters(), after=self._last_id, limit=PAGE_SIZE)
+        table = self.query_one("#runs", DataTable)
+        for run in runs:
+            self._runs[run.id] = run
+            table.add_row(*self._cells(run), key=run.id)
+        self.pages_loaded += 1
+        if runs:
+            self._last_id = runs[-1].id
+        self._exhausted = len(runs) < PAGE_SIZE
+        return len(runs)
+
+    @staticmethod
+    def _cells(run: Any) -> list[Any]:
+        scale = "" if run.scale is None else f"{run.scale:g}"
+        prompt = run.prompt.replace("\n", " ")
+        # Text objects: DataTable would read a plain str as markup.
+        return [
+            Text(run.id[-8:]),
+            Text(f"{run.created_at:%m-%d %H:%M}"),
+            Text(run.status),
+            Text("★" if run.favourite else ""),
+            Text(run.guidance),
+            Text(scale),
+            Text(run.solver),
+            Text(str(run.steps)),
+            Text(str(run.seed)),
+            Text(prompt[:60] + ("…" if len(prompt) > 60 else "")),
+        ]
+
+    @on(DataTable.RowHighlighted, "#runs")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        table = self.query_one("#runs", DataTable)
+        if event.cursor_row >= table.row_count - PREFETCH_ROWS:
+            self.load_page()
+        self._show_selected()
+
+    @on(Input.Changed, "#search")
+    def _search_changed(self) -> None:
+        # Debounced: a query per keystroke would be wasted work on a large history.
+        if self._search_timer is not None:
+            self._search_timer.stop()
+        self._search_timer = self.set_timer(0.2, self.reload)
+
+    @on(Select.Changed)
+    @on(Checkbox.Changed)
+    def _filter_changed(self) -> None:
+        if self.is_mounted:
+            self.reload()
+
+    def selected_id(self) -> str | None:
+        table = self.query_one("#runs", DataTable)
+        if table.row_count == 0:
+            return None
+        try:
+            return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+        except Exception:  # no cursor row yet
+            return None
+
+    def selected_run(self) -> Any:
+        run_id = self.selected_id()
+        return self._runs.get(run_id) if run_id else None
+
+    def _show_selected(self) -> None:
+        run = self.selected_run()
+        thumb = self.query_one("#thumb", Picture)
+        params = self.query_one("#run-params", Static)
+        if run is None:
+            thumb.show(None, "")
+            params.update("no runs match" if self.pages_loaded else "select a run")
+            return
+        app: Any = self.app
+        path = run_image_path(app.store, run)
+        image = None
+        if path is not None:
+            from PIL import Image
+
+            with Image.open(path) as img:
+                image = img.convert("RGB")
+                image.thumbnail((256, 256))
+        thumb.show(image, "" if image is not None else "no image")
+        params.update(describe_run(run))
+
+    def _refresh_run(self, run_id: str) -> None:
+        app: Any = self.app
+        run = app.store.get_run(run_id)
+        if run is None:
+            return
+        self._runs[run_id] = run
+        table = self.query_one("#runs", DataTable)
+        for key, cell in zip(
+            ("id", "when", "status", "fav", "method", "scale", "solver", "steps", "seed", "prompt"),
+            self._cells(run),
+            strict=True,
+        ):
+            table.update_cell(run_id, key, cell)
+        self._show_selected()
+
+    # ---- actions ----
+
+    def action_focus_search(self) -> None:
+        self.query_one("#search", Input).focus()
+
+    def action_refresh(self) -> None:
+        self.reload()
+
+    def _request_of(self, run: Any) -> GenerationRequest | None:
+        try:
+            return GenerationRequest.from_dict(run.request)
+        except RequestError as exc:
+            self.notify(f"run {run.id}: {exc}", severity="error", markup=False)
+            return None
+
+    def action_rerun(self) -> None:
+        run = self.selected_run()
+        request = run and self._request_of(run)
+        if request is None:
+            return
+        app: Any = self.app
+        app.submit(request, owner="history")
+        self.notify(f"re-running {run.id[-8:]}", markup=False)
+
+    def action_load(self) -> None:
+        run = self.selected_run()
+        request = run and self._request_of(run)
+        if request is None:
+            return
+        app: Any = self.app
+        app.switch_mode("lab")
+        app.lab.load_request(request)
+        app.notify(f"loaded run {run.id[-8:]} into the Lab", markup=False)
+
+    def action_favourite(self) -> None:
+        run = self.selected_run()
+        if run is None:
+            return
+        app: Any = self.app
+        app.store.set_favourite(run.id, not run.favourite)
+        self._refresh_run(run.id)
+
+    def action_note(self) -> None:
+        run = self.selected_run()
+        if run is None:
+            return
+
+        def save(note: str | None) -> None:
+            if note is not None:
+                app: Any = self.app
+                app.store.set_note(run.id, note)
+                self._refresh_run(run.id)
+
+        self.app.push_screen(NoteDialog(run.notes), save)
+
+    def action_export(self) -> None:
+        run = self.selected_run()
+        if run is None:
+            return
+        app: Any = self.app
+
+        def export(choice: tuple[str, Path] | None) -> None:
+            if choice is None:
+                return
+            try:
+                path = export_run(app.store, run, *choice)
+            except (OSError, ValueError) as exc:
+                self.notify(str(exc), title="Export failed", severity="error", markup=False)
+                return
+            self.notify(f"exported to {path}", markup=False)
+
+        self.app.push_screen(ExportDialog(Path.cwd(), run.id), export)
+
+    def action_delete(self) -> None:
+        run = self.selected_run()
+        if run is None:
+            return
+
+        def delete(confirmed: bool | None) -> None:
+            if not confirmed:
+                return
+            app: Any = self.app
+            app.store.delete_run(run.id, delete_files=True)
+            self._runs.pop(run.id, None)
+            self.query_one("#runs", DataTable).remove_row(run.id)
+            self._show_selected()
+            self.notify(f"deleted run {run.id[-8:]} and its files", markup=False)
+
+        self.app.push_screen(ConfirmDialog(f"Delete run {run.id} and its files?\n{run.prompt}"), delete)
+
+    def run_ended(self, message: Any, owner: str) -> None:
+        """A run ended somewhere: show the newest runs (a cheap first-page query)."""
+        self.reload()

@@ -1,0 +1,413 @@
+"""The Lab screen: panels that edit one GenerationRequest, and the preview of the run in progress."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, ProgressBar, Select, Static
+
+from engine.request import (
+    DEFAULT_SCALE,
+    EMBEDDED_MODEL,
+    GUIDANCE_METHODS,
+    MAX_SEED,
+    SCHEDULES,
+    SOLVERS,
+    GenerationRequest,
+    RequestError,
+    WeightedPrompt,
+    parse_field,
+)
+from tnr_tui.widgets.fields import RequestField
+from tnr_tui.widgets.picture import Picture
+
+# Which guidance parameters each method has (MATH.md 5); the others are hidden.
+METHOD_PARAMS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "cfg": ("scale", "cfg_rescale", "window"),
+    "cfg++": ("scale", "cfg_rescale", "window"),
+    "tnr": ("tnr_power", "window"),
+    "tnr-cfg": ("scale", "tnr_power", "cfg_rescale", "window"),
+}
+METRIC_NAMES = ("colourfulness", "contrast", "saturation", "dynamic_range")
+
+
+def equivalent_cfg_scale(scales: list[float]) -> float | None:
+    """CFG scale g equivalent to the two-prompt form [negative s0, positive s1]: g = (1 + s1 - s0) / 2."""
+    if len(scales) != 2:
+        return None
+    return (1.0 + scales[1] - scales[0]) / 2.0
+
+
+def format_progress(index: int, steps: int, sigma: float, tnr_factor: float | None, elapsed: float) -> str:
+    done = index + 1
+    rate = done / elapsed if elapsed > 0 else 0.0
+    eta = (steps - done) / rate if rate > 0 else 0.0
+    parts = [f"step {done}/{steps}", f"σ {sigma:.3f}"]
+    if tnr_factor is not None:
+        parts.append(f"S {tnr_factor:.3f}")
+    parts += [f"{rate:.2f} it/s", f"ETA {eta:.1f} s"]
+    return "  ".join(parts)
+
+
+def format_result(status: str, stats: dict[str, Any], metrics: dict[str, float], error: str = "") -> str:
+    if status == "failed":
+        return f"failed: {error}"
+    head = "cancelled" if status == "cancelled" else "done"
+    parts = [head]
+    if "seconds" in stats:
+        parts.append(f"{float(stats['seconds']):.2f} s")
+    if "model_evaluations" in stats:
+        parts.append(f"{int(stats['model_evaluations'])} model evaluations")
+    line = " · ".join(parts)
+    shown = [f"{name.replace('_', ' ')} {metrics[name]:.3f}" for name in METRIC_NAMES if name in metrics]
+    return line + ("\n" + " · ".join(shown) if shown else "")
+
+
+class ExtraPrompt(Horizontal):
+    """One more prompt of the N-prompt form, with its own scale."""
+
+    DEFAULT_CSS = """
+    ExtraPrompt { height: auto; }
+    ExtraPrompt > .extra-text { width: 1fr; }
+    ExtraPrompt > .extra-scale { width: 10; }
+    ExtraPrompt > Button { min-width: 5; width: 5; }
+    """
+
+    def __init__(self, text: str = "", scale: float = 1.0) -> None:
+        super().__init__(classes="extra-prompt")
+        self._text, self._scale = text, scale
+
+    def compose(self) -> ComposeResult:
+        yield Input(self._text, placeholder="another prompt", classes="extra-text")
+        yield Input(str(self._scale), placeholder="scale", classes="extra-scale", type="number")
+        yield Button("✕", classes="remove-extra", variant="error", compact=True)
+
+    def prompt(self) -> WeightedPrompt:
+        text = self.query_one(".extra-text", Input).value
+        raw = self.query_one(".extra-scale", Input).value.strip()
+        try:
+            scale = float(raw)
+        except ValueError:
+            raise RequestError(f"prompt scale must be a number, got {raw!r}") from None
+        return WeightedPrompt(text, scale)
+
+
+class LabScreen(Screen):
+    """Edit a request, run it, watch it denoise."""
+
+    AUTO_FOCUS = "#prompt"
+    BINDINGS = [
+        Binding("ctrl+r", "run", "Run", id="lab.run"),
+        Binding("escape", "cancel", "Cancel", id="lab.cancel"),
+        Binding("ctrl+n", "new_seed", "New seed", id="lab.new_seed"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(id="lab")
+        self.job_ids: set[int] = set()
+        self.last_result: dict[str, Any] = {}
+
+    # ---- layout ----
+
+    def compose(self) -> ComposeResult:
+        app: Any = self.app
+        yield Header()
+        with Horizontal(id="lab-body"):
+            with VerticalScroll(id="controls"):
+                with Vertical(id="panel-prompt", classes="panel") as panel:
+                    panel.border_title = "Prompt"
+                    yield RequestField("prompt", "Prompt", placeholder="a red circle on a blue background")
+                    yield RequestField("negative_prompt", "Negative prompt")
+                    yield Checkbox("prompts with their own scales (N-prompt form)", False, id="weighted", compact=True)
+                    with Vertical(id="weighted-box"):
+                        with Horizontal(classes="pair"):
+                            yield RequestField(
+                                "scale", "Prompt scale", "5.0", id="field-prompt-scale", input_id="prompt_scale"
+                            )
+                            yield RequestField(
+                                "scale", "Negative scale", "-4.0", id="field-negative-scale", input_id="negative_scale"
+                            )
+                        yield Vertical(id="extra-prompts")
+                        yield Button("+ prompt", id="add-prompt", compact=True)
+                with Vertical(id="panel-solver", classes="panel") as panel:
+                    panel.border_title = "Solver"
+                    with Horizontal(classes="row"):
+                        yield Label("Solver")
+                        yield Select(
+                            [(s, s) for s in SOLVERS], value="euler", allow_blank=False, id="solver", compact=True
+                        )
+                    with Horizontal(classes="pair"):
+                        yield RequestField("steps", "Steps", "20")
+                        yield RequestField("decode_every", "Decode every", "5")
+                    with Horizontal(classes="row"):
+                        yield Label("Sigma schedule")
+                        yield Select(
+                            [(s, s) for s in SCHEDULES], value="default", allow_blank=False, id="schedule", compact=True
+                        )
+                    yield RequestField("schedule_rho", "Schedule rho", "7.0")
+                with Vertical(id="panel-guidance", classes="panel") as panel:
+                    panel.border_title = "Guidance"
+                    with Horizontal(classes="row"):
+                        yield Label("Method")
+                        yield Select(
+                            [(m, m) for m in GUIDANCE_METHODS],
+                            value="cfg",
+                            allow_blank=False,
+                            id="guidance",
+                            compact=True,
+                        )
+                    yield RequestField("scale", "Scale", "", placeholder="default 5.0", blank_is_none=True)
+                    yield RequestField("tnr_power", "TNR exponent p", "0.25")
+                    yield RequestField("cfg_rescale", "CFG rescale", "0.0")
+                    with Horizontal(classes="pair", id="window"):
+                        yield RequestField("guidance_sigma_min", "Window σ min", placeholder="none", blank_is_none=True)
+                        yield RequestField("guidance_sigma_max", "Window σ max", placeholder="none", blank_is_none=True)
+                    yield Static("", id="equivalent", markup=False)
+                with Vertical(id="panel-seed", classes="panel") as panel:
+                    panel.border_title = "Seed & size"
+                    with Horizontal(classes="pair"):
+                        yield RequestField("seed", "Seed", "0")
+                        yield Button("new seed", id="new-seed", compact=True)
+                        yield Checkbox("lock", True, id="seed-lock", compact=True)
+                    with Horizontal(classes="pair"):
+                        yield RequestField("width", "Width", placeholder="native", blank_is_none=True)
+                        yield RequestField("height", "Height", placeholder="native", blank_is_none=True)
+                with Vertical(id="panel-model", classes="panel") as panel:
+                    panel.border_title = "Model"
+                    with Horizontal(classes="pair"):
+                        yield RequestField("model", "Model", app.model_ref)
+                        yield Button("load", id="load-model", compact=True)
+                    yield Static("not loaded", id="model-state", markup=False)
+            with Vertical(id="output"):
+                with Vertical(id="panel-preview", classes="panel") as panel:
+                    panel.border_title = "Preview"
+                    yield Picture("no image yet: type a prompt and press ctrl+r", id="preview")
+                    yield ProgressBar(total=1, show_eta=False, id="progress")
+                    yield Static("idle", id="progress-text", markup=False)
+                    yield Static("", id="result-text", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._sync_guidance()
+        self._sync_weighted()
+        self._sync_schedule()
+
+    # ---- showing only what applies ----
+
+    def _field(self, dom_id: str) -> RequestField:
+        return self.query_one(f"#{dom_id}", RequestField)
+
+    def _sync_guidance(self) -> None:
+        method = str(self.query_one("#guidance", Select).value)
+        params = METHOD_PARAMS.get(method, ())
+        weighted = self.query_one("#weighted", Checkbox).value
+        self._field("field-scale").display = "scale" in params and not weighted
+        self._field("field-tnr_power").display = "tnr_power" in params
+        self._field("field-cfg_rescale").display = "cfg_rescale" in params
+        self.query_one("#window").display = "window" in params
+        self._field("field-scale").input.placeholder = f"default {DEFAULT_SCALE.get(method, 1.0)}"
+        self._update_equivalent()
+
+    def _sync_weighted(self) -> None:
+        self.query_one("#weighted-box").display = self.query_one("#weighted", Checkbox).value
+        self._sync_guidance()
+
+    def _sync_schedule(self) -> None:
+        self._field("field-schedule_rho").display = self.query_one("#schedule", Select).value in ("karras", "power")
+
+    def _update_equivalent(self) -> None:
+        text = ""
+        if self.query_one("#weighted", Checkbox).value:
+            try:
+                prompts = self._weighted_prompts()
+            except RequestError:
+                prompts = ()
+            scales = [p.scale for p in prompts]
+            g = equivalent_cfg_scale(scales)
+            if g is not None:
+                text = f"equivalent CFG scale g = {g:.2f}"
+            elif scales:
+                text = f"{len(scales)} prompts: base = mean + Σ s_i (p_i − mean); no single CFG scale"
+        self.query_one("#equivalent", Static).update(text)
+
+    @on(Select.Changed, "#guidance")
+    def _guidance_changed(self) -> None:
+        self._sync_guidance()
+
+    @on(Select.Changed, "#schedule")
+    def _schedule_changed(self) -> None:
+        self._sync_schedule()
+
+    @on(Checkbox.Changed, "#weighted")
+    def _weighted_changed(self) -> None:
+        self._sync_weighted()
+
+    @on(Input.Changed)
+    def _any_input_changed(self) -> None:
+        if self.is_mounted:
+            self._update_equivalent()
+
+    @on(Button.Pressed, "#add-prompt")
+    def _add_prompt(self) -> None:
+        self.query_one("#extra-prompts").mount(ExtraPrompt())
+        self.call_after_refresh(self._update_equivalent)
+
+    @on(Button.Pressed, ".remove-extra")
+    def _remove_prompt(self, event: Button.Pressed) -> None:
+        if event.button.parent is not None:
+            event.button.parent.remove()
+        self.call_after_refresh(self._update_equivalent)
+
+    @on(Button.Pressed, "#new-seed")
+    def _new_seed_pressed(self) -> None:
+        self.action_new_seed()
+
+    @on(Button.Pressed, "#load-model")
+    def _load_pressed(self) -> None:
+        self.action_load_model()
+
+    # ---- the request ----
+
+    def _weighted_prompts(self) -> tuple[WeightedPrompt, ...]:
+        prompts = [
+            WeightedPrompt(self._field("field-negative_prompt").input.value, self._scale_of("field-negative-scale")),
+            WeightedPrompt(self._field("field-prompt").input.value, self._scale_of("field-prompt-scale")),
+        ]
+        prompts += [row.prompt() for row in self.query(ExtraPrompt)]
+        return tuple(prompts)
+
+    def _scale_of(self, dom_id: str) -> float:
+        value = self._field(dom_id).value()
+        if value is None:
+            raise RequestError("prompt scale must be a number")
+        return float(value)
+
+    def build_request(self) -> GenerationRequest:
+        """The request the panels describe; raises RequestError naming the first bad field."""
+        method = str(self.query_one("#guidance", Select).value)
+        params = METHOD_PARAMS[method]
+        weighted = self.query_one("#weighted", Checkbox).value
+        values: dict[str, Any] = {
+            "prompt": self._field("field-prompt").value(),
+            "negative_prompt": self._field("field-negative_prompt").value(),
+            "model": self._field("field-model").value(),
+            "solver": str(self.query_one("#solver", Select).value),
+            "schedule": str(self.query_one("#schedule", Select).value),
+            "guidance": method,
+        }
+        for name in ("steps", "decode_every", "seed", "width", "height", "schedule_rho"):
+            values[name] = self._field(f"field-{name}").value()
+        if "scale" in params and not weighted:
+            values["scale"] = self._field("field-scale").value()
+        if "tnr_power" in params:
+            values["tnr_power"] = self._field("field-tnr_power").value()
+        if "cfg_rescale" in params:
+            values["cfg_rescale"] = self._field("field-cfg_rescale").value()
+        if "window" in params:
+            values["guidance_sigma_min"] = self._field("field-guidance_sigma_min").value()
+            values["guidance_sigma_max"] = self._field("field-guidance_sigma_max").value()
+        if weighted:
+            values["prompts"] = self._weighted_prompts()
+        return GenerationRequest(**values)
+
+    def load_request(self, request: GenerationRequest) -> None:
+        """Fill the panels from a request (History's "load into the Lab")."""
+
+        def put(name: str, value: Any) -> None:
+            self._field(f"field-{name}").input.value = "" if value is None else str(value)
+
+        for name in ("prompt", "negative_prompt", "model", "steps", "decode_every", "seed", "width", "height"):
+            put(name, getattr(request, name))
+        put("schedule_rho", request.schedule_rho)
+        put("scale", request.scale)
+        put("tnr_power", request.tnr_power)
+        put("cfg_rescale", request.cfg_rescale)
+        put("guidance_sigma_min", request.guidance_sigma_min)
+        put("guidance_sigma_max", request.guidance_sigma_max)
+        self.query_one("#solver", Select).value = request.solver
+        self.query_one("#schedule", Select).value = request.schedule
+        self.query_one("#guidance", Select).value = request.guidance
+        self.query_one("#seed-lock", Checkbox).value = True
+        extra_box = self.query_one("#extra-prompts")
+        extra_box.remove_children()
+        weighted = len(request.prompts) >= 2
+        self.query_one("#weighted", Checkbox).value = weighted
+        if weighted:
+            neg, pos, *extras = request.prompts
+            put("negative_prompt", neg.text)
+            put("prompt", pos.text)
+            self._field("field-negative-scale").input.value = str(neg.scale)
+            self._field("field-prompt-scale").input.value = str(pos.scale)
+            extra_box.mount_all([ExtraPrompt(p.text, p.scale) for p in extras])
+        self._sync_weighted()
+        self._sync_schedule()
+
+    # ---- actions ----
+
+    def action_run(self) -> None:
+        app: Any = self.app
+        if not self.query_one("#seed-lock", Checkbox).value:
+            self.action_new_seed()
+        try:
+            request = self.build_request()
+        except RequestError as exc:
+            self.notify(str(exc), title="Cannot run", severity="error", markup=False)
+            return
+        self.job_ids.add(app.submit(request, owner="lab"))
+        self.query_one("#progress-text", Static).update("queued")
+
+    def action_cancel(self) -> None:
+        app: Any = self.app
+        if app.cancel_runs():
+            self.query_one("#progress-text", Static).update("cancelling…")
+
+    def action_new_seed(self) -> None:
+        self._field("field-seed").input.value = str(random.randint(0, min(MAX_SEED, 2**32 - 1)))
+
+    def action_load_model(self) -> None:
+        app: Any = self.app
+        try:
+            ref = parse_field("model", self._field("field-model").input.value)
+        except RequestError as exc:
+            self.notify(str(exc), severity="error", markup=False)
+            return
+        app.load_model(ref or EMBEDDED_MODEL)
+
+    # ---- worker messages, forwarded by the app ----
+
+    def show_model_state(self, ref: str, state: str, detail: str) -> None:
+        text = {"loading": f"{ref}: loading…", "loaded": f"{ref}: loaded ({detail})", "failed": f"{ref}: failed"}
+        self.query_one("#model-state", Static).update(text.get(state, state))
+        self.query_one("#model-state").set_class(state == "failed", "-failed")
+
+    def show_started(self, request: GenerationRequest) -> None:
+        bar = self.query_one("#progress", ProgressBar)
+        bar.update(total=request.steps, progress=0)
+        self.query_one("#progress-text", Static).update(f"starting: {request.steps} steps")
+        self.query_one("#result-text", Static).update("")
+
+    def show_progress(self, message: Any) -> None:
+        self.query_one("#progress", ProgressBar).update(total=message.steps, progress=message.index + 1)
+        self.query_one("#progress-text", Static).update(
+            format_progress(message.index, message.steps, message.sigma, message.tnr_factor, message.elapsed)
+        )
+
+    def show_preview(self, message: Any) -> None:
+        kind = "decoded" if message.decoded else "denoised estimate"
+        self.query_one("#preview", Picture).show(message.image, f"{kind}, step {message.index + 1}")
+
+    def show_ended(self, message: Any) -> None:
+        self.last_result = {"status": message.status, "stats": message.stats, "metrics": message.metrics}
+        text = format_result(message.status, message.stats, message.metrics, message.error)
+        self.query_one("#result-text", Static).update(text)
+        self.query_one("#progress-text", Static).update(message.status)
+        if message.image is not None:
+            seed = message.request.seed
+            self.query_one("#preview", Picture).show(message.image, f"final image, seed {seed}")

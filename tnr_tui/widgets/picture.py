@@ -1,0 +1,196 @@
+"""Images in the terminal through textual-image, with the protocol chosen once before the app starts.
+
+textual-image 0.12 probes the terminal when it is imported, one query at a time with a 0.1 s timeout per
+byte. Over a slow SSH link the reply arrives after the timeout and is then typed into the focused input.
+So the lab probes itself, in one batch that ends with a Primary Device Attributes query (every terminal
+answers it, and answers in order), reads until that answer with a generous timeout, and only then imports
+textual-image with its own probing masked. Late replies are consumed here and never reach Textual.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from rich.markup import escape
+from textual.app import ComposeResult
+from textual.containers import Container
+from textual.widgets import Static
+
+PROTOCOLS: tuple[str, ...] = ("auto", "tgp", "sixel", "halfcell", "unicode", "none")
+ENV_PROTOCOL = "TNR_LAB_IMAGE_PROTOCOL"
+
+_KITTY_QUERY = "\x1b_Gi=31,s=1,v=1,a=q,t=d,f=24;AAAA\x1b\\"
+_CELL_QUERY = "\x1b[16t"
+_DA1_QUERY = "\x1b[c"
+_DA1_REPLY = re.compile(r"\x1b\[\?([\d;]*)c")
+_CELL_REPLY = re.compile(r"\x1b\[6;(\d+);(\d+)t")
+_KITTY_OK = re.compile(r"\x1b_Gi=31;OK\x1b\\")
+
+
+@dataclass(frozen=True)
+class TerminalCaps:
+    sixel: bool = False
+    kitty: bool = False
+    cell_size: tuple[int, int] | None = None  # (width, height) in pixels
+    answered: bool = False  # the terminal answered the device-attributes query in time
+
+
+def parse_probe_reply(reply: str) -> TerminalCaps:
+    """Read the terminal's answers to the batched probe (pure function, tested without a terminal)."""
+    da1 = _DA1_REPLY.search(reply)
+    cell = _CELL_REPLY.search(reply)
+    return TerminalCaps(
+        sixel=bool(da1) and "4" in da1.group(1).split(";"),
+        kitty=bool(_KITTY_OK.search(reply)),
+        cell_size=(int(cell.group(2)), int(cell.group(1))) if cell else None,
+        answered=bool(da1),
+    )
+
+
+def probe_terminal(timeout: float = 2.0) -> TerminalCaps:
+    """Send all queries at once and read until the device-attributes answer (or the timeout)."""
+    if sys.platform == "win32" or not (sys.__stdin__ and sys.__stdout__):
+        return TerminalCaps()
+    if not (sys.__stdin__.isatty() and sys.__stdout__.isatty()):
+        return TerminalCaps()
+    import select
+    import termios
+    import tty
+
+    fd = sys.__stdin__.fileno()
+    saved = termios.tcgetattr(fd)
+    reply = ""
+    try:
+        tty.setcbreak(fd, termios.TCSANOW)
+        sys.__stdout__.write(_KITTY_QUERY + _CELL_QUERY + _DA1_QUERY)
+        sys.__stdout__.flush()
+        deadline = time.monotonic() + timeout
+        while not _DA1_REPLY.search(reply):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                break
+            reply += os.read(fd, 1024).decode(errors="replace")
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
+    return parse_probe_reply(reply)
+
+
+def choose_protocol(requested: str, caps: TerminalCaps | None = None, *, is_tty: bool = True) -> str:
+    """The concrete protocol for a requested one ('auto' resolves with the probe's answers)."""
+    if requested not in PROTOCOLS:
+        raise ValueError(f"unknown image protocol {requested!r}; choose one of: {', '.join(PROTOCOLS)}")
+    if requested != "auto":
+        return requested
+    if not is_tty:
+        return "unicode"
+    caps = caps or TerminalCaps()
+    # The same order as textual-image: Konsole and WezTerm report kitty graphics but draw sixels better.
+    if caps.sixel:
+        return "sixel"
+    if caps.kitty:
+        return "tgp"
+    return "halfcell"
+
+
+class _NotATerminal:
+    """Stands in for sys.__stdout__ while textual-image is imported, so that it does not probe."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+_chosen: str | None = None
+_image_class: Any = None
+
+
+def prepare_images(requested: str = "auto", *, probe: bool = True) -> str:
+    """Choose the protocol and import textual-image; call before App.run (the TUI path only)."""
+    global _chosen, _image_class
+    caps = TerminalCaps()
+    is_tty = bool(sys.__stdout__ and sys.__stdout__.isatty())
+    if requested == "auto" and probe and is_tty:
+        caps = probe_terminal()
+    protocol = choose_protocol(requested, caps, is_tty=is_tty)
+    saved = sys.__stdout__
+    sys.__stdout__ = _NotATerminal(saved)  # type: ignore[misc]
+    try:
+        import textual_image.widget as tiw
+        from textual_image._terminal import CellSize, get_cell_size
+    finally:
+        sys.__stdout__ = saved  # type: ignore[misc]
+    cell = caps.cell_size or _ioctl_cell_size()
+    if cell:
+        get_cell_size._result = CellSize(*cell)  # type: ignore[attr-defined]
+    classes = {
+        "tgp": tiw.TGPImage,
+        "sixel": tiw.SixelImage,
+        "halfcell": tiw.HalfcellImage,
+        "unicode": tiw.UnicodeImage,
+        "none": None,
+    }
+    _chosen, _image_class = protocol, classes[protocol]
+    return protocol
+
+
+def _ioctl_cell_size() -> tuple[int, int] | None:
+    try:
+        import fcntl
+        import struct
+        import termios
+
+        rows, cols, px_w, px_h = struct.unpack("HHHH", fcntl.ioctl(sys.__stdout__, termios.TIOCGWINSZ, b"\0" * 8))
+        if rows and cols and px_w and px_h:
+            return px_w // cols, px_h // rows
+    except Exception:  # no terminal, or a platform without the ioctl
+        return None
+    return None
+
+
+def chosen_protocol() -> str:
+    return _chosen or "none"
+
+
+class Picture(Container):
+    """An image with a caption; shows the caption alone when images are off or there is none yet."""
+
+    DEFAULT_CSS = """
+    Picture { height: auto; }
+    Picture > .picture-image { width: auto; height: auto; max-height: 24; }
+    Picture > .picture-caption { height: auto; color: $text-muted; }
+    """
+
+    def __init__(self, caption: str = "", *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self._caption = caption
+        self.pil_image: Any = None  # the PIL image shown now (tests read it)
+
+    def compose(self) -> ComposeResult:
+        if _image_class is not None:
+            yield _image_class(None, classes="picture-image")
+        yield Static(escape(self._caption), classes="picture-caption", markup=True)
+
+    def show(self, image: Any, caption: str | None = None) -> None:
+        """Show a PIL image (None clears it); the caption is plain text, shown literally."""
+        self.pil_image = image
+        if _image_class is not None:
+            self.query_one(".picture-image").image = image
+        if caption is not None:
+            self.set_caption(caption)
+
+    def set_caption(self, caption: str) -> None:
+        self._caption = caption
+        self.query_one(".picture-caption", Static).update(escape(caption))

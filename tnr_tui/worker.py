@@ -1,0 +1,318 @@
+"""The device worker: one thread owns the model and the device and runs queued requests one at a time.
+
+It never touches widgets. It posts Textual messages to the app (model state, progress, previews, the
+outcome); progress messages replace each other in the queue and previews are throttled and shrunk, so a
+fast sampler cannot flood the event loop. Heavy libraries (torch, diffusers) load inside the thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from textual.message import Message
+
+from engine.request import GenerationRequest
+
+PREVIEW_INTERVAL_S = 0.25  # at most four previews a second reach the UI
+PREVIEW_MAX_PX = 192  # previews are shrunk to this size before they cross the thread boundary
+
+
+# ---- messages (posted from the worker thread; handled on the UI thread) ---------------------------
+
+
+class ModelState(Message):
+    """The model is loading / loaded / failed to load."""
+
+    def __init__(self, ref: str, state: str, detail: str = "") -> None:
+        super().__init__()
+        self.ref, self.state, self.detail = ref, state, detail
+
+
+class RunStarted(Message):
+    def __init__(self, job_id: int, request: GenerationRequest) -> None:
+        super().__init__()
+        self.job_id, self.request = job_id, request
+
+
+class RunProgress(Message):
+    """One sampler step done. A newer progress message of the same job replaces a queued older one."""
+
+    def __init__(
+        self,
+        job_id: int,
+        index: int,
+        steps: int,
+        sigma: float,
+        tnr_factor: float | None,
+        evaluations: int,
+        elapsed: float,
+    ) -> None:
+        super().__init__()
+        self.job_id, self.index, self.steps, self.sigma = job_id, index, steps, sigma
+        self.tnr_factor, self.evaluations, self.elapsed = tnr_factor, evaluations, elapsed
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, RunProgress) and message.job_id == self.job_id
+
+
+class RunPreview(Message):
+    """A small picture of the run in progress: the cheap latent preview or a decoded image."""
+
+    def __init__(self, job_id: int, image: Any, decoded: bool, index: int) -> None:
+        super().__init__()
+        self.job_id, self.image, self.decoded, self.index = job_id, image, decoded, index
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, RunPreview) and message.job_id == self.job_id
+
+
+class RunEnded(Message):
+    """The run finished: status is 'done', 'cancelled' or 'failed' (then error says why)."""
+
+    def __init__(
+        self,
+        job_id: int,
+        request: GenerationRequest,
+        status: str,
+        run_id: Any = None,
+        image: Any = None,
+        stats: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        error: str = "",
+    ) -> None:
+        super().__init__()
+        self.job_id, self.request, self.status, self.run_id = job_id, request, status, run_id
+        self.image, self.stats, self.metrics, self.error = image, stats or {}, metrics or {}, error
+
+
+# ---- the worker ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    job_id: int
+    request: GenerationRequest
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+LoadFn = Callable[[str], Any]
+RunFn = Callable[..., Any]
+
+
+def _default_load(ref: str) -> Any:
+    from engine.models import load_bundle
+
+    return load_bundle(ref)
+
+
+def _default_run(request: GenerationRequest, store: Any, **kwargs: Any) -> Any:
+    from tnr_tui.runs import execute
+
+    return execute(request, store, **kwargs)
+
+
+def _default_store(data_dir: Path | None) -> Any:
+    from tnr_tui.history import open_store
+
+    return open_store(data_dir)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for the user: out-of-memory and NaN errors get a hint, others their own message."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    name = type(exc).__name__
+    if "out of memory" in text.lower() or name == "OutOfMemoryError":
+        return f"out of memory: {text} (try a smaller size, fewer prompts, or float16)"
+    return text if name in ("ModelError", "SamplingError", "RequestError") else f"{name}: {text}"
+
+
+class DeviceWorker:
+    """Owns the model and the device in one daemon thread; `post` delivers messages to the UI."""
+
+    def __init__(
+        self,
+        post: Callable[[Message], Any],
+        *,
+        data_dir: Path | None = None,
+        load_fn: LoadFn | None = None,
+        run_fn: RunFn | None = None,
+        store_fn: Callable[[Path | None], Any] | None = None,
+    ) -> None:
+        self._post = post
+        self._data_dir = data_dir
+        self._load = load_fn or _default_load
+        self._run = run_fn or _default_run
+        self._open_store = store_fn or _default_store
+        self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
+        self._stop = threading.Event()  # the app is quitting
+        self._cancel = threading.Event()  # cancel the run in progress
+        self._ids = itertools.count(1)
+        self._bundles: dict[str, Any] = {}
+        self._store: Any = None
+        self.current_job: int | None = None
+        self.pending = 0
+        self._thread = threading.Thread(target=self._loop, name="tnr-device", daemon=True)
+
+    # ---- called from the UI thread ----
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def load_model(self, ref: str) -> None:
+        self._queue.put(("load", ref))
+
+    def submit(self, request: GenerationRequest) -> int:
+        job = Job(next(self._ids), request)
+        self.pending += 1
+        self._queue.put(("run", job))
+        return job.job_id
+
+    def cancel(self) -> bool:
+        """Cancel the run in progress (within one model evaluation) and drop the queued ones."""
+        dropped = 0
+        try:
+            while True:
+                item = self._queue.get_nowait()
+                if item and item[0] == "run":
+                    dropped += 1
+                    self.pending -= 1
+                elif item:
+                    self._queue.put(item)
+                    break
+        except queue.Empty:
+            pass
+        busy = self.current_job is not None
+        if busy:
+            self._cancel.set()
+        return busy or dropped > 0
+
+    def shutdown(self, timeout: float = 1.5) -> None:
+        """Stop: the run in progress sees the flag at its next model evaluation; the thread is a daemon."""
+        self._stop.set()
+        self._cancel.set()
+        self._queue.put(None)
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def busy(self) -> bool:
+        return self.current_job is not None or self.pending > 0
+
+    # ---- the thread ----
+
+    def _should_stop(self) -> bool:
+        return self._cancel.is_set() or self._stop.is_set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            item = self._queue.get()
+            if item is None or self._stop.is_set():
+                return
+            kind, payload = item
+            try:
+                if kind == "load":
+                    self._load_model(payload)
+                else:
+                    self._run_job(payload)
+            except BaseException as exc:  # the worker must survive anything a run throws
+                self._post(ModelState("?", "failed", f"internal error: {describe_error(exc)}"))
+                traceback.print_exc()
+
+    def _load_model(self, ref: str) -> Any:
+        if ref in self._bundles:
+            bundle = self._bundles[ref]
+            self._post(ModelState(ref, "loaded", _bundle_label(bundle)))
+            return bundle
+        self._post(ModelState(ref, "loading"))
+        started = time.perf_counter()
+        try:
+            bundle = self._load(ref)
+        except Exception as exc:
+            self._post(ModelState(ref, "failed", describe_error(exc)))
+            return None
+        # One model on the device at a time: switching models frees the previous one.
+        self._bundles = {ref: bundle}
+        self._post(ModelState(ref, "loaded", f"{_bundle_label(bundle)} in {time.perf_counter() - started:.1f} s"))
+        return bundle
+
+    def _run_job(self, job: Job) -> None:
+        self.pending -= 1
+        self._cancel.clear()
+        self.current_job = job.job_id
+        request = job.request
+        self._post(RunStarted(job.job_id, request))
+        try:
+            bundle = self._bundles.get(request.model) or self._load_model(request.model)
+            if self._store is None:
+                self._store = self._open_store(self._data_dir)
+            last_preview = [0.0]
+
+            def on_step(event: Any) -> None:
+                self._on_step(job.job_id, event, last_preview)
+
+            # With no bundle (the model failed to load) execute() loads it itself and records the failure.
+            outcome = self._run(request, self._store, bundle=bundle, on_step=on_step, should_stop=self._should_stop)
+            status = getattr(outcome, "status", "done")
+            result = getattr(outcome, "result", None)
+            self._post(
+                RunEnded(
+                    job.job_id,
+                    request,
+                    status,
+                    run_id=getattr(outcome, "run_id", None),
+                    image=getattr(outcome, "image", None) or getattr(result, "image", None),
+                    stats=getattr(outcome, "stats", None) or getattr(result, "stats", None),
+                    metrics=getattr(outcome, "metrics", None),
+                    error=str(getattr(outcome, "error", "") or ""),
+                )
+            )
+        except Exception as exc:
+            self._post(RunEnded(job.job_id, request, "failed", error=describe_error(exc)))
+        finally:
+            self.current_job = None
+            self._cancel.clear()
+
+    def _on_step(self, job_id: int, event: Any, last_preview: list[float]) -> None:
+        self._post(
+            RunProgress(
+                job_id,
+                event.index,
+                event.steps,
+                float(event.sigma),
+                None if event.tnr_factor is None else float(event.tnr_factor),
+                int(event.evaluations),
+                float(event.elapsed),
+            )
+        )
+        now = time.monotonic()
+        decoded = getattr(event, "image", None)
+        picture = decoded if decoded is not None else getattr(event, "preview", None)
+        last = event.index + 1 >= event.steps
+        if picture is None or (decoded is None and not last and now - last_preview[0] < PREVIEW_INTERVAL_S):
+            return
+        last_preview[0] = now
+        self._post(RunPreview(job_id, shrink(picture), decoded is not None, event.index))
+
+
+def shrink(image: Any, max_px: int = PREVIEW_MAX_PX) -> Any:
+    """A copy no larger than max_px on its long side (re-encoding a picture costs the UI thread)."""
+    if max(image.size) <= max_px:
+        return image.copy()
+    copy = image.copy()
+    copy.thumbnail((max_px, max_px))
+    return copy
+
+
+def _bundle_label(bundle: Any) -> str:
+    name = getattr(bundle, "name", None) or getattr(bundle, "ref", "model")
+    device = getattr(bundle, "device", "")
+    dtype = str(getattr(bundle, "dtype", "")).replace("torch.", "")
+    return " ".join(str(x) for x in (name, device, dtype) if x)
