@@ -357,6 +357,11 @@ class Store:
                 return
             after = page[-1].id
 
+    def run_with_output(self, sha256: str, kind: str = "image") -> str | None:
+        """The id of a run that already records a file with this content, if any."""
+        with self._read() as session:
+            return session.scalar(select(Output.run_id).where(Output.sha256 == sha256, Output.kind == kind).limit(1))
+
     def existing_ids(self, ids: Iterable[str]) -> set[str]:
         ids = list(ids)
         found: set[str] = set()

@@ -1,0 +1,238 @@
+"""`tnr-lab generate`: one image from the command line, recorded in the history.
+
+The request is built and validated before anything heavy loads, so a bad flag costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from tnr_tui.cli import UserError
+
+# CLI flag -> request field, parsed by engine.request.parse_field (one message format for CLI and TUI).
+FIELD_FLAGS = {
+    "model": "model",
+    "negative": "negative_prompt",
+    "solver": "solver",
+    "guidance": "guidance",
+    "scale": "scale",
+    "steps": "steps",
+    "seed": "seed",
+    "width": "width",
+    "height": "height",
+    "schedule": "schedule",
+    "tnr_power": "tnr_power",
+    "cfg_rescale": "cfg_rescale",
+    "device": "device",
+    "dtype": "dtype",
+}
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="generate one image (recorded in the history)",
+        description="Generate one image and record the run in the history.",
+    )
+    p.add_argument("--model", help="diffusers directory, .safetensors file, hub id, or 'embedded' (default)")
+    p.add_argument("--prompt", help="the prompt (required unless --weighted prompts are given)")
+    p.add_argument("--negative", help="the negative prompt")
+    p.add_argument("--solver", help="euler (default), heun, midpoint, rk4")
+    p.add_argument("--guidance", help="none, cfg (default), cfg++, tnr, tnr-cfg")
+    p.add_argument("--scale", help="guidance scale (default: the method's own)")
+    p.add_argument("--steps", help="sampling steps (default 20)")
+    p.add_argument("--seed", help="seed of the true noise (default 0)")
+    p.add_argument("--width", help="image width, a multiple of 8 (default: the model's)")
+    p.add_argument("--height", help="image height, a multiple of 8 (default: the model's)")
+    p.add_argument("--schedule", help="sigma schedule: default, leading, trailing, linspace, karras, power")
+    p.add_argument("--tnr-power", dest="tnr_power", help="TNR exponent p (default 0.25)")
+    p.add_argument("--cfg-rescale", dest="cfg_rescale", help="CFG rescale phi in [0, 1] (default 0)")
+    p.add_argument(
+        "--weighted",
+        "--prompt-weight",
+        dest="weighted",
+        action="append",
+        metavar="TEXT:SCALE",
+        help="one prompt of the N-prompt form with its scale; repeat (at least twice)",
+    )
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
+    p.add_argument("--dtype", help="auto (default), float32, float16, bfloat16")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.add_argument("--save-latent", dest="save_latent", help="also write the final latent (.safetensors, key 'latent')")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("--data-dir", default=argparse.SUPPRESS, help="history location (as the global --data-dir)")
+    p.set_defaults(func=run)
+
+
+def parse_weighted(items: list[str]) -> list[tuple[str, float]]:
+    from engine.request import RequestError, parse_field
+
+    prompts = []
+    for item in items:
+        text, sep, scale = item.rpartition(":")
+        if not sep or not text.strip():
+            raise RequestError(f"--weighted expects TEXT:SCALE, got {item!r}")
+        prompts.append((text, parse_field("scale", scale)))
+    return prompts
+
+
+def build_request(args: argparse.Namespace) -> Any:
+    """The GenerationRequest of the flags; RequestError/UserError with a one-line message."""
+    from engine.request import GenerationRequest, RequestError, parse_field
+
+    values: dict[str, Any] = {}
+    for flag, name in FIELD_FLAGS.items():
+        text = getattr(args, flag, None)
+        if text is not None:
+            value = text if name in ("negative_prompt", "model") else parse_field(name, text)
+            values[name] = value
+    weighted = parse_weighted(args.weighted or [])
+    if weighted:
+        values["prompts"] = tuple(weighted)
+    if args.prompt is None and not weighted:
+        raise RequestError("give --prompt TEXT (or at least two --weighted TEXT:SCALE prompts)")
+    prompt = args.prompt if args.prompt is not None else weighted[0][0]
+    request = GenerationRequest(prompt=prompt, **values)
+    if request.guidance in ("none", "tnr") and request.negative_prompt:
+        print(f"tnr-lab: note: guidance {request.guidance} does not use the negative prompt", file=sys.stderr)
+    return request
+
+
+def check_paths(out: Path, save_latent: Path | None) -> None:
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--out must name a .png file, got {str(out)!r}")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory")
+    if save_latent is not None and save_latent.suffix.lower() != ".safetensors":
+        raise UserError(f"--save-latent must name a .safetensors file, got {str(save_latent)!r}")
+    for path in (out, save_latent):
+        if path is None:
+            continue
+        parent = path.parent if str(path.parent) else Path(".")
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"cannot write {path}: {parent} is not a directory")
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr, redrawn in place on a terminal, a few lines otherwise."""
+
+    def __init__(self, stream: TextIO = sys.stderr, width: int = 30) -> None:
+        self.stream = stream
+        self.width = width
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.last_draw = 0.0
+        self.last_quarter = -1
+        self.drawn = False
+
+    def message(self, text: str) -> None:
+        self.stream.write(f"{text}\n")
+        self.stream.flush()
+
+    def step(self, event: Any) -> None:
+        done = event.index + 1
+        fraction = done / event.steps
+        filled = int(round(fraction * self.width))
+        bar = "#" * filled + "-" * (self.width - filled)
+        rate = event.elapsed / done if done else 0.0
+        line = f"[{bar}] {done}/{event.steps} steps  {event.elapsed:.1f}s  {rate:.2f}s/step  sigma {event.sigma:.3f}"
+        now = time.monotonic()
+        if self.tty:
+            if done == event.steps or now - self.last_draw > 0.1:
+                self.stream.write("\r" + line)
+                self.stream.flush()
+                self.last_draw = now
+                self.drawn = True
+        else:  # a log file: a line at each quarter, not one per step
+            quarter = int(fraction * 4)
+            if quarter != self.last_quarter:
+                self.last_quarter = quarter
+                self.stream.write(line + "\n")
+                self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = False
+
+
+def run_request(
+    request: Any, store: Any, *, out: Path | None, save_latent: Path | None, origin: str, parent_id: str | None = None
+) -> Any:
+    """Execute with a progress bar, turning engine errors into one-line user errors."""
+    from engine.models import ModelError
+    from engine.request import RequestError
+    from engine.sampler import SamplingError
+    from tnr_tui.runs import execute
+
+    bar = ProgressBar()
+    bar.message(f"loading model {request.model} ...")
+    try:
+        return execute(
+            request,
+            store,
+            on_step=bar.step,
+            out=out,
+            save_latent=save_latent,
+            origin=origin,
+            parent_id=parent_id,
+            on_model_loaded=lambda b: bar.message(f"sampling on {b.device} ({str(b.dtype).removeprefix('torch.')})"),
+        )
+    except (ModelError, SamplingError, RequestError) as e:
+        raise UserError(str(e).strip().splitlines()[0]) from None
+    except OSError as e:
+        raise UserError(f"cannot write {e.filename or 'output'}: {e.strerror or e}") from None
+    finally:
+        bar.close()
+
+
+def summary(outcome: Any, store: Any) -> dict[str, Any]:
+    stats = outcome.stats
+    return {
+        "run_id": outcome.run_id,
+        "status": outcome.status,
+        "image": str(outcome.image_path) if outcome.image_path else None,
+        "latent": str(outcome.latent_path) if outcome.latent_path else None,
+        "seconds": stats.get("seconds"),
+        "seconds_per_step": stats.get("seconds_per_step"),
+        "model_evaluations": stats.get("model_evaluations"),
+        "steps": stats.get("steps"),
+        "device": stats.get("device"),
+        "dtype": stats.get("dtype"),
+        "width": outcome.request.width,
+        "height": outcome.request.height,
+        "seed": outcome.request.seed,
+        "metrics": outcome.metrics,
+        "history": str(store.db_path),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    request = build_request(args)
+    out = Path(args.out).expanduser()
+    save_latent = Path(args.save_latent).expanduser() if args.save_latent else None
+    check_paths(out, save_latent)
+
+    from tnr_tui.cli.history import open_history
+
+    store = open_history(args)
+    try:
+        outcome = run_request(request, store, out=out, save_latent=save_latent, origin="cli")
+        if outcome.status != "done":
+            raise UserError(f"run {outcome.run_id} was {outcome.status}")
+        if args.json:
+            print(json.dumps(summary(outcome, store), indent=2))
+        else:
+            evaluations = outcome.stats.get("model_evaluations")
+            print(
+                f"{outcome.image_path}  (run {outcome.run_id}, {outcome.stats.get('seconds', 0.0):.1f} s, "
+                f"{evaluations} model evaluations)"
+            )
+    finally:
+        store.close()
+    return 0

@@ -1,0 +1,371 @@
+"""`tnr-lab history ...`: list, show, export, import, rerun, import-png.
+
+Starts fast: only the store (SQLAlchemy) loads, never torch, except for `rerun`, which samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tnr_tui.cli import UserError
+
+RUN_STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("history", help="browse, export, import and re-run past runs")
+    p.add_argument("--data-dir", default=argparse.SUPPRESS, help="history location (as the global --data-dir)")
+    sub = p.add_subparsers(dest="history_command", metavar="ACTION", required=True)
+
+    def data_dir_flag(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--data-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    q = sub.add_parser("list", help="list runs, newest first")
+    _filter_flags(q)
+    q.add_argument("--limit", default="50", help="how many runs (default 50)")
+    q.add_argument("--after", help="continue after this run id (the last id of the previous page)")
+    q.add_argument("--json", action="store_true", help="a JSON array on stdout")
+    data_dir_flag(q)
+    q.set_defaults(func=run, action=cmd_list)
+
+    q = sub.add_parser("show", help="one run in full")
+    q.add_argument("id", help="run id (or a unique prefix)")
+    q.add_argument("--json", action="store_true")
+    data_dir_flag(q)
+    q.set_defaults(func=run, action=cmd_show)
+
+    q = sub.add_parser("export", help="write runs to JSONL, CSV or a zip with the images")
+    q.add_argument("--format", required=True, choices=("jsonl", "csv", "zip"))
+    q.add_argument("--out", required=True, help="the file to write")
+    q.add_argument("--force", action="store_true", help="overwrite an existing file")
+    _filter_flags(q)
+    data_dir_flag(q)
+    q.set_defaults(func=run, action=cmd_export)
+
+    q = sub.add_parser("import", help="import a JSONL or zip export (idempotent by run id)")
+    q.add_argument("file")
+    q.add_argument("--json", action="store_true")
+    data_dir_flag(q)
+    q.set_defaults(func=run, action=cmd_import)
+
+    q = sub.add_parser("rerun", help="run a past request again and report drift against the stored image")
+    q.add_argument("id", help="run id (or a unique prefix)")
+    q.add_argument("--out", help="where the new PNG goes (default: the data directory)")
+    q.add_argument("--json", action="store_true")
+    data_dir_flag(q)
+    q.set_defaults(func=run, action=cmd_rerun)
+
+    q = sub.add_parser("import-png", help="turn PNGs (tnr-lab or AUTOMATIC1111) into runs you can re-run")
+    q.add_argument("files", nargs="+", metavar="FILE")
+    q.add_argument("--json", action="store_true")
+    data_dir_flag(q)
+    q.set_defaults(func=run, action=cmd_import_png)
+
+
+def _filter_flags(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--search", help="text in the prompt or negative prompt")
+    q.add_argument("--status", help=f"one of: {', '.join(RUN_STATUSES)}")
+    q.add_argument("--guidance", help="guidance method")
+    q.add_argument("--solver", help="solver")
+    q.add_argument("--favourite", action="store_true", default=None, help="favourites only")
+    q.add_argument("--since", help="created at or after (UTC: YYYY-MM-DD or ISO time)")
+    q.add_argument("--until", help="created before (UTC: YYYY-MM-DD or ISO time)")
+    q.add_argument("--sweep", help="runs of this sweep tag")
+
+
+def _parse_time(flag: str, text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UserError(f"{flag} expects a date (YYYY-MM-DD) or an ISO time, got {text!r}") from None
+    return t.astimezone(timezone.utc).replace(tzinfo=None) if t.tzinfo else t
+
+
+def filters_of(args: argparse.Namespace) -> Any:
+    from tnr_tui.history import FilterError, RunFilter
+
+    try:
+        return RunFilter(
+            text=args.search,
+            guidance=args.guidance,
+            solver=args.solver,
+            status=args.status,
+            favourite=args.favourite,
+            since=_parse_time("--since", args.since),
+            until=_parse_time("--until", args.until),
+            sweep=args.sweep,
+        )
+    except FilterError as e:
+        raise UserError(str(e)) from None
+
+
+def open_history(args: argparse.Namespace) -> Any:
+    """The store of --data-dir / $TNR_LAB_HOME / the user data dir, with history errors as UserError."""
+    from tnr_tui.history import HistoryError, open_store
+
+    try:
+        return open_store(getattr(args, "data_dir", None))
+    except HistoryError as e:
+        raise UserError(str(e)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import DatabaseError
+
+    from tnr_tui.history import HistoryError
+
+    store = open_history(args)
+    try:
+        return int(args.action(args, store) or 0)
+    except HistoryError as e:
+        raise UserError(str(e)) from None
+    except DatabaseError as e:
+        raise UserError(f"the history file {store.db_path} is damaged: {str(e.orig).splitlines()[0]}") from None
+    finally:
+        store.close()
+
+
+# ---- list / show -------------------------------------------------------------------------------------
+
+
+def _short_time(iso: str | None) -> str:
+    return (iso or "")[:19].replace("T", " ")
+
+
+def cmd_list(args: argparse.Namespace, store: Any) -> int:
+    try:
+        limit = int(args.limit)
+    except ValueError:
+        raise UserError(f"--limit must be a whole number, got {args.limit!r}") from None
+    if limit < 1:
+        raise UserError(f"--limit must be at least 1, got {limit}")
+    runs = store.list_runs(filters_of(args), after=args.after.upper() if args.after else None, limit=limit)
+    if args.json:
+        rows = []
+        for r in runs:
+            d = r.to_dict()
+            image = r.output("image")
+            rows.append(
+                {
+                    k: d[k]
+                    for k in (
+                        "id",
+                        "status",
+                        "prompt",
+                        "created_at",
+                        "finished_at",
+                        "guidance",
+                        "scale",
+                        "solver",
+                        "steps",
+                        "seed",
+                        "width",
+                        "height",
+                        "model",
+                        "seconds",
+                        "model_evaluations",
+                        "favourite",
+                        "sweep",
+                    )
+                }
+                | {"image": str(store.resolve(image.path)) if image else None}
+            )
+        print(json.dumps(rows, indent=1))
+        return 0
+    if not runs:
+        print("no runs" + (" match" if args.search or args.status else " yet"))
+        return 0
+    print(f"{'id':26}  {'created (UTC)':19}  {'status':11}  {'guidance':8} {'scale':>5} {'steps':>5}  prompt")
+    for r in runs:
+        scale = "" if r.scale is None else f"{r.scale:g}"
+        prompt = r.prompt.replace("\n", " ")
+        prompt = prompt if len(prompt) <= 50 else prompt[:49] + "…"
+        star = "*" if r.favourite else " "
+        print(
+            f"{r.id}  {_short_time(r.to_dict()['created_at'])}  {r.status:11}  {r.guidance:8} {scale:>5} "
+            f"{r.steps:>5} {star}{prompt}"
+        )
+    if len(runs) == limit:
+        print(f"more: --after {runs[-1].id}", file=sys.stderr)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, store: Any) -> int:
+    run = store.find_run(args.id)
+    d = run.to_dict()
+    if args.json:
+        print(json.dumps(d, indent=2, sort_keys=True))
+        return 0
+    print(f"run {run.id}  {run.status}" + ("  (favourite)" if run.favourite else ""))
+    print(f"  created   {_short_time(d['created_at'])} UTC  on {run.host} (pid {run.pid}), from {run.origin}")
+    print(f"  prompt    {run.prompt}")
+    if run.negative_prompt:
+        print(f"  negative  {run.negative_prompt}")
+    print(f"  sampling  {run.solver}, {run.steps} steps, schedule {run.schedule}, seed {run.seed}")
+    print(f"  guidance  {run.guidance}, scale {run.scale if run.scale is not None else 'default'}")
+    if run.width:
+        print(f"  size      {run.width}x{run.height}")
+    print(f"  model     {run.model_name or run.model}  {run.model_identity or ''}")
+    if run.seconds is not None:
+        print(
+            f"  outcome   {run.seconds:.2f} s, {run.model_evaluations} model evaluations on {run.device} ({run.dtype})"
+        )
+    if run.metrics:
+        print("  metrics   " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(run.metrics.items())))
+    if run.error:
+        print(f"  error     {run.error}")
+    if run.sweep:
+        print(f"  sweep     {run.sweep}")
+    if run.parent_id:
+        print(f"  re-run of {run.parent_id}")
+    if run.notes:
+        print(f"  notes     {run.notes}")
+    for out in run.outputs:
+        path = store.resolve(out.path)
+        state = "" if path.exists() else "  (missing)"
+        print(f"  {out.kind:9} {path}  {out.size} bytes{state}")
+    print("  request   " + json.dumps(run.request, sort_keys=True))
+    return 0
+
+
+# ---- export / import ---------------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace, store: Any) -> int:
+    from tnr_tui.history.transfer import export_runs
+
+    out = Path(args.out).expanduser()
+    count = export_runs(store, args.format, out, filters_of(args), force=args.force)
+    print(f"exported {count} run{'s' if count != 1 else ''} to {out}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace, store: Any) -> int:
+    from tnr_tui.history.transfer import import_runs
+
+    report = import_runs(store, Path(args.file).expanduser())
+    if args.json:
+        print(json.dumps({"added": report.added, "skipped": report.skipped, "files": report.files}))
+    else:
+        print(
+            f"imported {report.added} run(s), {report.skipped} already present"
+            + (f", {report.files} file(s)" if report.files else "")
+        )
+    return 0
+
+
+# ---- rerun -------------------------------------------------------------------------------------------
+
+
+def image_drift(stored: Path, new: Path) -> dict[str, Any]:
+    """Pixel difference of two images: identical, or the max and mean absolute difference (0..255)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(stored) as a, Image.open(new) as b:
+        x = np.asarray(a.convert("RGB"), dtype=np.int16)
+        y = np.asarray(b.convert("RGB"), dtype=np.int16)
+    if x.shape != y.shape:
+        return {"identical": False, "comparable": False, "stored_size": x.shape[:2], "new_size": y.shape[:2]}
+    diff = np.abs(x - y)
+    return {
+        "identical": bool(not diff.any()),
+        "comparable": True,
+        "max_abs_diff": int(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "pixels_differing": float((diff.max(axis=-1) > 0).mean()),
+    }
+
+
+def cmd_rerun(args: argparse.Namespace, store: Any) -> int:
+    from engine.request import GenerationRequest, RequestError
+    from tnr_tui.cli.generate import check_paths, run_request
+    from tnr_tui.history.store import sha256_file
+
+    old = store.find_run(args.id)
+    try:
+        request = GenerationRequest.from_dict(old.request)
+    except RequestError as e:
+        raise UserError(f"run {old.id} holds a request this version cannot run: {e}") from None
+    out = Path(args.out).expanduser() if args.out else None
+    if out is not None:
+        check_paths(out, None)
+    outcome = run_request(request, store, out=out, save_latent=None, origin="rerun", parent_id=old.id)
+    if outcome.status != "done":
+        raise UserError(f"re-run {outcome.run_id} was {outcome.status}")
+    report: dict[str, Any] = {"run_id": outcome.run_id, "rerun_of": old.id, "image": str(outcome.image_path)}
+    stored = old.output("image")
+    stored_path = store.resolve(stored.path) if stored else None
+    if stored_path is None or not stored_path.is_file():
+        report.update(compared=False, reason="the stored image is missing")
+    else:
+        report["compared"] = True
+        report["stored_image"] = str(stored_path)
+        report["stored_image_changed"] = sha256_file(stored_path) != stored.sha256
+        report.update(image_drift(stored_path, outcome.image_path))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"re-ran {old.id} as {outcome.run_id}: {outcome.image_path}")
+    if not report["compared"]:
+        print(f"no comparison: {report['reason']}")
+    elif not report.get("comparable", True):
+        print(f"not comparable: stored image is {report['stored_size']}, new is {report['new_size']}")
+    elif report["identical"]:
+        print("bit-identical to the stored image")
+    else:
+        print(
+            f"differs from the stored image: max abs {report['max_abs_diff']}/255, "
+            f"mean abs {report['mean_abs_diff']:.4f}/255, {100 * report['pixels_differing']:.2f}% of pixels"
+        )
+    if report.get("stored_image_changed"):
+        print("note: the stored image file changed since the run recorded it", file=sys.stderr)
+    return 0
+
+
+# ---- import-png --------------------------------------------------------------------------------------
+
+
+def cmd_import_png(args: argparse.Namespace, store: Any) -> int:
+    """Each PNG becomes a `done` run (origin `import-png`) pointing at the PNG, so that `rerun` can compare."""
+    from engine.request import GenerationRequest, RequestError
+    from tnr_tui.history.png import PngMetadataError, request_from_png
+    from tnr_tui.history.store import OutputFile
+
+    results, failures = [], 0
+    for name in args.files:
+        path = Path(name).expanduser()
+        try:
+            request_dict, source, notes = request_from_png(path)
+            request = GenerationRequest.from_dict(request_dict)
+        except (PngMetadataError, RequestError) as e:
+            message = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
+            print(f"tnr-lab: error: {message}", file=sys.stderr)
+            failures += 1
+            continue
+        image = OutputFile.of("image", path.resolve())
+        existing = store.run_with_output(image.sha256)
+        if existing is not None:
+            results.append({"file": str(path), "run_id": existing, "source": source, "new": False, "notes": notes})
+            continue
+        run_id = store.create_run(request, origin="import-png")
+        store.finish_run(run_id, "done", outputs=[image])
+        if notes:
+            store.set_note(run_id, f"imported from {source} PNG: " + "; ".join(notes))
+        results.append({"file": str(path), "run_id": run_id, "source": source, "new": True, "notes": notes})
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            verb = "imported as" if r["new"] else "already in the history as"
+            print(f"{r['file']}: {verb} {r['run_id']} ({r['source']} metadata)")
+            for note in r["notes"]:
+                print(f"  note: {note}")
+    return 1 if failures else 0

@@ -1,0 +1,182 @@
+"""Run a request and record it: the one place where sampling meets the history (docs/CONTRACTS.md).
+
+UI-free: the CLI (`generate`, `history rerun`, `sweep`) and the TUI worker call `execute` with their own
+`on_step` / `should_stop` callbacks. torch and the engine load inside `execute`, not at import.
+
+The order keeps the history honest: the row is committed as `running` before the model loads; files are
+written under temporary names and renamed; only then does one short transaction complete the row and point
+it at the files. A crash at any point leaves a run that the next `open_store` marks `interrupted`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tnr_tui.history.store import OutputFile, Store
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    status: str  # "done" or "cancelled" (failures raise)
+    request: Any  # the GenerationRequest as sampled (sizes resolved) or as given when cancelled early
+    image_path: Path | None = None
+    latent_path: Path | None = None
+    image: Any = None  # PIL.Image
+    result: Any = None  # engine.sampler.Result
+    stats: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] | None = None
+
+    @property
+    def seconds(self) -> float | None:
+        return self.stats.get("seconds")
+
+    @property
+    def model_evaluations(self) -> int | None:
+        return self.stats.get("model_evaluations")
+
+
+def library_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    from tnr_tui import __version__
+
+    versions = {"tnr-lab": __version__, "python": platform.python_version()}
+    for name in ("torch", "diffusers", "transformers", "safetensors"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            versions["cuda"] = str(torch.version.cuda)
+            versions["gpu"] = torch.cuda.get_device_name()
+    except Exception:  # versions are informative; never fail a run over them
+        pass
+    return versions
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def save_latent_file(latent: Any, path: Path) -> None:
+    """The final latent (model space) under the key `latent`, written atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file({"latent": latent.detach().to("cpu").contiguous()}, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _metrics(image: Any) -> dict[str, float] | None:
+    try:
+        from engine.metrics import image_metrics
+    except ImportError:
+        return None
+    import numpy as np
+
+    return image_metrics(np.asarray(image.convert("RGB"), dtype=np.uint8))
+
+
+def execute(
+    request: Any,
+    store: Store,
+    *,
+    bundle: Any = None,
+    on_step: Callable[[Any], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    save_latent: Path | None = None,
+    out: Path | None = None,
+    origin: str = "cli",
+    parent_id: str | None = None,
+    run_id: str | None = None,
+    on_model_loaded: Callable[[Any], None] | None = None,
+) -> RunOutcome:
+    """Sample `request` (a GenerationRequest) and record it in `store`.
+
+    - `bundle`: a loaded ModelBundle to use; None loads `request.model` on `request.device`/`request.dtype`.
+    - `out`: where the PNG goes; None puts it under `<data dir>/outputs/<date>/<run id>.png`.
+    - `save_latent`: also write the final latent (safetensors, key `latent`).
+    - `origin`: who ran it (`cli`, `tui`, `sweep`, `rerun`); `parent_id`: the run this one re-runs.
+    - `run_id`: start a run already recorded as `queued` (the TUI's queue) instead of creating one.
+    - `on_model_loaded(bundle)`: called once the model is loaded, before sampling (progress displays).
+
+    Returns the outcome (`done`, or `cancelled` when `should_stop` stopped it). Any other failure is
+    recorded as `failed` with its message and then re-raised (ModelError, SamplingError, RequestError for a
+    size the model refuses, OSError writing files ...); KeyboardInterrupt is recorded as `cancelled`.
+    """
+    if run_id is None:
+        run_id = store.create_run(request, origin=origin, parent_id=parent_id)
+    else:
+        store.start_run(run_id)
+    try:
+        from engine.sampler import SamplingCancelled, sample
+
+        if bundle is None:
+            from engine.models import load_bundle
+
+            bundle = load_bundle(request.model, device=request.device, dtype=request.dtype)
+        store.set_model(
+            run_id,
+            model_path=str(bundle.path),
+            model_name=bundle.name,
+            model_identity=bundle.identity,
+            device=str(bundle.device),
+            dtype=str(bundle.dtype).removeprefix("torch."),
+            versions=library_versions(),
+        )
+        if on_model_loaded is not None:
+            on_model_loaded(bundle)
+        try:
+            result = sample(bundle, request, on_step=on_step, should_stop=should_stop)
+        except SamplingCancelled:
+            store.finish_run(run_id, "cancelled", error="cancelled")
+            return RunOutcome(run_id, "cancelled", request)
+
+        resolved = result.request or request
+        resolved_dict = resolved.to_dict()
+        from tnr_tui.history.png import png_info, write_png
+
+        image_path = Path(out) if out is not None else store.new_output_path(run_id, ".png")
+        info = png_info(resolved_dict, model_name=bundle.name, model_hash=bundle.identity, run_id=run_id)
+        write_png(result.image, image_path, info)
+        outputs = [OutputFile.of("image", image_path)]
+        latent_path = None
+        if save_latent is not None:
+            latent_path = Path(save_latent)
+            save_latent_file(result.latent, latent_path)
+            outputs.append(OutputFile.of("latent", latent_path))
+        metrics = _metrics(result.image)
+        store.finish_run(run_id, "done", stats=result.stats, metrics=metrics, outputs=outputs, request=resolved_dict)
+    except BaseException as e:
+        status = "cancelled" if isinstance(e, KeyboardInterrupt) else "failed"
+        try:
+            store.finish_run(run_id, status, error=_one_line(e))
+        except Exception:
+            pass  # the store itself failing: the original error is the one to report
+        raise
+    return RunOutcome(
+        run_id,
+        "done",
+        resolved,
+        image_path=image_path,
+        latent_path=latent_path,
+        image=result.image,
+        result=result,
+        stats=dict(result.stats),
+        metrics=metrics,
+    )
