@@ -176,7 +176,7 @@ def test_two_writer_processes_lose_nothing_and_raise_no_lock_error(tmp_path):
         for tag in ("alpha", "beta")
     ]
     results = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, results):
+    for p, (out, err) in zip(procs, results, strict=True):
         assert p.returncode == 0 and out.strip() == "ok", err
         assert "locked" not in err
     with open_store(tmp_path) as store:

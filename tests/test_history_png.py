@@ -1,0 +1,153 @@
+"""PNG metadata: the A1111 `parameters` text, checked by an independent parser, and the round trip back."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from tnr_tui.history.png import (
+    PngMetadataError,
+    a1111_parameters,
+    parse_a1111,
+    png_info,
+    request_from_png,
+    write_png,
+)
+
+REQUEST = {
+    "prompt": "a red circle, on grey",
+    "negative_prompt": "blurry",
+    "steps": 15,
+    "solver": "heun",
+    "guidance": "tnr",
+    "scale": 1.5,
+    "seed": 123456789012,
+    "width": 64,
+    "height": 96,
+    "tnr_power": 0.25,
+    "schedule": "karras",
+    "cfg_rescale": 0.0,
+}
+
+
+def independent_parse(text: str) -> tuple[str, str | None, dict[str, str]]:
+    """A deliberately separate reading of the A1111 format: last line = `k: v` pairs (quoted values may
+    hold commas), a line starting `Negative prompt: ` starts the negative prompt."""
+    *head, last = text.split("\n")
+    assert last.startswith("Steps: ")
+    pairs: dict[str, str] = {}
+    for key, quoted, plain in re.findall(r'([A-Za-z][A-Za-z0-9 ]*): (?:"((?:[^"\\]|\\.)*)"|([^,]*))(?:, |$)', last):
+        pairs[key] = json.loads(f'"{quoted}"') if quoted else plain
+    negative = None
+    prompt_lines = []
+    for line in head:
+        if line.startswith("Negative prompt: "):
+            negative = line[len("Negative prompt: ") :]
+        elif negative is None:
+            prompt_lines.append(line)
+    return "\n".join(prompt_lines), negative, pairs
+
+
+def test_parameters_text_has_the_exact_a1111_layout():
+    text = a1111_parameters(REQUEST, model_name="shapes-xl", model_hash="0123abcd")
+    lines = text.split("\n")
+    assert lines[0] == "a red circle, on grey"
+    assert lines[1] == "Negative prompt: blurry"
+    assert lines[2].startswith(
+        "Steps: 15, Sampler: Heun, Schedule type: Karras, CFG scale: 1.5, Seed: 123456789012, Size: 64x96, "
+        "Model: shapes-xl, Model hash: 0123abcd, Guidance: tnr, TNR p: 0.25, Version: tnr-lab "
+    )
+    prompt, negative, pairs = independent_parse(text)
+    assert prompt == REQUEST["prompt"] and negative == "blurry"
+    assert pairs["Steps"] == "15" and pairs["Seed"] == "123456789012" and pairs["Size"] == "64x96"
+    assert pairs["Guidance"] == "tnr" and pairs["CFG scale"] == "1.5" and pairs["Sampler"] == "Heun"
+
+
+def test_no_negative_line_without_negative_prompt_and_default_scale_written():
+    text = a1111_parameters({**REQUEST, "negative_prompt": "", "scale": None, "guidance": "cfg"})
+    assert "Negative prompt" not in text
+    prompt, negative, pairs = independent_parse(text)
+    assert negative is None and pairs["CFG scale"] == "5" and "TNR p" not in pairs
+
+
+def test_values_with_commas_are_quoted_and_parsed_back():
+    text = a1111_parameters(REQUEST, model_name="my model, v2: final")
+    assert 'Model: "my model, v2: final"' in text
+    assert independent_parse(text)[2]["Model"] == "my model, v2: final"
+    assert parse_a1111(text)["fields"]["Model"] == "my model, v2: final"
+
+
+def test_multiline_prompt_round_trips_through_our_parser():
+    text = a1111_parameters({**REQUEST, "prompt": "line one\nline two", "negative_prompt": "neg a\nneg b"})
+    parsed = parse_a1111(text)
+    assert parsed["prompt"] == "line one\nline two" and parsed["negative_prompt"] == "neg a\nneg b"
+
+
+def test_our_png_gives_back_the_full_request(tmp_path):
+    path = tmp_path / "out.png"
+    write_png(Image.new("RGB", (8, 8), "red"), path, png_info(REQUEST, model_name="m", model_hash="h", run_id="X"))
+    request, source, notes = request_from_png(path)
+    assert (request, source, notes) == (REQUEST, "tnr-lab", [])
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temporary file left
+
+
+def test_a1111_png_maps_sampler_names_and_fields(tmp_path):
+    info = PngInfo()
+    info.add_text(
+        "parameters",
+        "masterpiece, a cat\nNegative prompt: lowres\nSteps: 30, Sampler: DPM++ 2M, Schedule type: Karras, "
+        'CFG scale: 7, Seed: 42, Size: 832x1216, Model hash: 31e35c80fc, Model: sd_xl_base_1.0, Lora hashes: "a: 1, b: 2"',
+    )
+    path = tmp_path / "a1111.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    request, source, notes = request_from_png(path)
+    assert source == "a1111"
+    assert request == {
+        "prompt": "masterpiece, a cat",
+        "negative_prompt": "lowres",
+        "steps": 30,
+        "seed": 42,
+        "solver": "heun",
+        "guidance": "cfg",
+        "scale": 7.0,
+        "width": 832,
+        "height": 1216,
+        "schedule": "karras",
+    }
+    assert any("DPM++ 2M" in n for n in notes)
+    from engine.request import GenerationRequest
+
+    assert GenerationRequest.from_dict(request).solver == "heun"
+
+
+@pytest.mark.parametrize(
+    "sampler,solver",
+    [("Euler", "euler"), ("Euler a", "euler"), ("Heun", "heun"), ("DPM2", "midpoint"), ("UniPC", "euler")],
+)
+def test_a1111_sampler_mapping(tmp_path, sampler, solver):
+    info = PngInfo()
+    info.add_text("parameters", f"p\nSteps: 5, Sampler: {sampler}, CFG scale: 4, Seed: 1, Size: 64x64")
+    path = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    assert request_from_png(path)[0]["solver"] == solver
+
+
+def test_png_without_parameters_and_non_png_are_refused(tmp_path):
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    with pytest.raises(PngMetadataError, match="no generation parameters"):
+        request_from_png(plain)
+    jpeg = tmp_path / "x.jpg"
+    Image.new("RGB", (8, 8)).save(jpeg)
+    with pytest.raises(PngMetadataError, match="not a PNG"):
+        request_from_png(jpeg)
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"nope")
+    with pytest.raises(PngMetadataError, match="not a readable image"):
+        request_from_png(junk)
+    with pytest.raises(PngMetadataError, match="no such file"):
+        request_from_png(tmp_path / "missing.png")

@@ -1,0 +1,188 @@
+"""Export (JSONL, CSV, zip) and import: round trip, idempotence by id, and refusal of bad input, all-or-nothing."""
+
+from __future__ import annotations
+
+import csv
+import json
+import zipfile
+
+import pytest
+from PIL import Image
+
+from tnr_tui.history import HistoryError, RunFilter, open_store
+from tnr_tui.history.store import OutputFile
+from tnr_tui.history.transfer import export_runs, import_runs
+
+
+def make_history(data_dir, n=3):
+    store = open_store(data_dir)
+    ids = []
+    for i in range(n):
+        req = {"prompt": f"shape {i}", "solver": "euler", "guidance": "tnr" if i % 2 else "cfg", "steps": 4, "seed": i}
+        run_id = store.create_run(req)
+        image = store.new_output_path(run_id, ".png")
+        image.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(image)
+        store.finish_run(
+            run_id,
+            "done",
+            stats={"seconds": 1.5 + i, "model_evaluations": 8, "sigmas": [14.6, 0.0]},
+            metrics={"contrast": 0.1 * i},
+            outputs=[OutputFile.of("image", image)],
+        )
+        ids.append(run_id)
+    store.set_favourite(ids[0])
+    store.set_note(ids[0], "the good one")
+    return store, ids
+
+
+def comparable(record):
+    d = dict(record)
+    d.pop("outputs")
+    return d
+
+
+def test_jsonl_round_trip_is_exact_and_import_is_idempotent(tmp_path):
+    src, ids = make_history(tmp_path / "a")
+    out = tmp_path / "runs.jsonl"
+    assert export_runs(src, "jsonl", out) == 3
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [rec["id"] for rec in lines] == ids[::-1]
+    assert all(rec["tnr_lab_run"] == 1 and rec["request"]["prompt"].startswith("shape") for rec in lines)
+
+    dst = open_store(tmp_path / "b")
+    report = import_runs(dst, out)
+    assert (report.added, report.skipped) == (3, 0)
+    for run_id in ids:
+        a, b = src.get_run(run_id).to_dict(), dst.get_run(run_id).to_dict()
+        assert comparable(a) == comparable(b)
+        # JSONL carries absolute paths: the imported run still finds the original file.
+        assert dst.resolve(b["outputs"][0]["path"]) == src.resolve(a["outputs"][0]["path"])
+    again = import_runs(dst, out)
+    assert (again.added, again.skipped) == (0, 3)
+    assert dst.count_runs() == 3
+
+
+def test_zip_round_trip_brings_the_images(tmp_path):
+    src, ids = make_history(tmp_path / "a")
+    out = tmp_path / "runs.zip"
+    assert export_runs(src, "zip", out, RunFilter(guidance="cfg")) == 2
+    with zipfile.ZipFile(out) as zf:
+        assert sorted(zf.namelist()) == sorted(["runs.jsonl"] + [f"files/{i}/image.png" for i in (ids[0], ids[2])])
+    dst = open_store(tmp_path / "b")
+    report = import_runs(dst, out)
+    assert (report.added, report.skipped, report.files) == (2, 0, 2)
+    run = dst.get_run(ids[0])
+    image = dst.resolve(run.outputs[0].path)
+    assert image.is_relative_to(dst.outputs_dir)
+    assert image.read_bytes() == src.resolve(src.get_run(ids[0]).outputs[0].path).read_bytes()
+    assert run.favourite and run.notes == "the good one" and run.metrics == {"contrast": 0.0}
+
+
+def test_csv_has_flat_columns(tmp_path):
+    src, ids = make_history(tmp_path / "a")
+    out = tmp_path / "runs.csv"
+    export_runs(src, "csv", out)
+    rows = list(csv.DictReader(out.open()))
+    assert [r["id"] for r in rows] == ids[::-1]
+    assert rows[-1]["prompt"] == "shape 0" and rows[-1]["favourite"] == "True" and rows[-1]["seconds"] == "1.5"
+    assert rows[0]["image"].endswith(".png")
+
+
+def test_export_refuses_an_existing_file_without_force(tmp_path):
+    src, _ = make_history(tmp_path / "a", n=1)
+    out = tmp_path / "runs.jsonl"
+    out.write_text("precious")
+    with pytest.raises(HistoryError, match="exists; pass --force"):
+        export_runs(src, "jsonl", out)
+    assert out.read_text() == "precious"
+    export_runs(src, "jsonl", out, force=True)
+    assert out.read_text().startswith("{")
+
+
+def jsonl_with(tmp_path, src, extra_line):
+    good = tmp_path / "good.jsonl"
+    export_runs(src, "jsonl", good, force=True)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(good.read_text() + extra_line + "\n")
+    return bad
+
+
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ('{"hello": "world"}', "not a tnr-lab run record"),
+        ("not json at all", "not JSON"),
+        ("[1, 2]", "not a tnr-lab run record"),
+        ('{"tnr_lab_run": 1, "id": "../../etc", "request": {"prompt": "x"}}', "is not a tnr-lab run id"),
+        (
+            '{"tnr_lab_run": 1, "id": "01HZZZZZZZZZZZZZZZZZZZZZZZ", "request": {"prompt": "x", "steps": 0}}',
+            "invalid request",
+        ),
+    ],
+)
+def test_a_bad_jsonl_line_imports_nothing(tmp_path, line, message):
+    src, _ = make_history(tmp_path / "a", n=2)
+    bad = jsonl_with(tmp_path, src, line)
+    dst = open_store(tmp_path / "b")
+    with pytest.raises(HistoryError, match=message):
+        import_runs(dst, bad)
+    assert dst.count_runs() == 0
+
+
+def test_an_error_inside_the_import_transaction_rolls_back_everything(tmp_path):
+    src, _ = make_history(tmp_path / "a", n=2)
+    good = tmp_path / "good.jsonl"
+    export_runs(src, "jsonl", good)
+    # Valid in shape, refused by the store only after the two good runs were added in the same transaction.
+    broken = {**json.loads(good.read_text().splitlines()[0]), "id": "01HZZZZZZZZZZZZZZZZZZZZZZZ", "status": "exploded"}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(good.read_text() + json.dumps(broken) + "\n")
+    dst = open_store(tmp_path / "b")
+    with pytest.raises(HistoryError, match="unknown status 'exploded'"):
+        import_runs(dst, bad)
+    assert dst.count_runs() == 0
+
+
+@pytest.mark.parametrize("member", ["/etc/evil.png", "files/../../evil.png", "..\\evil.png", "C:/evil.png"])
+def test_zip_with_escaping_paths_is_refused_before_anything_is_written(tmp_path, member):
+    src, _ = make_history(tmp_path / "a", n=1)
+    good = tmp_path / "good.zip"
+    export_runs(src, "zip", good)
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(evil, "w") as zout:
+        for item in zin.infolist():
+            zout.writestr(item, zin.read(item))
+        zout.writestr(member, b"gotcha")
+    dst = open_store(tmp_path / "b")
+    with pytest.raises(HistoryError, match="refused, the zip holds a path outside its folder"):
+        import_runs(dst, evil)
+    assert dst.count_runs() == 0
+    assert list(dst.outputs_dir.rglob("*")) == []
+    assert not (tmp_path / "evil.png").exists()
+
+
+def test_zip_with_a_tampered_image_leaves_no_files_and_no_rows(tmp_path):
+    src, ids = make_history(tmp_path / "a", n=2)
+    good = tmp_path / "good.zip"
+    export_runs(src, "zip", good)
+    tampered = tmp_path / "tampered.zip"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(tampered, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            zout.writestr(item, data + b"x" if item.filename == f"files/{ids[0]}/image.png" else data)
+    dst = open_store(tmp_path / "b")
+    with pytest.raises(HistoryError, match="does not match its recorded sha256"):
+        import_runs(dst, tampered)
+    assert dst.count_runs() == 0
+    assert [p for p in dst.outputs_dir.rglob("*") if p.is_file()] == []
+
+
+def test_import_of_a_missing_or_binary_file_says_so(tmp_path):
+    dst = open_store(tmp_path / "b")
+    with pytest.raises(HistoryError, match="no such file"):
+        import_runs(dst, tmp_path / "nope.jsonl")
+    blob = tmp_path / "blob.jsonl"
+    blob.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(HistoryError, match="neither a zip nor a UTF-8 JSONL file"):
+        import_runs(dst, blob)
