@@ -63,7 +63,11 @@ def weighted_pair(weights: Sequence[float], pairs: Sequence[Pair], divisor: floa
 
 def stage_sigma(tableau: Tableau, i: int, sigma: float, sigma_next: float) -> float:
     """s_i = sigma + c_i (sigma_next - sigma): stage sigmas are interpolated in sigma (classical RK)."""
-    return sigma + tableau.c[i] * (sigma_next - sigma)
+    c = tableau.c[i]
+    # The ends exactly, so that a stage at sigma_next meets the grid's own timestep (Heun's second stage).
+    if c == 1:
+        return sigma_next
+    return sigma + c * (sigma_next - sigma)
 
 
 def rk_step(
