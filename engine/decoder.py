@@ -189,10 +189,16 @@ class SDXLDecoder(nn.Module):
             raise ValueError(
                 f"VAE decoder weights do not fit the config: missing {missing[:4]}, unexpected {unexpected[:4]}"
             )
-        # Attention projections stored as 1x1 convs (original layout) become linear weights.
         for k, v in fixed.items():
-            if v.shape != own[k].shape and v.numel() == own[k].numel():
+            if v.shape == own[k].shape:
+                continue
+            if v.numel() == own[k].numel():
+                # Attention projections stored as 1x1 convs (original layout) become linear weights.
                 fixed[k] = v.reshape(own[k].shape)
+            else:
+                raise ValueError(
+                    f"VAE decoder weights do not fit the config: {k} is {tuple(v.shape)}, expected {tuple(own[k].shape)}"
+                )
         self.load_state_dict(fixed, strict=True)
 
 

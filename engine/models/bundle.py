@@ -27,16 +27,6 @@ class ModelError(Exception):
     """A model cannot be loaded or used; the message names the path and the problem, for the user as is."""
 
 
-# SDXL's public latent-to-RGB factors (ComfyUI's latent_formats.SDXL): rows are latent channels, columns R, G, B.
-SDXL_LATENT_RGB_FACTORS = (
-    (0.3651, 0.4232, 0.4341),
-    (-0.2533, -0.0042, 0.1068),
-    (0.1076, 0.1111, -0.0362),
-    (-0.3165, -0.2492, -0.2188),
-)
-SDXL_LATENT_RGB_BIAS = (0.1084, -0.0175, -0.0011)
-
-
 @dataclass
 class Conditioning:
     """SDXL conditioning, one row per text, on the model's device in the UNet dtype.
@@ -210,17 +200,15 @@ class ModelBundle:
 
     def preview(self, denoised_model_space: torch.Tensor) -> Image.Image:
         """Cheap latent-to-RGB preview of the first row (MATH.md 6)."""
-        from PIL import Image
+        from engine.preview import latent_to_rgb
 
-        factors, bias = self.latent_rgb
-        d = denoised_model_space[0].detach().to("cpu", torch.float32)
-        rgb = torch.einsum("chw,ck->hwk", d, factors) + bias
-        rgb = ((rgb + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8)
-        return Image.fromarray(rgb.numpy(), "RGB")
+        return latent_to_rgb(denoised_model_space, *self.latent_rgb)
 
 
 def default_latent_rgb(channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """SDXL's public factors for 4-channel latents; a grey projection of the channel mean otherwise."""
+    from engine.preview import SDXL_LATENT_RGB_BIAS, SDXL_LATENT_RGB_FACTORS
+
     if channels == 4:
-        return torch.tensor(SDXL_LATENT_RGB_FACTORS), torch.tensor(SDXL_LATENT_RGB_BIAS)
+        return SDXL_LATENT_RGB_FACTORS.clone(), SDXL_LATENT_RGB_BIAS.clone()
     return torch.full((channels, 3), 1.0 / channels), torch.zeros(3)
