@@ -127,3 +127,116 @@ def test_cell_key_round_trips_through_a_recorded_request() -> None:
         cell_key_of_request({"prompt": "p", "guidance": "cfg", "scale": None, "solver": "euler", "steps": 3, "seed": 1})
         == Cell("p", "cfg", 5.0, "euler", 3, 1).key
     )
+
+
+# ---- through the CLI on the tiny model ------------------------------------------------------------------------
+
+PROMPT = "a red circle on a white background"
+
+
+def sweep_argv(data_dir, model_dir, out, seeds: str = "1-2", *extra: str) -> list[str]:
+    return [
+        "--data-dir",
+        str(data_dir),
+        "sweep",
+        "--prompt",
+        PROMPT,
+        "--guidance",
+        "none,cfg",
+        "--scales",
+        "cfg=2,4",
+        "--steps",
+        "2",
+        "--seeds",
+        seeds,
+        "--model",
+        str(model_dir),
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def test_tiny_sweep_records_runs_and_writes_sheet_and_csv(tiny_sdxl_dir, tmp_path, capsys) -> None:
+    import csv
+
+    from PIL import Image
+
+    from tnr_tui.cli import main
+    from tnr_tui.history import RunFilter, open_store
+
+    out = tmp_path / "sweep"
+    assert main(sweep_argv(tmp_path / "home", tiny_sdxl_dir, out)) == 0
+    printed = capsys.readouterr().out
+    sweep_id = printed.split()[1].rstrip(":")
+    assert "6 run, 0 already done, 0 failed of 6" in printed
+
+    with open_store(tmp_path / "home") as store:
+        runs = store.list_runs(RunFilter(sweep=sweep_id))
+        assert len(runs) == 6 and {r.status for r in runs} == {"done"}
+        assert {r.origin for r in runs} == {"sweep"}
+        assert sorted((r.guidance, r.scale or 0.0, r.seed) for r in runs) == sorted(
+            (g, s, seed) for g, s in (("none", 0.0), ("cfg", 2.0), ("cfg", 4.0)) for seed in (1, 2)
+        )
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert len(rows) == 6
+    assert [(r["guidance"], r["scale"], r["seed"]) for r in rows[:3]] == [
+        ("none", "", "1"),
+        ("none", "", "2"),
+        ("cfg", "2.0", "1"),
+    ]
+    assert {r["evaluations"] for r in rows} == {"2", "4"}  # none: 2 steps x 1; cfg: 2 steps x 2 predictions
+    assert all(0.0 <= float(r["saturation"]) <= 1.0 and float(r["colourfulness"]) >= 0.0 for r in rows)
+    assert all(r["check_all"] == "" for r in rows)  # no checker verdicts for a model other than the embedded one
+    (sheet,) = out.glob("sheet-*.png")
+    with Image.open(sheet) as im:
+        # 3 rows (none, cfg 2, cfg 4) x 2 seed columns of 128 px thumbnails with a 4 px gap, below a 40 px header
+        assert im.height == 40 + 3 * (128 + 4) + 4
+        assert im.width > 2 * (128 + 4)
+
+
+def test_sweep_resume_skips_done_cells(tiny_sdxl_dir, tmp_path, capsys) -> None:
+    from tnr_tui.cli import main
+    from tnr_tui.history import RunFilter, open_store
+
+    home, out = tmp_path / "home", tmp_path / "sweep"
+    assert main(sweep_argv(home, tiny_sdxl_dir, out, "1")) == 0
+    sweep_id = capsys.readouterr().out.split()[1].rstrip(":")
+
+    # the same command again: nothing to run
+    assert main(sweep_argv(home, tiny_sdxl_dir, out, "1")) == 0
+    assert "0 run, 3 already done" in capsys.readouterr().out
+
+    # without the CSV, the history alone tells which cells are done, and the CSV is rebuilt from it
+    (out / "sweep.csv").unlink()
+    assert main(sweep_argv(home, tiny_sdxl_dir, out, "1")) == 0
+    assert "0 run, 3 already done" in capsys.readouterr().out
+    assert len((out / "sweep.csv").read_text().strip().splitlines()) == 1 + 3
+
+    # more seeds under the same sweep id: only the new cells run
+    assert main(sweep_argv(home, tiny_sdxl_dir, out, "1-2", "--resume", sweep_id)) == 0
+    assert "3 run, 3 already done" in capsys.readouterr().out
+    with open_store(home) as store:
+        assert store.count_runs(RunFilter(sweep=sweep_id)) == 6
+
+    # --resume with no arguments reads them back from DIR/sweep.json
+    assert main(["--data-dir", str(home), "sweep", "--resume", sweep_id, "--out", str(out)]) == 0
+    assert "0 run, 6 already done" in capsys.readouterr().out
+
+
+def test_sweep_bad_arguments_are_one_line_errors(tmp_path, capsys) -> None:
+    from tnr_tui.cli import main
+
+    base = ["--data-dir", str(tmp_path), "sweep", "--out", str(tmp_path / "o")]
+    assert main(base + ["--prompt", "p", "--guidance", "none,foo"]) == 2
+    assert "unknown guidance method 'foo'" in capsys.readouterr().err
+    assert main(base + ["--prompt", "p", "--seeds", "9-1"]) == 2
+    assert "backwards" in capsys.readouterr().err
+    assert main(base) == 2
+    assert "--prompt" in capsys.readouterr().err
+    assert main(base + ["--prompt", "p", "--model", str(tmp_path / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err

@@ -356,10 +356,26 @@ class SweepReport:
 
 
 def history_done_cells(store: Any, sweep_id: str) -> dict[str, dict[str, Any]]:
-    """Cells of this sweep already done in the history: key -> {run_id, request, image, stats}."""
-    from tnr_tui import runs
+    """Cells of this sweep already done in the history: key -> {run_id, request, image, stats, metrics}.
 
-    return runs.sweep_runs(store, sweep_id)
+    The newest done run of a cell wins (ids sort by creation time and `iter_runs` lists newest first)."""
+    from tnr_tui.history import RunFilter
+
+    done: dict[str, dict[str, Any]] = {}
+    for run in store.iter_runs(RunFilter(sweep=sweep_id, status="done")):
+        request = run.request
+        key = cell_key_of_request(request)
+        output = run.output("image")
+        if key in done or output is None:
+            continue
+        done[key] = {
+            "run_id": run.id,
+            "request": request,
+            "image": str(store.resolve(output.path)),
+            "stats": {**(run.stats or {}), "model_evaluations": run.model_evaluations, "seconds": run.seconds},
+            "metrics": run.metrics,
+        }
+    return done
 
 
 def run_sweep(
@@ -396,7 +412,8 @@ def run_sweep(
         if key in wanted and key not in rows and done.get("image") and Path(done["image"]).is_file():
             image = Image.open(done["image"]).convert("RGB")
             prompt = done["request"]["prompt"]
-            rows[key] = _row(sweep_id, key, done, image_metrics(image), _verdicts(spec, image, prompt))
+            metrics = done.get("metrics") or image_metrics(image)
+            rows[key] = _row(sweep_id, key, done, metrics, _verdicts(spec, image, prompt))
     skipped = len(rows)
     todo = [c for c in cells if c.key not in rows]
     log(f"sweep {sweep_id}: {len(cells)} cells, {skipped} already done, {len(todo)} to run")
@@ -413,10 +430,15 @@ def run_sweep(
             request = cell.request(spec, sweep_id)
             if device != "auto" or dtype != "auto":
                 request = request.replace(device=device, dtype=dtype)
-            outcome = runs.execute(request, store, bundle=bundle)
+            try:
+                outcome = runs.execute(request, store, bundle=bundle, origin="sweep")
+            except Exception as e:  # recorded as failed in the history by execute; the sweep goes on
+                failed += 1
+                log(f"  [{i}/{len(todo)}] {cell.row_label} seed {cell.seed}: failed: {e}")
+                continue
             if outcome.status != "done":
                 failed += 1
-                log(f"  [{i}/{len(todo)}] {cell.row_label} seed {cell.seed}: {outcome.status} {outcome.error or ''}")
+                log(f"  [{i}/{len(todo)}] {cell.row_label} seed {cell.seed}: {outcome.status}")
                 continue
             ran += 1
             image = outcome.image

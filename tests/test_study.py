@@ -1,0 +1,147 @@
+"""The study: arms, bootstrap intervals, and an end-to-end run at tiny size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.request import GenerationRequest
+from tnr_tui.study import (
+    Arm,
+    StudyConfig,
+    StudyError,
+    all_arms,
+    bootstrap_indices,
+    mean_ci,
+    nice_ticks,
+    prompt_for_seed,
+    run_study,
+    solver_arms,
+)
+
+TINY = StudyConfig(
+    samples=3, steps=4, scales={"cfg": (2.0, 4.0), "cfg++": (0.5,), "tnr-cfg": (2.0, 4.0)}, budgets=(4, 8)
+)
+
+
+def test_solver_arms_spend_equal_evaluations() -> None:
+    arms = solver_arms(StudyConfig(budgets=(20,)))
+    assert {(a.guidance, a.solver): (a.steps, a.evaluations) for a in arms} == {
+        ("none", "euler"): (20, 20),
+        ("none", "heun"): (10, 19),
+        ("none", "rk4"): (6, 21),
+        ("tnr", "euler"): (20, 20),
+        ("tnr", "heun"): (10, 19),
+        ("tnr", "rk4"): (6, 21),
+    }
+
+
+def test_all_arms_share_duplicates() -> None:
+    arms = all_arms(TINY)
+    # none/tnr euler at 4 steps is both a single-prediction arm and the B=4 solver arm
+    assert arms.count(Arm("none", None, "euler", 4)) == 1
+    assert len(arms) == 2 + 5 + (6 + 6 - 2)
+
+
+def test_bootstrap_interval_of_a_known_sample() -> None:
+    idx = bootstrap_indices(50, resamples=4000, seed=1)
+    values = np.r_[np.ones(25), np.zeros(25)]
+    mean, lo, hi = mean_ci(values, idx)
+    assert mean == 0.5
+    # the binomial standard error is sqrt(0.25 / 50) = 0.0707: the interval is about +-1.96 of it
+    assert lo == pytest.approx(0.5 - 1.96 * 0.0707, abs=0.03)
+    assert hi == pytest.approx(0.5 + 1.96 * 0.0707, abs=0.03)
+    # a constant has a zero-width interval
+    assert mean_ci(np.full(50, 3.0), idx) == (3.0, 3.0, 3.0)
+
+
+def test_seed_prompts_are_fixed_toy_scenes() -> None:
+    prompts = [prompt_for_seed(s, TINY, embedded=True) for s in range(1, 169)]
+    assert len(set(prompts)) == 168  # every scene once in the first 168 seeds
+    assert prompt_for_seed(5, TINY, embedded=True) == prompts[4]
+    assert prompt_for_seed(1, StudyConfig(prompts=("x", "y")), embedded=False) == "x"
+
+
+def test_nice_ticks_cover_the_range() -> None:
+    assert nice_ticks(0.0, 1.0) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    ticks = nice_ticks(3.3, 47.0)
+    assert ticks[0] <= 3.3 and ticks[-1] >= 47.0
+
+
+def test_config_rejects_one_sample() -> None:
+    with pytest.raises(StudyError, match="at least 2"):
+        StudyConfig(samples=1)
+
+
+def fake_toy_sampler(request: GenerationRequest) -> tuple[Image.Image, dict]:
+    """Renders the prompt's scene (right in tnr arms, blank grey otherwise) so the checker has something to grade."""
+    from engine.toy import parse_prompt, render
+
+    rng = np.random.default_rng(request.seed)
+    if request.guidance in ("tnr", "tnr-cfg"):
+        pixels = render(parse_prompt(request.prompt), rng)
+    else:
+        pixels = np.full((64, 64, 3), 128, dtype=np.uint8)
+    return Image.fromarray(pixels), {"model_evaluations": request.steps}
+
+
+def test_study_tables_and_plots_from_a_fake_sampler(tmp_path: Path) -> None:
+    report = run_study(TINY, tmp_path, sample_fn=fake_toy_sampler, model_description="fake", log=lambda _: None)
+    md = report.markdown.read_text()
+    assert "## 1. Single prediction" in md and "## 3. Solvers" in md
+    # tnr renders the right scene every time, none never: accuracy 100% vs 0%, a difference of 100 points
+    assert "| tnr euler 4st | 4 | 100% [100, 100]" in md
+    assert "| none euler 4st | 4 | 0% [0, 0]" in md
+    assert "| tnr - none | 100 pts [100, 100] *" in md
+    for plot in report.plots:
+        with Image.open(plot) as im:
+            assert im.width > 300 and im.height > 300
+    assert report.images == len(all_arms(TINY)) * 3
+
+
+def test_study_cli_end_to_end_on_the_tiny_model(tiny_sdxl_dir: Path, tmp_path: Path) -> None:
+    from tnr_tui.cli import main
+
+    out = tmp_path / "study"
+    code = main(
+        [
+            "study",
+            "--model",
+            str(tiny_sdxl_dir),
+            "--samples",
+            "2",
+            "--steps",
+            "2",
+            "--budgets",
+            "2",
+            "--scales",
+            "cfg=2",
+            "cfg++=0.5",
+            "tnr-cfg=2",
+            "--solvers",
+            "euler,rk4",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    md = (out / "study.md").read_text()
+    assert "accuracy" not in md.split("## 1.")[1].split("\n")[2]  # no checker for a non-embedded model
+    assert "| none euler 2st | 2 |" in md
+    assert "| tnr-cfg 2 euler 2st | 4 |" in md  # the sampler's count: 2 predictions x 2 steps
+    assert "| none rk4 1st | 1 |" in md  # budget 2: one RK4 step (the last step is Euler) is nearest
+    assert (out / "metrics-vs-scale.png").is_file() and (out / "solvers-vs-evaluations.png").is_file()
+
+
+def test_study_cli_rejects_bad_budgets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tnr_tui.cli import main
+
+    assert main(["study", "--budgets", "0,x", "--out", str(tmp_path)]) == 2
+    assert "budgets" in capsys.readouterr().err

@@ -1,0 +1,100 @@
+"""`tnr-lab study`: measure the seed's claims about TNR (tables in study.md, PNG plots)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tnr_tui.cli import UserError
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"{what}: {text!r} are not whole numbers") from None
+    if not values or min(values) < 1:
+        raise UserError(f"{what}: give whole numbers of at least 1, e.g. 5,10,20")
+    return values
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "study",
+        help="compare none/tnr, cfg/cfg++/tnr-cfg and euler/heun/rk4 with bootstrap intervals; write study.md",
+        description=(
+            "Sample every arm of the study (single prediction: none vs tnr; two predictions: cfg, cfg++ and tnr-cfg "
+            "over a scale range; solvers euler, heun and rk4 at equal model evaluations with and without tnr) over "
+            "the same seeds, then write DIR/study.md (tables with 95%% bootstrap intervals), DIR/study.json and PNG "
+            "plots. Study images are not recorded in the history."
+        ),
+    )
+    p.add_argument("--model", default="embedded", help="model directory, .safetensors file or 'embedded'")
+    p.add_argument("--samples", type=int, default=24, help="seeds per arm (default 24)")
+    p.add_argument("--steps", type=int, default=20, help="steps of the single- and two-prediction arms (default 20)")
+    p.add_argument(
+        "--budgets",
+        default="5,10,20",
+        help="evaluation budgets of the solver comparison, in Euler one-prediction steps (default 5,10,20)",
+    )
+    p.add_argument(
+        "--scales",
+        nargs="+",
+        default=[],
+        metavar="METHOD=V,...",
+        help="scale ranges of the two-prediction methods (default cfg=1.5,3,5,7.5 cfg++=0.2,0.4,0.6,0.8,1 "
+        "tnr-cfg=1.5,3,5,7.5); a method left out keeps its default range",
+    )
+    p.add_argument("--solvers", default="euler,heun,rk4", help="solvers compared (default euler,heun,rk4)")
+    p.add_argument("--prompt", action="append", default=[], help="prompts for models without a checker (repeatable)")
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--keep-images", action="store_true", help="also save every image under DIR/images")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.request import SOLVERS, validate_field
+    from tnr_tui.study import StudyConfig, StudyError
+    from tnr_tui.sweep import SweepError, parse_list, parse_scales
+
+    for name in ("device", "dtype", "width", "height"):
+        message = validate_field(name, getattr(args, name))
+        if message:
+            raise UserError(message)
+    try:
+        scales = {**StudyConfig().scales, **parse_scales(args.scales)}
+        solvers = parse_list(args.solvers, SOLVERS, "solver")
+    except SweepError as e:
+        raise UserError(str(e)) from None
+    try:
+        cfg = StudyConfig(
+            samples=args.samples,
+            scales=scales,
+            solvers=solvers,
+            steps=args.steps,
+            budgets=_ints(args.budgets, "budgets"),
+            model=args.model,
+            prompts=tuple(args.prompt),
+            width=args.width,
+            height=args.height,
+        )
+    except StudyError as e:
+        raise UserError(str(e)) from None
+
+    from engine.models import ModelError, load_bundle
+    from tnr_tui.study import run_study
+
+    try:
+        bundle = load_bundle(cfg.model, device=args.device, dtype=args.dtype)
+    except ModelError as e:
+        raise UserError(str(e)) from None
+    report = run_study(cfg, Path(args.out), bundle=bundle, keep_images=args.keep_images)
+    print(f"study: {report.images} images in {report.seconds:.0f} s ({report.seconds / 60:.1f} min)")
+    print(f"tables: {report.markdown}")
+    for plot in report.plots:
+        print(f"plot: {plot}")
+    return 0

@@ -1,0 +1,682 @@
+"""The study: do the seed notebook's claims about True Noise Removal hold on a model we can measure?
+
+Claims under test (the seed's words, turned into measurements):
+- TNR resolves the washed-out look of single-prediction sampling: none vs tnr, on colourfulness, saturation,
+  contrast and dynamic range (engine.metrics);
+- TNR mildly improves prompt coherence: none vs tnr on the checker's accuracy (embedded model only);
+- TNR-CFG competes with CFG++: cfg, cfg++ and tnr-cfg over a scale range, each at its best scale;
+- TNR steadies RK4: euler, heun and rk4 at equal model evaluations, with and without TNR.
+
+Every arm samples the same seeds, and on the embedded model seed s always gets the same prompt (a fixed
+shuffle of the toy grammar's scenes), so arms are compared pairwise. Confidence intervals are 95 % percentile
+bootstrap intervals over seeds (the same resampled seed sets for every arm, so differences are paired).
+
+Study images go through the real engine path (`load_bundle` once, then `engine.sampler.sample` per image) but
+are not recorded in the history: a study makes hundreds of images, and the PNG + database writes would cost
+time and bury the user's own runs. The PNG of every image is kept under DIR/images only with `--keep-images`.
+
+Plots are drawn with PIL (no matplotlib): the lab already depends on Pillow, the plots are simple lines with
+error bars, and a GPU host running the same command should not need a plotting stack.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.metrics import METRIC_NAMES, image_metrics
+from engine.request import EMBEDDED_MODEL, GenerationRequest
+from tnr_tui.sweep import evaluations, matched_steps, reference_budget
+
+CHECK_NAMES: tuple[str, ...] = ("accuracy", "colour_ok", "background_ok", "shape_ok")
+BOOTSTRAP_RESAMPLES = 2000
+# Prompts for models without a checker (SDXL on a GPU host): varied subjects, colours and textures.
+GENERAL_PROMPTS: tuple[str, ...] = (
+    "a red vintage car parked on a cobblestone street",
+    "a bowl of fruit on a wooden table, still life",
+    "a lighthouse on a cliff at sunset",
+    "portrait of an old fisherman, dramatic lighting",
+    "a blue hummingbird next to a pink flower",
+    "a snowy mountain village at night",
+)
+
+
+class StudyError(ValueError):
+    """Bad study arguments; the message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    samples: int = 24
+    steps: int = 20
+    scales: dict[str, tuple[float, ...]] = field(
+        default_factory=lambda: {
+            "cfg": (1.5, 3.0, 5.0, 7.5),
+            "cfg++": (0.2, 0.4, 0.6, 0.8, 1.0),
+            "tnr-cfg": (1.5, 3.0, 5.0, 7.5),
+        }
+    )
+    # Evaluation budgets (in Euler-with-one-prediction steps) of the solver comparison.
+    budgets: tuple[int, ...] = (5, 10, 20)
+    solvers: tuple[str, ...] = ("euler", "heun", "rk4")
+    model: str = EMBEDDED_MODEL
+    prompts: tuple[str, ...] = ()  # for models without a checker; empty: GENERAL_PROMPTS
+    width: int | None = None
+    height: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.samples < 2:
+            raise StudyError(f"samples must be at least 2 (a confidence interval needs spread), got {self.samples}")
+        if self.steps < 1:
+            raise StudyError(f"steps must be at least 1, got {self.steps}")
+        if not self.budgets or min(self.budgets) < 1:
+            raise StudyError("budgets must be whole numbers of at least 1")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One configuration sampled over all seeds."""
+
+    guidance: str
+    scale: float | None
+    solver: str
+    steps: int
+
+    @property
+    def label(self) -> str:
+        scale = "" if self.scale is None else f" {self.scale:g}"
+        return f"{self.guidance}{scale} {self.solver} {self.steps}st"
+
+    @property
+    def evaluations(self) -> int:
+        return evaluations(self.solver, self.guidance, self.steps)
+
+
+def single_arms(cfg: StudyConfig) -> list[Arm]:
+    return [Arm("none", None, "euler", cfg.steps), Arm("tnr", None, "euler", cfg.steps)]
+
+
+def two_prediction_arms(cfg: StudyConfig) -> list[Arm]:
+    return [Arm(m, s, "euler", cfg.steps) for m in ("cfg", "cfg++", "tnr-cfg") for s in cfg.scales.get(m, ())]
+
+
+def solver_arms(cfg: StudyConfig) -> list[Arm]:
+    arms = []
+    for budget in cfg.budgets:
+        for guidance in ("none", "tnr"):
+            for solver in cfg.solvers:
+                arms.append(Arm(guidance, None, solver, matched_steps(solver, guidance, reference_budget(budget))))
+    return arms
+
+
+def all_arms(cfg: StudyConfig) -> list[Arm]:
+    return list(dict.fromkeys(single_arms(cfg) + two_prediction_arms(cfg) + solver_arms(cfg)))
+
+
+def study_evaluations(cfg: StudyConfig) -> int:
+    """Model evaluations the whole study spends (for the time estimate)."""
+    return cfg.samples * sum(a.evaluations for a in all_arms(cfg))
+
+
+def prompt_for_seed(seed: int, cfg: StudyConfig, embedded: bool) -> str:
+    """Seed s always gets the same prompt: on the embedded model a fixed shuffle of every toy scene."""
+    if embedded:
+        from engine.toy import all_scenes
+
+        scenes = all_scenes()
+        order = np.random.default_rng(2026).permutation(len(scenes))
+        return scenes[int(order[(seed - 1) % len(scenes)])].prompt
+    prompts = cfg.prompts or GENERAL_PROMPTS
+    return prompts[(seed - 1) % len(prompts)]
+
+
+# ---- statistics ---------------------------------------------------------------------------------------------
+
+
+def bootstrap_indices(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> np.ndarray:
+    """Resampled seed indices [resamples, n], shared by every arm so that differences are paired."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def mean_ci(values: Sequence[float], indices: np.ndarray) -> tuple[float, float, float]:
+    """Mean and 95 % percentile bootstrap interval of `values` (one per seed)."""
+    v = np.asarray(values, dtype=np.float64)
+    means = v[indices].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(v.mean()), float(lo), float(hi)
+
+
+# ---- running ------------------------------------------------------------------------------------------------
+
+SampleFn = Callable[[GenerationRequest], tuple[Any, dict[str, Any]]]
+
+
+@dataclass
+class ArmResult:
+    arm: Arm
+    seeds: list[int]
+    values: dict[str, list[float]]  # metric or check name -> one value per seed
+    evaluations: int  # as counted by the sampler (the mean over seeds; all seeds spend the same)
+    seconds: float
+
+
+def measure(image: Any, prompt: str, embedded: bool) -> dict[str, float]:
+    values = image_metrics(image)
+    if embedded:
+        from engine.toy import check
+
+        verdict = check(image, prompt)
+        values.update(
+            accuracy=float(verdict.all),
+            colour_ok=float(verdict.shape_colour),
+            background_ok=float(verdict.background),
+            shape_ok=float(verdict.shape),
+        )
+    return values
+
+
+def run_arms(
+    arms: Sequence[Arm],
+    cfg: StudyConfig,
+    sample_fn: SampleFn,
+    *,
+    embedded: bool,
+    keep_images: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[Arm, ArmResult]:
+    seeds = list(range(1, cfg.samples + 1))
+    results: dict[Arm, ArmResult] = {}
+    total = len(arms) * len(seeds)
+    done = 0
+    started = time.perf_counter()
+    for arm in arms:
+        values: dict[str, list[float]] = {}
+        evals: list[int] = []
+        arm_start = time.perf_counter()
+        for seed in seeds:
+            prompt = prompt_for_seed(seed, cfg, embedded)
+            request = GenerationRequest(
+                prompt=prompt,
+                model=cfg.model,
+                width=cfg.width,
+                height=cfg.height,
+                seed=seed,
+                steps=arm.steps,
+                solver=arm.solver,
+                guidance=arm.guidance,
+                scale=arm.scale,
+                preview_every=0,
+                decode_every=0,
+                tags={"study": "1"},
+            )
+            image, stats = sample_fn(request)
+            for name, value in measure(image, prompt, embedded).items():
+                values.setdefault(name, []).append(value)
+            evals.append(int(stats.get("model_evaluations", arm.evaluations)))
+            if keep_images is not None:
+                folder = keep_images / arm.label.replace(" ", "_")
+                folder.mkdir(parents=True, exist_ok=True)
+                image.save(folder / f"seed{seed:03d}.png")
+            done += 1
+        results[arm] = ArmResult(arm, seeds, values, round(float(np.mean(evals))), time.perf_counter() - arm_start)
+        elapsed = time.perf_counter() - started
+        log(
+            f"  {arm.label:<24} {results[arm].evaluations:>3} evaluations  "
+            f"{results[arm].seconds / len(seeds):.3f} s/image  [{done}/{total}, {elapsed:.0f} s, "
+            f"about {elapsed / done * (total - done):.0f} s left]"
+        )
+    return results
+
+
+def engine_sampler(bundle: Any) -> SampleFn:
+    """The real engine path: one loaded bundle, `engine.sampler.sample` per request."""
+    from engine.sampler import sample
+
+    def run(request: GenerationRequest) -> tuple[Any, dict[str, Any]]:
+        result = sample(bundle, request)
+        return result.image, result.stats
+
+    return run
+
+
+# ---- the study ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StudyReport:
+    markdown: Path
+    plots: list[Path]
+    seconds: float
+    images: int
+
+
+def run_study(
+    cfg: StudyConfig,
+    out_dir: Path,
+    *,
+    bundle: Any = None,
+    sample_fn: SampleFn | None = None,
+    model_description: str = "",
+    keep_images: bool = False,
+    log: Callable[[str], None] = print,
+) -> StudyReport:
+    started = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    embedded = cfg.model == EMBEDDED_MODEL
+    if sample_fn is None:
+        if bundle is None:
+            from engine.models import load_bundle
+
+            bundle = load_bundle(cfg.model)
+        sample_fn = engine_sampler(bundle)
+    if not model_description and bundle is not None:
+        model_description = f"{bundle.name} (identity {bundle.identity}, {bundle.path})"
+    arms = all_arms(cfg)
+    log(f"study: {len(arms)} arms x {cfg.samples} seeds = {len(arms) * cfg.samples} images")
+    results = run_arms(
+        arms, cfg, sample_fn, embedded=embedded, keep_images=out_dir / "images" if keep_images else None, log=log
+    )
+    seconds = time.perf_counter() - started
+    indices = bootstrap_indices(cfg.samples)
+    plots = [
+        plot_metrics_vs_scale(cfg, results, indices, out_dir / "metrics-vs-scale.png", embedded),
+        plot_accuracy_vs_evaluations(cfg, results, indices, out_dir / "solvers-vs-evaluations.png", embedded),
+    ]
+    data = {
+        "config": {**cfg.__dict__, "scales": {k: list(v) for k, v in cfg.scales.items()}},
+        "seconds": seconds,
+        "arms": [
+            {**r.arm.__dict__, "label": r.arm.label, "evaluations": r.evaluations, "seconds": r.seconds, **r.values}
+            for r in results.values()
+        ],
+    }
+    (out_dir / "study.json").write_text(json.dumps(data, indent=1) + "\n")
+    md = write_markdown(cfg, results, indices, out_dir / "study.md", seconds, model_description, embedded, plots)
+    return StudyReport(md, plots, seconds, len(arms) * cfg.samples)
+
+
+# ---- tables -------------------------------------------------------------------------------------------------
+
+
+def _fmt(mean: float, lo: float, hi: float, name: str) -> str:
+    if name in CHECK_NAMES:
+        return f"{100 * mean:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]"
+    if name == "colourfulness":
+        return f"{mean:.1f} [{lo:.1f}, {hi:.1f}]"
+    return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _columns(embedded: bool) -> list[str]:
+    return (["accuracy"] if embedded else []) + list(METRIC_NAMES)
+
+
+def _diff(a: ArmResult, b: ArmResult, name: str, indices: np.ndarray) -> tuple[float, float, float]:
+    """Paired difference a - b over the same seeds."""
+    return mean_ci(np.asarray(a.values[name]) - np.asarray(b.values[name]), indices)
+
+
+def best_scale(results: dict[Arm, ArmResult], method: str, cfg: StudyConfig, embedded: bool) -> ArmResult | None:
+    """The arm of `method` with the highest mean accuracy (embedded) or colourfulness; ties: the smaller scale."""
+    key = "accuracy" if embedded else "colourfulness"
+    arms = [r for a, r in results.items() if a.guidance == method and a in two_prediction_arms(cfg)]
+    if not arms:
+        return None
+    return max(arms, key=lambda r: (float(np.mean(r.values[key])), -(r.arm.scale or 0.0)))
+
+
+def _table(rows: list[ArmResult], indices: np.ndarray, embedded: bool, extra: bool = False) -> list[str]:
+    cols = _columns(embedded)
+    head = ["arm", "evaluations"] + cols + (["colour / background / shape"] if extra and embedded else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r.arm.label, str(r.evaluations)] + [_fmt(*mean_ci(r.values[c], indices), c) for c in cols]
+        if extra and embedded:
+            parts = [f"{100 * np.mean(r.values[c]):.0f}%" for c in ("colour_ok", "background_ok", "shape_ok")]
+            cells.append(" / ".join(parts))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _diff_table(pairs: list[tuple[str, ArmResult, ArmResult]], indices: np.ndarray, embedded: bool) -> list[str]:
+    cols = _columns(embedded)
+    lines = ["| difference (paired over seeds) | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    for title, a, b in pairs:
+        cells = []
+        for c in cols:
+            mean, lo, hi = _diff(a, b, c, indices)
+            mark = " *" if lo > 0 or hi < 0 else ""  # the interval excludes 0
+            cells.append(_fmt(mean, lo, hi, c).replace("% [", " pts [").replace("%", "") + mark)
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_markdown(
+    cfg: StudyConfig,
+    results: dict[Arm, ArmResult],
+    indices: np.ndarray,
+    path: Path,
+    seconds: float,
+    model_description: str,
+    embedded: bool,
+    plots: list[Path],
+) -> Path:
+    import torch
+
+    by_arm = results
+    single = [by_arm[a] for a in single_arms(cfg)]
+    two = [by_arm[a] for a in two_prediction_arms(cfg)]
+    lines = [
+        "# The TNR study",
+        "",
+        f"Generated by `tnr-lab study --samples {cfg.samples} --steps {cfg.steps}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        "",
+        f"- model: {model_description or cfg.model}",
+        f"- seeds 1..{cfg.samples} per arm"
+        + (
+            ", each seed with its own toy prompt (the same in every arm)" if embedded else ", prompts cycled over seeds"
+        ),
+        f"- {len(results)} arms, {len(results) * cfg.samples} images, {seconds:.0f} s "
+        f"({seconds / 60:.1f} min) on {platform.machine()} with {os.cpu_count()} CPU cores "
+        f"(torch threads: {torch.get_num_threads()})",
+        f"- intervals: 95 % percentile bootstrap over seeds ({BOOTSTRAP_RESAMPLES} resamples, paired across arms); "
+        "a difference marked * has an interval that excludes 0",
+    ]
+    if embedded:
+        lines.append(
+            "- accuracy: the share of images in which the toy checker (engine.toy.check) finds the prompt's shape "
+            "colour, background and shape all right"
+        )
+    lines += [
+        "- metrics (engine/metrics.py): colourfulness (Hasler and Suesstrunk, 0..255 scale), saturation (mean HSV "
+        "S), contrast (std of Rec. 709 luma, 0..1), dynamic range (1st to 99th percentile of luma, 0..1)",
+        "",
+        f"## 1. Single prediction: none vs TNR (Euler, {cfg.steps} steps)",
+        "",
+        *_table(single, indices, embedded, extra=True),
+        "",
+        *_diff_table([("tnr - none", single[1], single[0])], indices, embedded),
+        "",
+        f"## 2. Two predictions: CFG vs CFG++ vs TNR-CFG (Euler, {cfg.steps} steps)",
+        "",
+        *_table(two, indices, embedded, extra=True),
+        "",
+    ]
+    bests = {m: best_scale(results, m, cfg, embedded) for m in ("cfg", "cfg++", "tnr-cfg")}
+    chosen = "accuracy" if embedded else "colourfulness"
+    lines.append(
+        f"Best scale of each method (highest mean {chosen}; chosen on the same seeds, so the best of each is "
+        "slightly flattered, equally for all three): "
+        + ", ".join(f"{m} {r.arm.scale:g}" for m, r in bests.items() if r is not None)
+        + "."
+    )
+    lines.append("")
+    pairs = []
+    if bests["tnr-cfg"] is not None and bests["cfg++"] is not None:
+        pairs.append(("tnr-cfg (best) - cfg++ (best)", bests["tnr-cfg"], bests["cfg++"]))
+    if bests["tnr-cfg"] is not None and bests["cfg"] is not None:
+        pairs.append(("tnr-cfg (best) - cfg (best)", bests["tnr-cfg"], bests["cfg"]))
+    for s in sorted(set(cfg.scales.get("cfg", ())) & set(cfg.scales.get("tnr-cfg", ()))):
+        pairs.append(
+            (
+                f"tnr-cfg {s:g} - cfg {s:g}",
+                by_arm[Arm("tnr-cfg", s, "euler", cfg.steps)],
+                by_arm[Arm("cfg", s, "euler", cfg.steps)],
+            )
+        )
+    if pairs:
+        lines += [*_diff_table(pairs, indices, embedded), ""]
+    lines += [
+        "## 3. Solvers at equal model evaluations, with and without TNR",
+        "",
+        "Budget B: the evaluations of B Euler steps with one prediction; each solver gets the step count whose "
+        "evaluations are nearest (the final step to sigma 0 is Euler for every solver, so n steps of a k-stage "
+        "solver cost k(n-1)+1). `evaluations` is what the sampler counted.",
+        "",
+    ]
+    solver_rows = [by_arm[a] for a in solver_arms(cfg)]
+    lines += _table(solver_rows, indices, embedded)
+    lines.append("")
+    pairs = []
+    for budget in cfg.budgets:
+        for guidance in ("none", "tnr"):
+            ref = Arm(guidance, None, "euler", matched_steps("euler", guidance, reference_budget(budget)))
+            for solver in cfg.solvers:
+                if solver == "euler" or ref not in by_arm:
+                    continue
+                arm = Arm(guidance, None, solver, matched_steps(solver, guidance, reference_budget(budget)))
+                pairs.append((f"B={budget} {guidance}: {solver} - euler", by_arm[arm], by_arm[ref]))
+        tnr_rk4 = Arm("tnr", None, "rk4", matched_steps("rk4", "tnr", reference_budget(budget)))
+        none_rk4 = Arm("none", None, "rk4", matched_steps("rk4", "none", reference_budget(budget)))
+        if tnr_rk4 in by_arm and none_rk4 in by_arm:
+            pairs.append((f"B={budget} rk4: tnr - none", by_arm[tnr_rk4], by_arm[none_rk4]))
+    if pairs:
+        lines += [*_diff_table(pairs, indices, embedded), ""]
+    lines += ["## Plots", ""]
+    for p in plots:
+        lines += [f"![{p.stem}]({p.name})", ""]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ---- plots (PIL) --------------------------------------------------------------------------------------------
+
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "cfg": (31, 119, 180),
+    "cfg++": (255, 127, 14),
+    "tnr-cfg": (44, 160, 44),
+    "none": (127, 127, 127),
+    "tnr": (214, 39, 40),
+    "euler": (31, 119, 180),
+    "heun": (255, 127, 14),
+    "rk4": (148, 103, 189),
+}
+
+
+@dataclass
+class Series:
+    label: str
+    xs: list[float]
+    ys: list[float]
+    lo: list[float]
+    hi: list[float]
+    colour: tuple[int, int, int]
+    dashed: bool = False
+
+
+def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """Round tick values covering [lo, hi] (1, 2, 2.5, 5 x 10^k steps)."""
+    if not math.isfinite(lo) or not math.isfinite(hi):
+        return [0.0, 1.0]
+    if hi - lo < 1e-12:
+        lo, hi = lo - 0.5 * (abs(lo) or 1.0), hi + 0.5 * (abs(hi) or 1.0)
+    raw = (hi - lo) / max(count - 1, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start = math.floor(lo / step) * step
+    ticks = [round(start, 10)]
+    while ticks[-1] < hi - 1e-9 * step:
+        ticks.append(round(ticks[-1] + step, 10))
+    return ticks
+
+
+def draw_panel(
+    draw: Any,
+    box: tuple[int, int, int, int],
+    series: list[Series],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    font: Any,
+    hlines: Sequence[tuple[str, float, tuple[int, int, int]]] = (),
+) -> None:
+    """A line plot with error bars in `box` (x0, y0, x1, y1) of an ImageDraw."""
+    x0, y0, x1, y1 = box
+    left, right, top, bottom = x0 + 58, x1 - 10, y0 + 24, y1 - 40
+    xs = [x for s in series for x in s.xs]
+    ys = [y for s in series for y in s.lo + s.hi] + [h[1] for h in hlines]
+    if not xs or not ys:
+        return
+    xt = nice_ticks(min(xs), max(xs))
+    yt = nice_ticks(min(ys), max(ys))
+    xmin, xmax, ymin, ymax = xt[0], xt[-1], yt[0], yt[-1]
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        fx = (x - xmin) / (xmax - xmin or 1.0)
+        fy = (y - ymin) / (ymax - ymin or 1.0)
+        return left + fx * (right - left), bottom - fy * (bottom - top)
+
+    draw.text((x0 + 4, y0 + 4), title, fill=(0, 0, 0), font=font)
+    draw.rectangle((left, top, right, bottom), outline=(0, 0, 0))
+    for t in xt:
+        x, _ = px(t, ymin)
+        draw.line((x, bottom, x, bottom + 4), fill=(0, 0, 0))
+        draw.text((x - 10, bottom + 6), f"{t:g}", fill=(0, 0, 0), font=font)
+    for t in yt:
+        _, y = px(xmin, t)
+        draw.line((left - 4, y, left, y), fill=(0, 0, 0))
+        draw.line((left + 1, y, right - 1, y), fill=(235, 235, 235))
+        draw.text((x0 + 4, y - 7), f"{t:g}", fill=(0, 0, 0), font=font)
+    draw.text(((left + right) / 2 - 30, bottom + 22), xlabel, fill=(0, 0, 0), font=font)
+    draw.text((left + 4, top + 2), ylabel, fill=(90, 90, 90), font=font)
+    for label, value, colour in hlines:
+        _, y = px(xmin, value)
+        for xa in range(int(left), int(right), 8):
+            draw.line((xa, y, min(xa + 4, right), y), fill=colour, width=1)
+        draw.text((right - 40, y - 14), label, fill=colour, font=font)
+    for s in series:
+        pts = [px(x, y) for x, y in zip(s.xs, s.ys, strict=True)]
+        for (xa, ya), (xb, yb) in zip(pts, pts[1:], strict=False):
+            if s.dashed:
+                n = max(int(math.hypot(xb - xa, yb - ya) / 6), 1)
+                for k in range(0, n, 2):
+                    fa, fb = k / n, min((k + 1) / n, 1.0)
+                    draw.line(
+                        (xa + fa * (xb - xa), ya + fa * (yb - ya), xa + fb * (xb - xa), ya + fb * (yb - ya)),
+                        fill=s.colour,
+                        width=2,
+                    )
+            else:
+                draw.line((xa, ya, xb, yb), fill=s.colour, width=2)
+        for x, lo, hi in zip(s.xs, s.lo, s.hi, strict=True):
+            xa, ya = px(x, lo)
+            _, yb = px(x, hi)
+            draw.line((xa, ya, xa, yb), fill=s.colour, width=1)
+            draw.line((xa - 3, ya, xa + 3, ya), fill=s.colour)
+            draw.line((xa - 3, yb, xa + 3, yb), fill=s.colour)
+        for xa, ya in pts:
+            draw.ellipse((xa - 3, ya - 3, xa + 3, ya + 3), fill=s.colour)
+
+
+def draw_legend(draw: Any, xy: tuple[int, int], series: list[Series], font: Any) -> None:
+    x, y = xy
+    for s in series:
+        draw.line((x, y + 7, x + 24, y + 7), fill=s.colour, width=2)
+        draw.text((x + 30, y), s.label + (" (dashed)" if s.dashed else ""), fill=(0, 0, 0), font=font)
+        x += 40 + int(draw.textlength(s.label + (" (dashed)" if s.dashed else ""), font=font))
+
+
+def _series(
+    rows: list[ArmResult], x_of: Callable[[ArmResult], float], name: str, indices: np.ndarray, **kw: Any
+) -> Series:
+    stats = [mean_ci(r.values[name], indices) for r in rows]
+    scale = 100.0 if name in CHECK_NAMES else 1.0
+    return Series(
+        xs=[x_of(r) for r in rows],
+        ys=[scale * m for m, _, _ in stats],
+        lo=[scale * lo for _, lo, _ in stats],
+        hi=[scale * hi for _, _, hi in stats],
+        **kw,
+    )
+
+
+def _save(image: Any, path: Path) -> Path:
+    tmp = path.with_name(path.name + ".tmp.png")
+    image.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_metrics_vs_scale(
+    cfg: StudyConfig, results: dict[Arm, ArmResult], indices: np.ndarray, path: Path, embedded: bool
+) -> Path:
+    """Rows: metrics; columns: cfg, cfg++, tnr-cfg (each its own scale axis); dashed: none and tnr."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=12)
+    metrics = _columns(embedded)
+    methods = [m for m in ("cfg", "cfg++", "tnr-cfg") if cfg.scales.get(m)]
+    pw, ph = 330, 220
+    img = Image.new("RGB", (pw * max(len(methods), 1), ph * len(metrics) + 30), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    draw.text(
+        (6, 8),
+        f"metric vs scale (Euler, {cfg.steps} steps, {cfg.samples} seeds, 95% bootstrap CI); "
+        "dashed lines: none and tnr",
+        fill=(0, 0, 0),
+        font=font,
+    )
+    single = {a.guidance: results[a] for a in single_arms(cfg)}
+    for i, name in enumerate(metrics):
+        unit = " (%)" if name in CHECK_NAMES else ""
+        scale = 100.0 if name in CHECK_NAMES else 1.0
+        hlines = [(g, scale * float(np.mean(single[g].values[name])), PALETTE[g]) for g in ("none", "tnr")]
+        for j, method in enumerate(methods):
+            rows = sorted(
+                (r for a, r in results.items() if a.guidance == method and a in two_prediction_arms(cfg)),
+                key=lambda r: r.arm.scale or 0.0,
+            )
+            s = _series(rows, lambda r: float(r.arm.scale or 0.0), name, indices, label=method, colour=PALETTE[method])
+            box = (j * pw, 30 + i * ph, (j + 1) * pw, 30 + (i + 1) * ph)
+            draw_panel(draw, box, [s], f"{method}: {name}{unit}", "scale", "", font, hlines)
+    return _save(img, path)
+
+
+def plot_accuracy_vs_evaluations(
+    cfg: StudyConfig, results: dict[Arm, ArmResult], indices: np.ndarray, path: Path, embedded: bool
+) -> Path:
+    """Accuracy (or colourfulness without a checker) against model evaluations; solid tnr, dashed none."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=12)
+    name = "accuracy" if embedded else "colourfulness"
+    series = []
+    for guidance in ("tnr", "none"):
+        for solver in cfg.solvers:
+            arms = [
+                Arm(guidance, None, solver, matched_steps(solver, guidance, reference_budget(b))) for b in cfg.budgets
+            ]
+            rows = sorted((results[a] for a in dict.fromkeys(arms)), key=lambda r: r.evaluations)
+            series.append(
+                _series(
+                    rows,
+                    lambda r: float(r.evaluations),
+                    name,
+                    indices,
+                    label=f"{solver} {guidance}",
+                    colour=PALETTE[solver],
+                    dashed=guidance == "none",
+                )
+            )
+    img = Image.new("RGB", (720, 470), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    unit = " (%)" if embedded else ""
+    draw_panel(
+        draw,
+        (0, 0, 720, 420),
+        series,
+        f"{name}{unit} vs model evaluations ({cfg.samples} seeds, 95% bootstrap CI)",
+        "model evaluations per image",
+        "",
+        font,
+    )
+    draw_legend(draw, (10, 440), series, font)
+    return _save(img, path)
