@@ -271,13 +271,15 @@ def run_study(
 ) -> StudyReport:
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    embedded = cfg.model == EMBEDDED_MODEL
     if sample_fn is None:
         if bundle is None:
             from engine.models import load_bundle
 
             bundle = load_bundle(cfg.model)
         sample_fn = engine_sampler(bundle)
+    from tnr_tui.sweep import is_embedded
+
+    embedded = is_embedded(cfg.model, bundle)
     if not model_description and bundle is not None:
         model_description = f"{bundle.name} (identity {bundle.identity}, {bundle.path})"
     arms = all_arms(cfg)
@@ -579,7 +581,8 @@ def draw_panel(
 def draw_legend(draw: Any, xy: tuple[int, int], series: list[Series], font: Any) -> None:
     x, y = xy
     for s in series:
-        draw.line((x, y + 7, x + 24, y + 7), fill=s.colour, width=2)
+        for xa in range(x, x + 24, 8 if s.dashed else 24):
+            draw.line((xa, y + 7, xa + (4 if s.dashed else 24), y + 7), fill=s.colour, width=2)
         draw.text((x + 30, y), s.label + (" (dashed)" if s.dashed else ""), fill=(0, 0, 0), font=font)
         x += 40 + int(draw.textlength(s.label + (" (dashed)" if s.dashed else ""), font=font))
 

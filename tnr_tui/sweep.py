@@ -336,8 +336,18 @@ def check_verdicts(image: Any, prompt: str) -> dict[str, bool | None]:
     }
 
 
-def is_embedded(model: str) -> bool:
-    return model == EMBEDDED_MODEL
+def is_embedded(model: str, bundle: Any = None) -> bool:
+    """Whether the checker applies: the embedded model, by name or by its directory."""
+    if model == EMBEDDED_MODEL:
+        return True
+    if bundle is None:
+        return False
+    from engine.models.loading import embedded_model_path
+
+    try:
+        return Path(bundle.path).resolve() == embedded_model_path().resolve()
+    except OSError:
+        return False
 
 
 # ---- execution ------------------------------------------------------------------------------------------------
@@ -413,10 +423,17 @@ def run_sweep(
             image = Image.open(done["image"]).convert("RGB")
             prompt = done["request"]["prompt"]
             metrics = done.get("metrics") or image_metrics(image)
-            rows[key] = _row(sweep_id, key, done, metrics, _verdicts(spec, image, prompt))
+            verdicts = check_verdicts(image, prompt) if is_embedded(spec.model, bundle) else {}
+            rows[key] = _row(sweep_id, key, done, metrics, verdicts)
     skipped = len(rows)
     todo = [c for c in cells if c.key not in rows]
     log(f"sweep {sweep_id}: {len(cells)} cells, {skipped} already done, {len(todo)} to run")
+    if spec.match_evaluations:
+        log(
+            f"  matched to {reference_budget(spec.steps)} model evaluations (Euler, one prediction, {spec.steps} steps):"
+        )
+        for method, solver, steps in dict.fromkeys((c.guidance, c.solver, c.steps) for c in cells):
+            log(f"    {method:<8} {solver:<8} {steps:>3} steps = {evaluations(solver, method, steps)} evaluations")
 
     ran = failed = 0
     if todo:
@@ -426,6 +443,7 @@ def run_sweep(
             from engine.models import load_bundle
 
             bundle = load_bundle(spec.model, device=device, dtype=dtype)
+        embedded = is_embedded(spec.model, bundle)
         for i, cell in enumerate(todo, 1):
             request = cell.request(spec, sweep_id)
             if device != "auto" or dtype != "auto":
@@ -444,12 +462,13 @@ def run_sweep(
             image = outcome.image
             done = {
                 "run_id": outcome.run_id,
-                "request": request.to_dict(),
+                "request": outcome.request.to_dict(),
                 "image": str(outcome.image_path),
                 "stats": outcome.stats,
             }
             metrics = outcome.metrics or image_metrics(image)
-            rows[cell.key] = _row(sweep_id, cell.key, done, metrics, _verdicts(spec, image, cell.prompt))
+            verdicts = check_verdicts(image, cell.prompt) if embedded else {}
+            rows[cell.key] = _row(sweep_id, cell.key, done, metrics, verdicts)
             write_rows(csv_path, _ordered(cells, rows))
             log(
                 f"  [{i}/{len(todo)}] {cell.row_label} seed {cell.seed}: "
@@ -458,10 +477,6 @@ def run_sweep(
     write_rows(csv_path, _ordered(cells, rows))
     sheets = write_contact_sheets(spec, cells, rows, out_dir)
     return SweepReport(sweep_id, len(cells), ran, skipped, failed, csv_path, sheets, time.perf_counter() - started)
-
-
-def _verdicts(spec: SweepSpec, image: Any, prompt: str) -> dict[str, bool | None]:
-    return check_verdicts(image, prompt) if is_embedded(spec.model) else {}
 
 
 def _row(
