@@ -121,8 +121,8 @@ def check_paths(out: Path, save_latent: Path | None) -> None:
 class ProgressBar:
     """A one-line progress bar on stderr, redrawn in place on a terminal, a few lines otherwise."""
 
-    def __init__(self, stream: TextIO = sys.stderr, width: int = 30) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None, width: int = 30) -> None:
+        self.stream = stream if stream is not None else sys.stderr
         self.width = width
         self.tty = bool(getattr(stream, "isatty", lambda: False)())
         self.last_draw = 0.0

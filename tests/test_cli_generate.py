@@ -1,0 +1,174 @@
+"""`tnr-lab generate` on the tiny model: files, JSON summary, history row; every bad input is one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from tnr_tui.cli import main
+from tnr_tui.history import open_store
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_generate_writes_png_latent_json_and_lands_in_the_history(tmp_path, tiny_sdxl_dir, capsys):
+    out, latent = tmp_path / "img" / "out.png", tmp_path / "out.safetensors"
+    rc = main(
+        [
+            "--data-dir",
+            str(tmp_path / "home"),
+            "generate",
+            "--model",
+            str(tiny_sdxl_dir),
+            "--prompt",
+            "a red circle",
+            "--negative",
+            "blue",
+            "--solver",
+            "heun",
+            "--guidance",
+            "tnr-cfg",
+            "--scale",
+            "3",
+            "--tnr-power",
+            "0.5",
+            "--steps",
+            "2",
+            "--seed",
+            "11",
+            "--width",
+            "64",
+            "--height",
+            "48",
+            "--out",
+            str(out),
+            "--save-latent",
+            str(latent),
+            "--json",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    summary = json.loads(captured.out)
+    assert summary["image"] == str(out) and summary["latent"] == str(latent)
+    # heun: 2 stages on the first step, Euler to sigma 0 on the last; tnr-cfg batches 2 predictions.
+    assert summary["model_evaluations"] == (2 + 1) * 2
+    assert summary["seconds"] > 0 and (summary["width"], summary["height"]) == (64, 48)
+    assert "[" in captured.err and "2/2 steps" in captured.err  # the progress bar went to stderr
+    assert load_file(str(latent))["latent"].shape == (1, 4, 6, 8)
+
+    store = open_store(tmp_path / "home")
+    run = store.get_run(summary["run_id"])
+    assert run.status == "done" and run.origin == "cli"
+    assert (run.solver, run.guidance, run.scale, run.steps, run.seed) == ("heun", "tnr-cfg", 3.0, 2, 11)
+    assert run.request["tnr_power"] == 0.5
+    assert {o.kind: store.resolve(o.path) for o in run.outputs} == {"image": out, "latent": latent}
+
+
+def test_weighted_prompts_build_the_n_prompt_form(tmp_path, tiny_sdxl_dir, capsys):
+    rc = main(
+        ["--data-dir", str(tmp_path / "home"), "generate", "--model", str(tiny_sdxl_dir), "--steps", "1"]
+        + ["--weighted", "a red circle:1.5", "--weighted", "a blue square:-0.5", "--width", "32", "--height", "32"]
+        + ["--out", str(tmp_path / "w.png"), "--json"]
+    )
+    assert rc == 0, capsys.readouterr().err
+    run = open_store(tmp_path / "home").list_runs()[0]
+    assert run.request["prompts"] == [{"text": "a red circle", "scale": 1.5}, {"text": "a blue square", "scale": -0.5}]
+    assert run.prompt == "a red circle"
+
+
+BAD_INPUTS = [
+    (["--prompt", "x", "--steps", "0"], "steps must be a whole number of at least 1"),
+    (["--prompt", "x", "--steps", "many"], "steps must be a whole number"),
+    (["--prompt", "x", "--solver", "dpm"], "unknown solver 'dpm'; choose one of: euler, heun, midpoint, rk4"),
+    (["--prompt", "x", "--guidance", "pag"], "unknown guidance method 'pag'"),
+    (["--prompt", "x", "--scale", "nan"], "must be a finite number"),
+    (["--prompt", "x", "--width", "30"], "width must be a positive multiple of 8"),
+    (["--prompt", "x", "--seed", "-1"], "seed must be a whole number in 0.."),
+    (["--prompt", "x", "--cfg-rescale", "2"], "CFG rescale must be between 0 and 1"),
+    (["--prompt", "x", "--device", "tpu"], "unknown device 'tpu'"),
+    (["--prompt", "x", "--weighted", "no scale here"], "--weighted expects TEXT:SCALE"),
+    (["--weighted", "only one:1"], "the N-prompt form needs at least two prompts"),
+    ([], "give --prompt TEXT"),
+    (["--prompt", "x", "--out-override"], None),  # argparse's own message (unknown flag): still exit 2
+]
+
+
+def run_cli(args, env=None, cwd=REPO):
+    code = (
+        "import sys; from tnr_tui.cli import main; rc = main(sys.argv[1:]); "
+        "sys.stderr.write('HEAVY=%s' % any(m in sys.modules for m in ('torch', 'diffusers', 'transformers'))); "
+        "sys.exit(rc)"
+    )
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=cwd)
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS)
+def test_bad_flags_give_one_line_and_exit_2_before_any_model_loads(tmp_path, args, message):
+    out = tmp_path / "o.png"
+    if args and args[-1] == "--out-override":
+        args = args[:-1] + ["--bogus"]
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from tnr_tui.cli import main; sys.exit(main(sys.argv[1:]))"]
+        + ["--data-dir", str(tmp_path / "home"), "generate", "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    if message is not None:
+        assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line
+        assert message in proc.stderr
+        assert proc.stderr.startswith("tnr-lab: error: ")
+    assert not out.exists() and not (tmp_path / "home").exists()  # refused before the history or a model
+
+
+def test_bad_input_does_not_import_torch(tmp_path):
+    proc = run_cli(["--data-dir", str(tmp_path), "generate", "--prompt", "x", "--steps", "0", "--out", "x.png"])
+    assert proc.returncode == 2 and proc.stderr.endswith("HEAVY=False")
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--out", "x.jpg"], "--out must name a .png file"),
+        (["--save-latent", "l.pt"], "--save-latent must name a .safetensors file"),
+    ],
+)
+def test_bad_paths_are_refused(tmp_path, args, message):
+    argv = ["--data-dir", str(tmp_path / "home"), "generate", "--prompt", "x", "--out", str(tmp_path / "o.png")]
+    assert main(argv + args) == 2
+
+
+def test_missing_model_and_missing_embedded_model_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    home = ["--data-dir", str(tmp_path / "home")]
+    rc = main(
+        home + ["generate", "--model", str(tmp_path / "nowhere"), "--prompt", "x", "--out", str(tmp_path / "a.png")]
+    )
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("tnr-lab: error: ")]
+    assert rc == 2 and len(errors) == 1 and "Traceback" not in err
+    assert "nowhere" in errors[0] and "no such file or directory" in errors[0]
+
+    monkeypatch.setenv("TNR_LAB_EMBEDDED_MODEL", str(tmp_path / "no-embedded"))
+    rc = main(home + ["generate", "--prompt", "x", "--out", str(tmp_path / "b.png")])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("tnr-lab: error: ")]
+    assert rc == 2 and len(errors) == 1 and "embedded model" in errors[0] and "Traceback" not in err
+    runs = open_store(tmp_path / "home").list_runs()
+    assert [r.status for r in runs] == ["failed", "failed"]
+
+
+def test_a_corrupt_history_stops_generate_before_the_model_loads(tmp_path, capsys):
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "history.sqlite").write_bytes(b"garbage" * 100)
+    rc = main(["--data-dir", str(tmp_path / "home"), "generate", "--prompt", "x", "--out", str(tmp_path / "a.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "corrupt" in err and err.count("\n") == 1
+    assert not (tmp_path / "a.png").exists()

@@ -1,0 +1,129 @@
+"""tnr_tui.runs.execute on the tiny model: the row is `running` while sampling, then points at complete files;
+cancel and failure are recorded; the PNG carries the request."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from engine.request import GenerationRequest
+from tnr_tui.history import open_store
+from tnr_tui.history.store import sha256_file
+from tnr_tui.runs import execute
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_sdxl_dir):
+    from engine.models import load_bundle
+
+    return load_bundle(str(tiny_sdxl_dir), device="cpu")
+
+
+def tiny_request(tiny_sdxl_dir, **kw):
+    base = dict(
+        prompt="a red circle", negative_prompt="blue", model=str(tiny_sdxl_dir), steps=3, seed=7, width=64, height=64
+    )
+    base.update(kw)
+    return GenerationRequest(**base)
+
+
+def test_execute_records_a_done_run_pointing_at_complete_files(tmp_path, bundle, tiny_sdxl_dir):
+    store = open_store(tmp_path / "home")
+    seen_status = []
+
+    def on_step(event):
+        # Another connection sees the run as running, with this process's pid, while it samples.
+        with open_store(tmp_path / "home", recover=False) as other:
+            run = other.list_runs(limit=1)[0]
+            seen_status.append((run.status, run.pid is not None, run.outputs))
+
+    latent_path = tmp_path / "latent.safetensors"
+    outcome = execute(tiny_request(tiny_sdxl_dir), store, bundle=bundle, on_step=on_step, save_latent=latent_path)
+    assert outcome.status == "done"
+    assert seen_status and all(s == ("running", True, []) for s in seen_status)
+
+    run = store.get_run(outcome.run_id)
+    assert run.status == "done" and run.finished_at >= run.started_at
+    assert run.model_evaluations == outcome.model_evaluations == 6  # 3 euler steps x (cond + uncond)
+    assert run.seconds > 0 and run.device == "cpu" and run.dtype == "float32"
+    assert run.model_identity == bundle.identity and run.versions["torch"] == torch.__version__
+    assert set(run.metrics) >= {"colourfulness", "contrast", "saturation", "dynamic_range"}
+    assert len(run.stats["sigmas"]) == 4 and run.stats["sigmas"][-1] == 0.0
+    assert (run.width, run.height) == (64, 64)
+
+    image, latent = run.output("image"), run.output("latent")
+    image_path = store.resolve(image.path)
+    assert image_path.parent.parent == store.outputs_dir and image_path.name == f"{run.id}.png"
+    assert image.sha256 == sha256_file(image_path) and image.size == image_path.stat().st_size
+    assert latent.sha256 == sha256_file(latent_path)
+    saved = load_file(str(latent_path))
+    assert list(saved) == ["latent"] and torch.equal(saved["latent"], outcome.result.latent)
+    with Image.open(image_path) as im:
+        assert im.size == (64, 64)
+        assert json.loads(im.text["tnr-lab"])["request"] == run.request
+        assert im.text["parameters"].startswith("a red circle\nNegative prompt: blue\nSteps: 3, Sampler: Euler")
+    assert [p.name for p in image_path.parent.iterdir()] == [image_path.name]  # no temporary files
+
+
+def test_should_stop_records_a_cancelled_run_without_files(tmp_path, bundle, tiny_sdxl_dir):
+    store = open_store(tmp_path / "home")
+    steps = []
+    outcome = execute(
+        tiny_request(tiny_sdxl_dir, steps=5),
+        store,
+        bundle=bundle,
+        on_step=steps.append,
+        should_stop=lambda: len(steps) >= 2,
+    )
+    assert outcome.status == "cancelled" and len(steps) == 2
+    run = store.get_run(outcome.run_id)
+    assert run.status == "cancelled" and run.outputs == []
+    assert list(store.outputs_dir.rglob("*.png")) == []
+
+
+class NaNBundle:
+    """The tiny bundle with a UNet that returns NaN: the sampler must stop and name the step."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def eps(self, x, sigma, t, cond):
+        return torch.full_like(self._inner.eps(x, sigma, t, cond), float("nan"))
+
+
+def test_a_sampling_failure_is_recorded_as_failed_and_re_raised(tmp_path, bundle, tiny_sdxl_dir):
+    from engine.sampler import SamplingError
+
+    store = open_store(tmp_path / "home")
+    with pytest.raises(SamplingError, match="step"):
+        execute(tiny_request(tiny_sdxl_dir), store, bundle=NaNBundle(bundle))
+    run = store.list_runs()[0]
+    assert run.status == "failed" and "SamplingError" in run.error and "step" in run.error
+    assert run.outputs == []
+
+
+def test_a_missing_model_is_recorded_as_failed(tmp_path):
+    from engine.models import ModelError
+
+    store = open_store(tmp_path / "home")
+    with pytest.raises(ModelError, match="no such file or directory"):
+        execute(GenerationRequest(prompt="x", model=str(tmp_path / "nowhere")), store)
+    run = store.list_runs()[0]
+    assert run.status == "failed" and "nowhere" in run.error
+
+
+def test_a_queued_run_is_started_in_place(tmp_path, bundle, tiny_sdxl_dir):
+    store = open_store(tmp_path / "home")
+    request = tiny_request(tiny_sdxl_dir, steps=1)
+    queued = store.create_run(request, status="queued", origin="tui")
+    outcome = execute(request, store, bundle=bundle, run_id=queued, out=tmp_path / "q.png")
+    assert outcome.run_id == queued and store.count_runs() == 1
+    run = store.get_run(queued)
+    assert run.status == "done" and run.origin == "tui" and run.output("image").path == str(tmp_path / "q.png")
