@@ -208,9 +208,9 @@ class Cell:
 
     @property
     def row_label(self) -> str:
-        """The contact sheet's row label: method, scale, solver, steps."""
+        """The contact sheet's row label: method, scale, solver, steps and model evaluations."""
         scale = "" if self.scale is None else f" {self.scale:g}"
-        return f"{self.guidance}{scale} {self.solver} {self.steps}st"
+        return f"{self.guidance}{scale} {self.solver} {self.steps}st {self.planned_evaluations}ev"
 
     @property
     def planned_evaluations(self) -> int:
@@ -567,13 +567,13 @@ def draw_sheet(
                 continue
             with Image.open(src) as im:
                 thumb = im.convert("RGB")
-                # Nearest for small images keeps the pixels honest; downscale large ones smoothly.
-                resample = Image.Resampling.NEAREST if max(thumb.size) <= THUMB else Image.Resampling.LANCZOS
-                thumb.thumbnail((THUMB, THUMB), resample) if max(thumb.size) > THUMB else None
-                if max(thumb.size) < THUMB:
-                    factor = THUMB // max(thumb.size)
-                    thumb = thumb.resize((thumb.width * factor, thumb.height * factor), resample)
-                sheet.paste(thumb, (x, y))
+            # Small images are enlarged by a whole factor with nearest (pixels stay honest); large ones shrink.
+            if max(thumb.size) > THUMB:
+                thumb.thumbnail((THUMB, THUMB), Image.Resampling.LANCZOS)
+            elif max(thumb.size) < THUMB:
+                factor = THUMB // max(thumb.size)
+                thumb = thumb.resize((thumb.width * factor, thumb.height * factor), Image.Resampling.NEAREST)
+            sheet.paste(thumb, (x, y))
     tmp = path.with_name(path.name + ".tmp.png")
     sheet.save(tmp)
     os.replace(tmp, path)
