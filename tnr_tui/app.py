@@ -127,16 +127,24 @@ class TnrLabApp(App[int]):
     def lab(self) -> LabScreen:
         return self.lab_screen
 
-    def submit(self, request: GenerationRequest, owner: str = "lab") -> int:
-        job_id = self.worker.submit(request)
+    def submit(self, request: GenerationRequest, owner: str = "lab", parent_id: str | None = None) -> int:
+        """Queue a run: its history row is written now (`queued`), so it shows in the History at once."""
+        origin = "rerun" if parent_id else "tui"
+        run_id = self.store.create_run(request, status="queued", origin=origin, parent_id=parent_id)
+        job_id = self.worker.submit(request, run_id=run_id, origin=origin, parent_id=parent_id)
         self.job_owner[job_id] = owner
         return job_id
 
     def cancel_runs(self) -> bool:
-        busy = self.worker.cancel()
-        if busy:
-            self.notify("cancelling the run", timeout=2)
-        return busy
+        busy = self.worker.current_job is not None
+        dropped = self.worker.cancel()
+        for job in dropped:
+            if job.run_id:
+                self.store.finish_run(job.run_id, "cancelled", error="cancelled before it started")
+            self.post_message(RunEnded(job.job_id, job.request, "cancelled", run_id=job.run_id))
+        if busy or dropped:
+            self.notify(f"cancelling {int(busy) + len(dropped)} run(s)", timeout=2, markup=False)
+        return busy or bool(dropped)
 
     def load_model(self, ref: str) -> None:
         self.model_ref = ref

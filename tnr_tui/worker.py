@@ -13,7 +13,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,17 +100,19 @@ class RunEnded(Message):
 class Job:
     job_id: int
     request: GenerationRequest
-    tags: dict[str, str] = field(default_factory=dict)
+    run_id: str | None = None  # the history row, recorded `queued` when the job was submitted
+    origin: str = "tui"
+    parent_id: str | None = None
 
 
-LoadFn = Callable[[str], Any]
+LoadFn = Callable[[str, str, str], Any]
 RunFn = Callable[..., Any]
 
 
-def _default_load(ref: str) -> Any:
+def _default_load(ref: str, device: str = "auto", dtype: str = "auto") -> Any:
     from engine.models import load_bundle
 
-    return load_bundle(ref)
+    return load_bundle(ref, device=device, dtype=dtype)
 
 
 def _default_run(request: GenerationRequest, store: Any, **kwargs: Any) -> Any:
@@ -155,7 +157,7 @@ class DeviceWorker:
         self._stop = threading.Event()  # the app is quitting
         self._cancel = threading.Event()  # cancel the run in progress
         self._ids = itertools.count(1)
-        self._bundles: dict[str, Any] = {}
+        self._bundles: dict[tuple[str, str, str], Any] = {}  # (model, device, dtype) -> bundle
         self._store: Any = None
         self.current_job: int | None = None
         self.pending = 0
@@ -166,33 +168,41 @@ class DeviceWorker:
     def start(self) -> None:
         self._thread.start()
 
-    def load_model(self, ref: str) -> None:
-        self._queue.put(("load", ref))
+    def load_model(self, ref: str, device: str = "auto", dtype: str = "auto") -> None:
+        self._queue.put(("load", (ref, device, dtype)))
 
-    def submit(self, request: GenerationRequest) -> int:
-        job = Job(next(self._ids), request)
+    def submit(
+        self,
+        request: GenerationRequest,
+        *,
+        run_id: str | None = None,
+        origin: str = "tui",
+        parent_id: str | None = None,
+    ) -> int:
+        job = Job(next(self._ids), request, run_id, origin, parent_id)
         self.pending += 1
         self._queue.put(("run", job))
         return job.job_id
 
-    def cancel(self) -> bool:
-        """Cancel the run in progress (within one model evaluation) and drop the queued ones."""
-        dropped = 0
+    def cancel(self) -> list[Job]:
+        """Cancel the run in progress (within one model evaluation); returns the queued jobs it dropped."""
+        dropped: list[Job] = []
+        kept: list[tuple[str, Any] | None] = []
         try:
             while True:
                 item = self._queue.get_nowait()
                 if item and item[0] == "run":
-                    dropped += 1
+                    dropped.append(item[1])
                     self.pending -= 1
-                elif item:
-                    self._queue.put(item)
-                    break
+                else:
+                    kept.append(item)
         except queue.Empty:
             pass
-        busy = self.current_job is not None
-        if busy:
+        for item in kept:
+            self._queue.put(item)
+        if self.current_job is not None:
             self._cancel.set()
-        return busy or dropped > 0
+        return dropped
 
     def shutdown(self, timeout: float = 1.5) -> None:
         """Stop: the run in progress sees the flag at its next model evaluation; the thread is a daemon."""
@@ -226,20 +236,22 @@ class DeviceWorker:
                 self._post(ModelState("?", "failed", f"internal error: {describe_error(exc)}"))
                 traceback.print_exc()
 
-    def _load_model(self, ref: str) -> Any:
-        if ref in self._bundles:
-            bundle = self._bundles[ref]
+    def _load_model(self, key: tuple[str, str, str]) -> Any:
+        ref = key[0]
+        if key in self._bundles:
+            bundle = self._bundles[key]
             self._post(ModelState(ref, "loaded", _bundle_label(bundle)))
             return bundle
         self._post(ModelState(ref, "loading"))
         started = time.perf_counter()
         try:
-            bundle = self._load(ref)
+            bundle = self._load(*key)
         except Exception as exc:
             self._post(ModelState(ref, "failed", describe_error(exc)))
             return None
-        # One model on the device at a time: switching models frees the previous one.
-        self._bundles = {ref: bundle}
+        # One model on the device at a time: switching models frees the previous one first.
+        self._bundles.clear()
+        self._bundles[key] = bundle
         self._post(ModelState(ref, "loaded", f"{_bundle_label(bundle)} in {time.perf_counter() - started:.1f} s"))
         return bundle
 
@@ -250,7 +262,8 @@ class DeviceWorker:
         request = job.request
         self._post(RunStarted(job.job_id, request))
         try:
-            bundle = self._bundles.get(request.model) or self._load_model(request.model)
+            key = (request.model, request.device, request.dtype)
+            bundle = self._bundles.get(key) or self._load_model(key)
             if self._store is None:
                 self._store = self._open_store(self._data_dir)
             last_preview = [0.0]
@@ -258,24 +271,30 @@ class DeviceWorker:
             def on_step(event: Any) -> None:
                 self._on_step(job.job_id, event, last_preview)
 
-            # With no bundle (the model failed to load) execute() loads it itself and records the failure.
-            outcome = self._run(request, self._store, bundle=bundle, on_step=on_step, should_stop=self._should_stop)
-            status = getattr(outcome, "status", "done")
-            result = getattr(outcome, "result", None)
+            # With no bundle (the model failed to load) execute() tries again and records the failure.
+            outcome = self._run(
+                request,
+                self._store,
+                bundle=bundle,
+                on_step=on_step,
+                should_stop=self._should_stop,
+                origin=job.origin,
+                parent_id=job.parent_id,
+                run_id=job.run_id,
+            )
             self._post(
                 RunEnded(
                     job.job_id,
                     request,
-                    status,
-                    run_id=getattr(outcome, "run_id", None),
-                    image=getattr(outcome, "image", None) or getattr(result, "image", None),
-                    stats=getattr(outcome, "stats", None) or getattr(result, "stats", None),
-                    metrics=getattr(outcome, "metrics", None),
-                    error=str(getattr(outcome, "error", "") or ""),
+                    outcome.status,
+                    run_id=outcome.run_id,
+                    image=outcome.image,
+                    stats=outcome.stats,
+                    metrics=outcome.metrics,
                 )
             )
-        except Exception as exc:
-            self._post(RunEnded(job.job_id, request, "failed", error=describe_error(exc)))
+        except Exception as exc:  # execute() has recorded the run as failed; the app stays up
+            self._post(RunEnded(job.job_id, request, "failed", run_id=job.run_id, error=describe_error(exc)))
         finally:
             self.current_job = None
             self._cancel.clear()

@@ -289,7 +289,7 @@ class HistoryScreen(Screen):
         if request is None:
             return
         app: Any = self.app
-        app.submit(request, owner="history")
+        app.submit(request, owner="history", parent_id=run.id)
         self.notify(f"re-running {run.id[-8:]}", markup=False)
 
     def action_load(self) -> None:

@@ -1,0 +1,309 @@
+"""The real lab under App.run_test(): typing, running with a tiny random SDXL model, the history, compare.
+
+The model is the session's tiny SDXL-topology directory (tests/conftest.py), passed as the lab's model, at
+64x64 with a few steps: the point is the app's behaviour, not the pictures.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.widgets import DataTable, Input, Select
+
+from engine.request import GenerationRequest
+from tnr_tui.app import TnrLabApp
+from tnr_tui.history import open_store
+from tnr_tui.screens.compare import parse_methods, plan_grid
+from tnr_tui.screens.lab import equivalent_cfg_scale, format_progress
+from tnr_tui.widgets.fields import RequestField
+
+MARKUP_PROMPT = "a red [bold]circle[/ on a blue background"
+
+
+async def wait_for(pilot: Any, condition: Any, timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.05)
+
+
+def make_app(data_dir: Path, model: str | Path) -> TnrLabApp:
+    return TnrLabApp(data_dir=data_dir, model=str(model), image_protocol="halfcell")
+
+
+async def set_small(app: TnrLabApp, steps: int = 3) -> None:
+    lab = app.lab
+    lab.query_one("#steps", Input).value = str(steps)
+    lab.query_one("#width", Input).value = "64"
+    lab.query_one("#height", Input).value = "64"
+    lab.query_one("#decode_every", Input).value = "2"
+
+
+async def test_typing_and_ctrl_r_records_a_done_run(tmp_data_dir: Path, tiny_sdxl_dir: Path) -> None:
+    app = make_app(tmp_data_dir, tiny_sdxl_dir)
+    async with app.run_test(size=(160, 50)) as pilot:
+        assert app.focused is not None and app.focused.id == "prompt"  # the prompt box has focus at start
+        await pilot.press(*MARKUP_PROMPT)
+        await set_small(app, steps=3)
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: app.ended, what="the run to end")
+        ended = app.ended[0]
+        assert ended.status == "done", ended.error
+        assert ended.stats["model_evaluations"] == 6  # cfg: 2 predictions x 3 Euler steps
+        assert set(ended.metrics) >= {"colourfulness", "contrast", "saturation", "dynamic_range"}
+        await pilot.pause(0.1)
+        result = str(app.lab.query_one("#result-text").content)
+        assert "6 model evaluations" in result and "colourfulness" in result
+        assert app.lab.query_one("#preview").pil_image.size == (64, 64)  # the final image stays
+    store = open_store(tmp_data_dir)
+    (run,) = store.list_runs()
+    assert run.id == ended.run_id and run.status == "done" and run.origin == "tui"
+    assert run.prompt == MARKUP_PROMPT  # stored as typed
+    assert run.request["steps"] == 3 and run.request["width"] == 64
+    assert run.output("image") is not None and store.resolve(run.output("image").path).is_file()
+
+
+async def test_markup_prompt_is_shown_literally(tmp_data_dir: Path, tiny_sdxl_dir: Path) -> None:
+    app = make_app(tmp_data_dir, tiny_sdxl_dir)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.press(*MARKUP_PROMPT)
+        assert app.lab.query_one("#prompt", Input).value == MARKUP_PROMPT
+        request = app.lab.build_request()
+        assert request.prompt == MARKUP_PROMPT
+        # An error message quoting the text must not be parsed as markup either.
+        app.lab.query_one("#steps", Input).value = "[b]x"
+        await pilot.pause(0.1)
+        assert app.lab.query_one("#field-steps", RequestField).error == "steps must be a whole number, got '[b]x'"
+
+
+async def test_validation_uses_the_request_rules(tmp_data_dir: Path, tiny_sdxl_dir: Path) -> None:
+    app = make_app(tmp_data_dir, tiny_sdxl_dir)
+    async with app.run_test(size=(160, 50)) as pilot:
+        lab = app.lab
+        lab.query_one("#width", Input).value = "100"
+        lab.query_one("#cfg_rescale", Input).value = "1.5"
+        await pilot.pause(0.1)
+        assert lab.query_one("#field-width", RequestField).error == "width must be a positive multiple of 8, got 100"
+        assert lab.query_one("#field-cfg_rescale", RequestField).error == "CFG rescale must be between 0 and 1, got 1.5"
+        await pilot.press("ctrl+r")
+        await pilot.pause(0.1)
+        assert not app.worker.busy and not app.ended  # nothing ran
+        assert any("width must be" in n.message for n in app._notifications)
+
+
+async def test_guidance_panel_shows_only_the_methods_parameters(tmp_data_dir: Path, tiny_sdxl_dir: Path) -> None:
+    app = make_app(tmp_data_dir, tiny_sdxl_dir)
+    async with app.run_test(size=(160, 50)) as pilot:
+        lab = app.lab
+        shown = {name: lab.query_one(f"#field-{name}").display for name in ("scale", "tnr_power", "cfg_rescale")}
+        assert shown == {"scale": True, "tnr_power": False, "cfg_rescale": True}
+        lab.query_one("#guidance", Select).value = "tnr"
+        await pilot.pause(0.1)
+        shown = {name: lab.query_one(f"#field-{name}").display for name in ("scale", "tnr_power", "cfg_rescale")}
+        assert shown == {"scale": False, "tnr_power": True, "cfg_rescale": False}
+        # The N-prompt form shows its equivalent CFG scale: g = (1 + s1 - s0) / 2 = (1 + 5 + 4) / 2.
+        lab.query_one("#guidance", Select).value = "cfg"
+        lab.query_one("#weighted").value = True
+        await pilot.pause(0.1)
+        assert str(lab.query_one("#equivalent").content) == "equivalent CFG scale g = 5.00"
+        await pilot.press(*"x")
+        request = lab.build_request()
+        assert [(p.text, p.scale) for p in request.prompts] == [("", -4.0), ("x", 5.0)]
+
+
+async def test_escape_cancels_and_records_cancelled(tmp_data_dir: Path, tiny_sdxl_dir: Path) -> None:
+    app = make_app(tmp_data_dir, tiny_sdxl_dir)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.press(*"a long run")
+        await set_small(app, steps=400)
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: "step" in str(app.lab.query_one("#progress-text").content), what="a step")
+        started = time.monotonic()
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.ended, timeout=20, what="the cancel")
+        assert time.monotonic() - started < 5.0  # within one model evaluation (plus a loaded CI machine)
+        assert app.ended[0].status == "cancelled"
+    (run,) = open_store(tmp_data_dir).list_runs()
+    assert run.status == "cancelled"
+
+
+async def test_bad_model_path_fails_the_run_and_the_app_stays(tmp_data_dir: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    app = make_app(tmp_data_dir, missing)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await wait_for(pilot, lambda: "failed" in str(app.lab.query_one("#model-state").content), what="load failure")
+        await pilot.press(*"x")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: app.ended, what="the failed run")
+        assert app.ended[0].status == "failed" and "no-such-model" in app.ended[0].error
+        assert any(n.title == "Run failed" for n in app._notifications)
+        assert app.is_running
+        await pilot.press(*"y")  # still responsive
+        assert app.lab.query_one("#prompt", Input).value == "xy"
+    (run,) = open_store(tmp_data_dir).list_runs()
+    assert run.status == "failed" and "no-such-model" in run.error
+
+
+async def test_quit_during_a_run_is_quick(tmp_data_dir: Path, tiny_sdxl_dir: Path) -> None:
+    app = make_app(tmp_data_dir, tiny_sdxl_dir)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.press(*"x")
+        await set_small(app, steps=400)
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: "step" in str(app.lab.query_one("#progress-text").content), what="a step")
+        started = time.monotonic()
+        await pilot.press("ctrl+q")
+        await wait_for(pilot, lambda: not app.is_running, timeout=5, what="exit")
+    assert time.monotonic() - started < 2.0
+
+
+@pytest.fixture
+def history_with_runs(tmp_data_dir: Path, tiny_sdxl_dir: Path) -> Path:
+    """Three finished runs through the real runs.execute: two mention a circle, one a square."""
+    from engine.models import load_bundle
+    from tnr_tui.runs import execute
+
+    store = open_store(tmp_data_dir)
+    bundle = load_bundle(str(tiny_sdxl_dir))
+    for prompt in ("a red circle", "a green square", "a [blue] circle"):
+        request = GenerationRequest(prompt=prompt, model=str(tiny_sdxl_dir), steps=2, width=64, height=64)
+        execute(request, store, bundle=bundle)
+    return tmp_data_dir
+
+
+async def test_history_search_select_rerun_and_load(history_with_runs: Path, tiny_sdxl_dir: Path) -> None:
+    app = make_app(history_with_runs, tiny_sdxl_dir)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.press("f3")
+        await pilot.pause(0.2)
+        history = app.history_screen
+        table = history.query_one("#runs", DataTable)
+        assert table.row_count == 3
+        await pilot.press("slash", *"circle")
+        await wait_for(pilot, lambda: table.row_count == 2, timeout=5, what="the search")
+        await pilot.press("tab")  # from the search box to the filters / table
+        history.query_one("#runs").focus()
+        await pilot.press("down")
+        run = history.selected_run()
+        assert run.prompt == "a red circle"  # newest first: "a [blue] circle", then "a red circle"
+        assert 'prompt: "a red circle"' in str(history.query_one("#run-params").content)
+        assert history.query_one("#thumb").pil_image is not None
+        # Re-run: a new run in the history whose parent is the selected one.
+        await pilot.press("r")
+        await wait_for(pilot, lambda: app.ended, what="the re-run")
+        assert app.ended[0].status == "done"
+        rerun = open_store(history_with_runs).get_run(app.ended[0].run_id)
+        assert rerun.parent_id == run.id and rerun.origin == "rerun" and rerun.prompt == "a red circle"
+        # Load into the Lab.
+        history.query_one("#runs").focus()
+        table.move_cursor(row=table.get_row_index(run.id))
+        await pilot.press("l")
+        await pilot.pause(0.2)
+        assert app.current_mode == "lab"
+        assert app.lab.build_request().prompt == "a red circle"
+        assert app.lab.build_request().steps == 2
+
+
+async def test_history_favourite_note_and_delete(history_with_runs: Path, tiny_sdxl_dir: Path) -> None:
+    app = make_app(history_with_runs, tiny_sdxl_dir)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.press("f3")
+        await pilot.pause(0.2)
+        history = app.history_screen
+        run = history.selected_run()
+        image_path = app.store.resolve(run.output("image").path)
+        await pilot.press("f")
+        assert app.store.get_run(run.id).favourite is True
+        await pilot.press("n")
+        await pilot.pause(0.1)
+        await pilot.press(*"[red]keep", "enter")
+        await pilot.pause(0.1)
+        assert app.store.get_run(run.id).notes == "[red]keep"
+        await pilot.press("delete")
+        await pilot.pause(0.1)
+        await pilot.click("#confirm")
+        await pilot.pause(0.1)
+        assert app.store.get_run(run.id) is None and not image_path.exists()
+        assert history.query_one("#runs", DataTable).row_count == 2
+
+
+async def test_history_export_dialog_writes_png_and_json(
+    history_with_runs: Path, tiny_sdxl_dir: Path, tmp_path: Path
+) -> None:
+    app = make_app(history_with_runs, tiny_sdxl_dir)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.press("f3")
+        await pilot.pause(0.2)
+        run = app.history_screen.selected_run()
+        for fmt, name in (("png", "out.png"), ("request", "req.json")):
+            await pilot.press("e")
+            await pilot.pause(0.1)
+            dialog = app.screen
+            dialog.query_one("#export-format", Select).value = fmt
+            await pilot.pause(0.05)
+            dialog.query_one("#export-path", Input).value = str(tmp_path / name)
+            await pilot.click("#export")
+            await pilot.pause(0.1)
+    assert (tmp_path / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "req.json").read_text())["prompt"] == run.prompt
+
+
+async def test_history_pages_instead_of_loading_everything(tmp_data_dir: Path, tiny_sdxl_dir: Path) -> None:
+    store = open_store(tmp_data_dir)
+    for i in range(130):
+        store.create_run(GenerationRequest(prompt=f"p{i}"), status="queued")
+    app = make_app(tmp_data_dir, tiny_sdxl_dir)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.press("f3")
+        await pilot.pause(0.2)
+        table = app.history_screen.query_one("#runs", DataTable)
+        assert table.row_count == 60 and app.history_screen.pages_loaded == 1
+        table.move_cursor(row=50)
+        await pilot.pause(0.1)
+        assert table.row_count == 120  # the next page arrived as the cursor neared the end
+
+
+async def test_compare_grid_runs_every_cell_into_the_history(tmp_data_dir: Path, tiny_sdxl_dir: Path) -> None:
+    app = make_app(tmp_data_dir, tiny_sdxl_dir)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await set_small(app, steps=2)
+        await pilot.press("f4")
+        await pilot.pause(0.1)
+        screen = app.compare_screen
+        screen.query_one("#compare-prompt", Input).value = "a red circle"
+        screen.query_one("#compare-steps", Input).value = "2"
+        screen.query_one("#compare-methods", Input).value = "cfg:3 tnr"
+        screen.query_one("#compare-solvers", Input).value = "euler heun"
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: len(app.ended) == 4, timeout=120, what="four runs")
+        await pilot.pause(0.1)
+        assert [m.status for m in app.ended] == ["done"] * 4
+        captions = [str(t.query_one(".picture-caption").content) for t in screen.query(".compare-tile")]
+        assert captions[0].startswith("cfg 3 · euler 2 steps") and captions[3].startswith("tnr · heun 1 steps")
+        assert all(t.pil_image is not None for t in screen.query(".compare-tile"))
+    runs = open_store(tmp_data_dir).list_runs()
+    assert len(runs) == 4 and {r.prompt for r in runs} == {"a red circle"} and {r.seed for r in runs} == {0}
+
+
+def test_plan_grid_matches_solvers_by_model_evaluations() -> None:
+    base = GenerationRequest(prompt="p", steps=20)
+    rows = plan_grid(base, "none cfg:5", "euler heun rk4")
+    steps = [[c.request.steps for c in row] for row in rows]
+    assert steps == [[20, 20], [10, 10], [5, 5]]
+    assert rows[1][1].request.guidance == "cfg" and rows[1][1].request.scale == 5.0
+    assert parse_methods("cfg++:0.8, tnr") == [("cfg++", 0.8), ("tnr", None)]
+    with pytest.raises(ValueError, match="unknown guidance method 'cgf'"):
+        parse_methods("cgf:3")
+
+
+def test_equivalent_scale_and_progress_line() -> None:
+    assert equivalent_cfg_scale([-4.0, 5.0]) == 5.0
+    assert equivalent_cfg_scale([0.0, 1.0]) == 1.0  # plain conditional prediction
+    assert equivalent_cfg_scale([1.0, 1.0, 1.0]) is None
+    line = format_progress(4, 20, 3.25, 1.4321, 2.0)
+    assert line == "step 5/20  σ 3.250  S 1.432  2.50 it/s  ETA 6.0 s"
