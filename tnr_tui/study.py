@@ -462,11 +462,65 @@ def write_markdown(
             pairs.append((f"B={budget} rk4: tnr - none", by_arm[tnr_rk4], by_arm[none_rk4]))
     if pairs:
         lines += [*_diff_table(pairs, indices, embedded), ""]
+    lines += claim_verdicts(cfg, results, indices, embedded, bests)
     lines += ["## Plots", ""]
     for p in plots:
         lines += [f"![{p.stem}]({p.name})", ""]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def direction(lo: float, hi: float) -> str:
+    """What a paired 95 % interval says about a difference."""
+    if lo > 0:
+        return "higher"
+    if hi < 0:
+        return "lower"
+    return "no detectable difference"
+
+
+def claim_verdicts(
+    cfg: StudyConfig,
+    results: dict[Arm, ArmResult],
+    indices: np.ndarray,
+    embedded: bool,
+    bests: dict[str, ArmResult | None],
+) -> list[str]:
+    """A mechanical reading of each claim from the paired intervals (the prose interpretation is the reader's)."""
+    lines = [
+        "## What the intervals say about each claim",
+        "",
+        "Mechanical: 'higher'/'lower' where the paired 95 % interval of the difference excludes 0.",
+        "",
+        "| claim | comparison | measure | difference [95% CI] | reading |",
+        "|---|---|---|---|---|",
+    ]
+
+    def row(claim: str, title: str, a: ArmResult, b: ArmResult, name: str) -> None:
+        mean, lo, hi = _diff(a, b, name, indices)
+        value = _fmt(mean, lo, hi, name).replace("% [", " pts [").replace("%", "")
+        lines.append(f"| {claim} | {title} | {name} | {value} | {direction(lo, hi)} |")
+
+    none, tnr = (results[a] for a in single_arms(cfg))
+    for name in ("colourfulness", "saturation", "contrast", "dynamic_range"):
+        row("TNR lifts the washed-out look", "tnr - none", tnr, none, name)
+    if embedded:
+        row("TNR mildly improves prompt coherence", "tnr - none", tnr, none, "accuracy")
+    key = "accuracy" if embedded else "colourfulness"
+    if bests.get("tnr-cfg") is not None and bests.get("cfg++") is not None:
+        a, b = bests["tnr-cfg"], bests["cfg++"]
+        assert a is not None and b is not None
+        title = f"tnr-cfg {a.arm.scale:g} - cfg++ {b.arm.scale:g} (best)"
+        row("TNR-CFG competes with CFG++", title, a, b, key)
+        if embedded:
+            row("TNR-CFG competes with CFG++", title, a, b, "colourfulness")
+    if "rk4" in cfg.solvers:
+        for budget in cfg.budgets:
+            steps = {g: matched_steps("rk4", g, reference_budget(budget)) for g in ("none", "tnr")}
+            a, b = results[Arm("tnr", None, "rk4", steps["tnr"])], results[Arm("none", None, "rk4", steps["none"])]
+            row("TNR steadies RK4", f"rk4 {a.evaluations} evaluations: tnr - none", a, b, key)
+    lines.append("")
+    return lines
 
 
 # ---- plots (PIL) --------------------------------------------------------------------------------------------
