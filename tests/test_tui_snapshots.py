@@ -1,0 +1,65 @@
+"""SVG snapshots of each screen (pytest-textual-snapshot), with a text image protocol forced.
+
+Update after an intended change with `pytest tests/test_tui_snapshots.py --snapshot-update` and review
+the SVGs in tests/__snapshots__/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tnr_tui.app import TnrLabApp
+
+SIZE = (150, 46)
+
+
+def make_app(data_dir: Path) -> TnrLabApp:
+    # No model load: the Model panel stays "not loaded", so the picture does not depend on timing.
+    return TnrLabApp(data_dir=data_dir, model="embedded", image_protocol="unicode", autoload=False)
+
+
+def test_lab_screen(snap_compare, tmp_data_dir: Path) -> None:
+    assert snap_compare(
+        make_app(tmp_data_dir), press=[*"a red [bold]circle[/ on a blue background"], terminal_size=SIZE
+    )
+
+
+def test_lab_screen_tnr_with_weighted_prompts(snap_compare, tmp_data_dir: Path) -> None:
+    async def setup(pilot) -> None:
+        lab = pilot.app.lab
+        lab.query_one("#guidance").value = "tnr"
+        lab.query_one("#weighted").value = True
+        lab.query_one("#width").value = "100"  # invalid: the message shows under the field
+        await pilot.pause()
+
+    assert snap_compare(make_app(tmp_data_dir), run_before=setup, terminal_size=SIZE)
+
+
+def test_history_screen(snap_compare, tmp_data_dir: Path) -> None:
+    assert snap_compare(make_app(tmp_data_dir), press=["f3"], terminal_size=SIZE)
+
+
+def test_compare_screen(snap_compare, tmp_data_dir: Path) -> None:
+    assert snap_compare(make_app(tmp_data_dir), press=["f4", *"a red circle"], terminal_size=SIZE)
+
+
+def test_export_dialog(snap_compare, tmp_data_dir: Path) -> None:
+    from sqlalchemy import text
+
+    from engine.request import GenerationRequest
+    from tnr_tui.history import open_store
+
+    store = open_store(tmp_data_dir)
+    store.create_run(GenerationRequest(prompt="p"), status="queued", run_id="01ARZ3NDEKTSV4RRFFQ69G5FAV")
+    with store.engine.begin() as connection:  # a fixed date, so the picture does not change with the clock
+        connection.execute(text("UPDATE runs SET created_at = '2025-01-02 03:04:05.000000'"))
+
+    async def setup(pilot) -> None:
+        await pilot.press("f3")
+        await pilot.pause()
+        pilot.app.screen.action_export()
+        await pilot.pause()
+        pilot.app.screen.query_one("#export-path").value = "/tmp/run.png"
+        await pilot.pause()
+
+    assert snap_compare(make_app(tmp_data_dir), run_before=setup, terminal_size=SIZE)
