@@ -97,3 +97,54 @@ def test_clip_score_is_not_available_without_a_local_model(tmp_path) -> None:
     assert clip_available(tmp_path) is False  # an empty directory is not a model
     assert clip_score(RGBW, "a red square", None) is None
     assert clip_score(RGBW, "a red square", tmp_path) is None
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory):
+    return build_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
+
+
+def build_tiny_clip(path):
+    """A tiny random CLIP model with its processor, saved like a downloaded one (built offline)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    from engine.models.tiny import _train_clip_bpe
+
+    vocab, merges = _train_clip_bpe()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    text = dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32)
+    config = CLIPConfig(
+        text_config={**text, "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id},
+        vision_config={**vision, "patch_size": 8},
+        projection_dim=8,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(path)
+    crop = {"height": 32, "width": 32}
+    CLIPProcessor(CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=crop), tokenizer).save_pretrained(path)
+    return path
+
+
+def test_clip_score_is_100_times_the_clamped_cosine(tiny_clip_dir) -> None:
+    import torch
+    from PIL import Image
+    from transformers import CLIPModel, CLIPProcessor
+
+    from engine.metrics import ClipScorer
+
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    image[16:48, 16:48, 0] = 255
+    scorer = ClipScorer(tiny_clip_dir)
+    model = CLIPModel.from_pretrained(tiny_clip_dir).eval()
+    processor = CLIPProcessor.from_pretrained(tiny_clip_dir)
+    for prompt in ("a red square", "a blue circle on a black background"):
+        inputs = processor(text=[prompt], images=[Image.fromarray(image)], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            out = model(**inputs)
+        cos = torch.nn.functional.cosine_similarity(out.image_embeds, out.text_embeds).item()
+        assert scorer.score(image, prompt) == pytest.approx(100 * max(cos, 0.0), abs=1e-4)
+    assert clip_available(tiny_clip_dir)
+    assert clip_score(image, "a red square", tiny_clip_dir) == pytest.approx(scorer.score(image, "a red square"))

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_metrics import build_tiny_clip
 
 from engine.request import GenerationRequest
 from tnr_tui.study import (
@@ -100,6 +101,34 @@ def test_study_tables_and_plots_from_a_fake_sampler(tmp_path: Path) -> None:
         with Image.open(plot) as im:
             assert im.width > 300 and im.height > 300
     assert report.images == len(all_arms(TINY)) * 3
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
+
+
+def test_study_adds_a_clip_score_with_a_local_clip_model(tiny_clip_dir: Path, tmp_path: Path) -> None:
+    from engine.metrics import ClipScorer
+
+    cfg = StudyConfig(samples=2, steps=2, scales={"cfg": (2.0,)}, budgets=(2,), solvers=("euler",))
+    report = run_study(cfg, tmp_path, sample_fn=fake_toy_sampler, clip_model=tiny_clip_dir, log=lambda _: None)
+    md = report.markdown.read_text()
+    assert "| arm | evaluations | accuracy | colourfulness | contrast | saturation | dynamic_range | clip_score |" in md
+    image, _ = fake_toy_sampler(
+        GenerationRequest(prompt=prompt_for_seed(1, cfg, True), seed=1, steps=2, guidance="tnr")
+    )
+    expected = ClipScorer(tiny_clip_dir).score(image, prompt_for_seed(1, cfg, True))
+    import json
+
+    arms = json.loads((tmp_path / "study.json").read_text())["arms"]
+    tnr = next(a for a in arms if a["label"] == "tnr euler 2st")
+    assert tnr["clip_score"][0] == pytest.approx(expected, abs=1e-4)
+
+
+def test_study_refuses_a_directory_without_clip(tmp_path: Path) -> None:
+    with pytest.raises(StudyError, match="no CLIP model"):
+        run_study(TINY, tmp_path, sample_fn=fake_toy_sampler, clip_model=tmp_path, log=lambda _: None)
 
 
 def test_study_cli_end_to_end_on_the_tiny_model(tiny_sdxl_dir: Path, tmp_path: Path) -> None:

@@ -169,8 +169,11 @@ class ArmResult:
     seconds: float
 
 
-def measure(image: Any, prompt: str, embedded: bool) -> dict[str, float]:
+def measure(image: Any, prompt: str, embedded: bool, scorer: Any = None) -> dict[str, float]:
+    """Image metrics, the checker's verdicts (embedded model) and a CLIP score (with a local CLIP scorer)."""
     values = image_metrics(image)
+    if scorer is not None:
+        values["clip_score"] = scorer.score(image, prompt)
     if embedded:
         from engine.toy import check
 
@@ -191,6 +194,7 @@ def run_arms(
     *,
     embedded: bool,
     keep_images: Path | None = None,
+    scorer: Any = None,
     log: Callable[[str], None] = print,
 ) -> dict[Arm, ArmResult]:
     seeds = list(range(1, cfg.samples + 1))
@@ -219,7 +223,7 @@ def run_arms(
                 tags={"study": "1"},
             )
             image, stats = sample_fn(request)
-            for name, value in measure(image, prompt, embedded).items():
+            for name, value in measure(image, prompt, embedded, scorer).items():
                 values.setdefault(name, []).append(value)
             evals.append(int(stats.get("model_evaluations", arm.evaluations)))
             if keep_images is not None:
@@ -267,6 +271,7 @@ def run_study(
     sample_fn: SampleFn | None = None,
     model_description: str = "",
     keep_images: bool = False,
+    clip_model: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> StudyReport:
     started = time.perf_counter()
@@ -282,10 +287,24 @@ def run_study(
     embedded = is_embedded(cfg.model, bundle)
     if not model_description and bundle is not None:
         model_description = f"{bundle.name} (identity {bundle.identity}, {bundle.path})"
+    scorer = None
+    if clip_model is not None:
+        from engine.metrics import ClipScorer, MetricsError
+
+        try:
+            scorer = ClipScorer(clip_model)
+        except MetricsError as e:
+            raise StudyError(str(e)) from None
     arms = all_arms(cfg)
     log(f"study: {len(arms)} arms x {cfg.samples} seeds = {len(arms) * cfg.samples} images")
     results = run_arms(
-        arms, cfg, sample_fn, embedded=embedded, keep_images=out_dir / "images" if keep_images else None, log=log
+        arms,
+        cfg,
+        sample_fn,
+        embedded=embedded,
+        keep_images=out_dir / "images" if keep_images else None,
+        scorer=scorer,
+        log=log,
     )
     seconds = time.perf_counter() - started
     indices = bootstrap_indices(cfg.samples)
@@ -312,13 +331,15 @@ def run_study(
 def _fmt(mean: float, lo: float, hi: float, name: str) -> str:
     if name in CHECK_NAMES:
         return f"{100 * mean:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]"
-    if name == "colourfulness":
+    if name in ("colourfulness", "clip_score"):
         return f"{mean:.1f} [{lo:.1f}, {hi:.1f}]"
     return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def _columns(embedded: bool) -> list[str]:
-    return (["accuracy"] if embedded else []) + list(METRIC_NAMES)
+def _columns(embedded: bool, measured: ArmResult) -> list[str]:
+    """The table columns: accuracy where the checker applies, the metrics, a CLIP score where one was measured."""
+    clip = ["clip_score"] if "clip_score" in measured.values else []
+    return (["accuracy"] if embedded else []) + list(METRIC_NAMES) + clip
 
 
 def _diff(a: ArmResult, b: ArmResult, name: str, indices: np.ndarray) -> tuple[float, float, float]:
@@ -336,7 +357,7 @@ def best_scale(results: dict[Arm, ArmResult], method: str, cfg: StudyConfig, emb
 
 
 def _table(rows: list[ArmResult], indices: np.ndarray, embedded: bool, extra: bool = False) -> list[str]:
-    cols = _columns(embedded)
+    cols = _columns(embedded, rows[0])
     head = ["arm", "evaluations"] + cols + (["colour / background / shape"] if extra and embedded else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -349,7 +370,7 @@ def _table(rows: list[ArmResult], indices: np.ndarray, embedded: bool, extra: bo
 
 
 def _diff_table(pairs: list[tuple[str, ArmResult, ArmResult]], indices: np.ndarray, embedded: bool) -> list[str]:
-    cols = _columns(embedded)
+    cols = _columns(embedded, pairs[0][1])
     lines = ["| difference (paired over seeds) | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
     for title, a, b in pairs:
         cells = []
@@ -669,7 +690,7 @@ def plot_metrics_vs_scale(
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default(size=12)
-    metrics = _columns(embedded)
+    metrics = _columns(embedded, next(iter(results.values())))
     methods = [m for m in ("cfg", "cfg++", "tnr-cfg") if cfg.scales.get(m)]
     pw, ph = 330, 220
     img = Image.new("RGB", (pw * max(len(methods), 1), ph * len(metrics) + 30), (255, 255, 255))

@@ -280,6 +280,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "contrast",
     "saturation",
     "dynamic_range",
+    "clip_score",
     "check_colour",
     "check_background",
     "check_shape",
@@ -398,8 +399,11 @@ def run_sweep(
     log: Callable[[str], None] = print,
     device: str = "auto",
     dtype: str = "auto",
+    clip_model: Path | None = None,
 ) -> SweepReport:
-    """Run every cell not yet done, append the CSV as it goes, then draw the contact sheets."""
+    """Run every cell not yet done, append the CSV as it goes, then draw the contact sheets.
+
+    `clip_model`: a local CLIP directory; adds a CLIP score per image (rows already in the CSV keep theirs)."""
     from PIL import Image
 
     from engine.metrics import image_metrics
@@ -413,6 +417,21 @@ def run_sweep(
     cells = plan(spec)
     wanted = {c.key for c in cells}
 
+    scorer = None
+    if clip_model is not None:
+        from engine.metrics import ClipScorer, MetricsError
+
+        try:
+            scorer = ClipScorer(clip_model)
+        except MetricsError as e:
+            raise SweepError(str(e)) from None
+
+    def measured(image: Any, prompt: str, metrics: dict[str, float] | None) -> dict[str, float]:
+        values = dict(metrics or image_metrics(image))
+        if scorer is not None:
+            values["clip_score"] = scorer.score(image, prompt)
+        return values
+
     rows: dict[str, dict[str, Any]] = {}
     for row in read_rows(csv_path):
         if row.get("sweep") == sweep_id and row["key"] in wanted and Path(row.get("image", "")).is_file():
@@ -422,7 +441,7 @@ def run_sweep(
         if key in wanted and key not in rows and done.get("image") and Path(done["image"]).is_file():
             image = Image.open(done["image"]).convert("RGB")
             prompt = done["request"]["prompt"]
-            metrics = done.get("metrics") or image_metrics(image)
+            metrics = measured(image, prompt, done.get("metrics"))
             verdicts = check_verdicts(image, prompt) if is_embedded(spec.model, bundle) else {}
             rows[key] = _row(sweep_id, key, done, metrics, verdicts)
     skipped = len(rows)
@@ -466,7 +485,7 @@ def run_sweep(
                 "image": str(outcome.image_path),
                 "stats": outcome.stats,
             }
-            metrics = outcome.metrics or image_metrics(image)
+            metrics = measured(image, cell.prompt, outcome.metrics)
             verdicts = check_verdicts(image, cell.prompt) if embedded else {}
             rows[cell.key] = _row(sweep_id, cell.key, done, metrics, verdicts)
             write_rows(csv_path, _ordered(cells, rows))

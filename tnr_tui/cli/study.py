@@ -51,6 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--clip-model", default=None, metavar="DIR", help="a local CLIP model directory: add a CLIP score")
     p.add_argument("--keep-images", action="store_true", help="also save every image under DIR/images")
     p.add_argument("--out", required=True, metavar="DIR")
     p.set_defaults(func=run)
@@ -92,7 +93,11 @@ def run(args: argparse.Namespace) -> int:
         bundle = load_bundle(cfg.model, device=args.device, dtype=args.dtype)
     except ModelError as e:
         raise UserError(str(e)) from None
-    report = run_study(cfg, Path(args.out), bundle=bundle, keep_images=args.keep_images)
+    clip_model = Path(args.clip_model) if args.clip_model else None
+    try:
+        report = run_study(cfg, Path(args.out), bundle=bundle, keep_images=args.keep_images, clip_model=clip_model)
+    except StudyError as e:
+        raise UserError(str(e)) from None
     print(f"study: {report.images} images in {report.seconds:.0f} s ({report.seconds / 60:.1f} min)")
     print(f"tables: {report.markdown}")
     for plot in report.plots:

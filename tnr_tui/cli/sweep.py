@@ -47,6 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", default="default")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--clip-model", default=None, metavar="DIR", help="a local CLIP model directory: add a CLIP score")
     p.add_argument("--out", required=True, metavar="DIR", help="where the CSV and contact sheets go")
     p.add_argument(
         "--resume",
@@ -121,7 +122,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     try:
         report = run_sweep(
-            spec, Path(args.out), store, sweep_id=args.resume, bundle=bundle, device=args.device, dtype=args.dtype
+            spec,
+            Path(args.out),
+            store,
+            sweep_id=args.resume,
+            bundle=bundle,
+            device=args.device,
+            dtype=args.dtype,
+            clip_model=Path(args.clip_model) if args.clip_model else None,
         )
     except SweepError as e:
         raise UserError(str(e)) from None
