@@ -1,0 +1,101 @@
+"""Training smoke test: the recipe runs end to end on tiny sizes and its output loads through the real loader."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.toy import train as toy_train
+
+
+@pytest.fixture(scope="module")
+def tiny_trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("toy") / "model"
+    argv = ["--out", str(out), "--seed", "3", "--size", "tiny", "--images", "48", "--vae-steps", "3"]
+    assert toy_train.main([*argv, "--unet-steps", "4"]) == 0
+    return out
+
+
+def test_training_writes_an_sdxl_directory_with_log_summary_and_preview_factors(tiny_trained: Path) -> None:
+    index = json.loads((tiny_trained / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionXLPipeline"
+    assert index["force_zeros_for_empty_prompt"] is True
+    summary = json.loads((tiny_trained / "training.json").read_text())
+    assert (summary["vae_steps"], summary["unet_steps"], summary["partial"]) == (3, 4, False)
+    log_lines = (tiny_trained / "training_log.tsv").read_text().splitlines()
+    assert log_lines[0].split("\t") == ["stage", "step", "loss", "lr", "seconds"]
+    assert {line.split("\t")[0] for line in log_lines[1:]} == {"vae", "unet"}
+    latent_rgb = json.loads((tiny_trained / "latent_rgb.json").read_text())
+    assert len(latent_rgb["factors"]) == 4 and all(len(row) == 3 for row in latent_rgb["factors"])
+    assert len(latent_rgb["bias"]) == 3
+    vae = json.loads((tiny_trained / "vae" / "config.json").read_text())
+    assert vae["scaling_factor"] != pytest.approx(0.18215)  # computed from the latents, not a default
+
+
+def test_trained_weights_are_float16_safetensors(tiny_trained: Path) -> None:
+    from safetensors import safe_open
+
+    for component in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        files = list((tiny_trained / component).glob("*.safetensors"))
+        assert len(files) == 1, component
+        with safe_open(str(files[0]), "pt") as handle:
+            dtypes = {handle.get_tensor(key).dtype for key in handle.keys()}
+        assert dtypes == {torch.float16}, component
+
+
+def test_the_trained_directory_loads_with_load_bundle_and_samples(tiny_trained: Path) -> None:
+    from engine.models import load_bundle
+    from engine.request import GenerationRequest
+    from engine.sampler import sample
+
+    bundle = load_bundle(str(tiny_trained), device="cpu")
+    assert bundle.default_size == (64, 64)
+    request = GenerationRequest(prompt="a red circle on a blue background", steps=3, preview_every=0)
+    result = sample(bundle, request)
+    assert result.image.size == (64, 64)
+    assert result.stats["model_evaluations"] == 6
+
+
+def test_the_tokenizers_give_one_token_per_grammar_word() -> None:
+    tokenizer, tokenizer_2 = toy_train.build_tokenizers()
+    ids = tokenizer("a purple triangle on a orange background").input_ids
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    assert tokens == [
+        "<|startoftext|>",
+        *[f"{w}</w>" for w in "a purple triangle on a orange background".split()],
+        "<|endoftext|>",
+    ]
+    padded = tokenizer_2("a red circle on a blue background", padding="max_length", max_length=77).input_ids
+    assert len(padded) == 77 and tokenizer_2.convert_ids_to_tokens(padded[-1]) == "!"
+    assert tokenizer.convert_ids_to_tokens(tokenizer("a zebra").input_ids)[-1] == "<|endoftext|>"
+
+
+def test_warmup_cosine_rises_then_falls_to_the_floor() -> None:
+    values = [toy_train.warmup_cosine(step, 100, 10, floor=0.1) for step in range(101)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert values[100] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(values[10:], values[11:], strict=False))
+
+
+def test_bad_arguments_exit_with_a_message(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        toy_train.main(["--out", str(tmp_path)])
+    assert "give --minutes" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        toy_train.main(["--out", str(tmp_path), "--minutes", "-1"])
+    assert "--minutes must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_same_seed_same_weights(tmp_path: Path) -> None:
+    def weights(out: Path) -> bytes:
+        toy_train.main(
+            ["--out", str(out), "--seed", "5", "--size", "tiny", "--images", "32"]
+            + ["--vae-steps", "2", "--unet-steps", "2"]
+        )
+        return (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+
+    assert weights(tmp_path / "a") == weights(tmp_path / "b")
