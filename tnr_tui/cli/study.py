@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 from tnr_tui.cli import UserError
@@ -16,6 +17,21 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise UserError(f"{what}: give whole numbers of at least 1, e.g. 5,10,20")
     return values
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this study (written into study.md)."""
+    parts = ["tnr-lab", "study", "--model", args.model, "--samples", str(args.samples), "--steps", str(args.steps)]
+    parts += ["--budgets", args.budgets, "--solvers", args.solvers]
+    if args.scales:
+        parts += ["--scales", *args.scales]
+    for prompt in args.prompt:
+        parts += ["--prompt", prompt]
+    for name in ("width", "height", "clip_model"):
+        if getattr(args, name) is not None:
+            parts += ["--" + name.replace("_", "-"), str(getattr(args, name))]
+    parts += ["--out", args.out]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -95,7 +111,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     clip_model = Path(args.clip_model) if args.clip_model else None
     try:
-        report = run_study(cfg, Path(args.out), bundle=bundle, keep_images=args.keep_images, clip_model=clip_model)
+        report = run_study(
+            cfg,
+            Path(args.out),
+            bundle=bundle,
+            keep_images=args.keep_images,
+            clip_model=clip_model,
+            command=command_line(args),
+        )
     except StudyError as e:
         raise UserError(str(e)) from None
     print(f"study: {report.images} images in {report.seconds:.0f} s ({report.seconds / 60:.1f} min)")
