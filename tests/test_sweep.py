@@ -194,8 +194,8 @@ def test_tiny_sweep_records_runs_and_writes_sheet_and_csv(tiny_sdxl_dir, tmp_pat
     assert all(r["check_all"] == "" for r in rows)  # no checker verdicts for a model other than the embedded one
     (sheet,) = out.glob("sheet-*.png")
     with Image.open(sheet) as im:
-        # 3 rows (none, cfg 2, cfg 4) x 2 seed columns of 128 px thumbnails with a 4 px gap, below a 40 px header
-        assert im.height == 40 + 3 * (128 + 4) + 4
+        # 3 rows (none, cfg 2, cfg 4) x 2 seed columns of 128 px thumbnails with a 4 px gap, below a 42 px header
+        assert im.height == 42 + 3 * (128 + 4) + 4
         assert im.width > 2 * (128 + 4)
 
 

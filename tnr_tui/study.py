@@ -35,10 +35,11 @@ import numpy as np
 
 from engine.metrics import METRIC_NAMES, image_metrics
 from engine.request import EMBEDDED_MODEL, GenerationRequest
-from tnr_tui.sweep import evaluations, matched_steps, reference_budget
+from tnr_tui.sweep import draw_sheet, evaluations, matched_steps, reference_budget, thumbnail
 
 CHECK_NAMES: tuple[str, ...] = ("accuracy", "colour_ok", "background_ok", "shape_ok")
 BOOTSTRAP_RESAMPLES = 2000
+SHEET_SEEDS = 8  # columns of the study's contact sheet
 # Prompts for models without a checker (SDXL on a GPU host): varied subjects, colours and textures.
 GENERAL_PROMPTS: tuple[str, ...] = (
     "a red vintage car parked on a cobblestone street",
@@ -167,6 +168,7 @@ class ArmResult:
     values: dict[str, list[float]]  # metric or check name -> one value per seed
     evaluations: int  # as counted by the sampler (the mean over seeds; all seeds spend the same)
     seconds: float
+    thumbs: dict[int, Any] = field(default_factory=dict)  # seed -> small image, for the first SHEET_SEEDS
 
 
 def measure(image: Any, prompt: str, embedded: bool, scorer: Any = None) -> dict[str, float]:
@@ -205,6 +207,7 @@ def run_arms(
     for arm in arms:
         values: dict[str, list[float]] = {}
         evals: list[int] = []
+        thumbs: dict[int, Any] = {}
         arm_start = time.perf_counter()
         for seed in seeds:
             prompt = prompt_for_seed(seed, cfg, embedded)
@@ -226,12 +229,15 @@ def run_arms(
             for name, value in measure(image, prompt, embedded, scorer).items():
                 values.setdefault(name, []).append(value)
             evals.append(int(stats.get("model_evaluations", arm.evaluations)))
+            if seed <= SHEET_SEEDS:
+                thumbs[seed] = thumbnail(image)  # small copies only: SDXL images would fill memory
             if keep_images is not None:
                 folder = keep_images / arm.label.replace(" ", "_")
                 folder.mkdir(parents=True, exist_ok=True)
                 image.save(folder / f"seed{seed:03d}.png")
             done += 1
-        results[arm] = ArmResult(arm, seeds, values, round(float(np.mean(evals))), time.perf_counter() - arm_start)
+        seconds = time.perf_counter() - arm_start
+        results[arm] = ArmResult(arm, seeds, values, round(float(np.mean(evals))), seconds, thumbs)
         elapsed = time.perf_counter() - started
         log(
             f"  {arm.label:<24} {results[arm].evaluations:>3} evaluations  "
@@ -312,6 +318,7 @@ def run_study(
     plots = [
         plot_metrics_vs_scale(cfg, results, indices, out_dir / "metrics-vs-scale.png", embedded),
         plot_accuracy_vs_evaluations(cfg, results, indices, out_dir / "solvers-vs-evaluations.png", embedded),
+        study_sheet(cfg, results, out_dir / "contact-sheet.png", embedded),
     ]
     data = {
         "config": {**cfg.__dict__, "scales": {k: list(v) for k, v in cfg.scales.items()}},
@@ -327,6 +334,35 @@ def run_study(
         cfg, results, indices, out_dir / "study.md", seconds, model_description, embedded, plots, command
     )
     return StudyReport(md, plots, seconds, len(arms) * cfg.samples)
+
+
+def study_sheet(cfg: StudyConfig, results: dict[Arm, ArmResult], path: Path, embedded: bool) -> Path:
+    """The first seeds of the arms the claims are about: none/tnr, each method at its best scale, and the
+    solvers at the smallest budget with and without TNR."""
+    rows = [results[a] for a in single_arms(cfg)]
+    rows += [r for m in ("cfg", "cfg++", "tnr-cfg") if (r := best_scale(results, m, cfg, embedded)) is not None]
+    budget = reference_budget(min(cfg.budgets))
+    for guidance in ("none", "tnr"):
+        for solver in cfg.solvers:
+            arm = Arm(guidance, None, solver, matched_steps(solver, guidance, budget))
+            if results[arm] not in rows:
+                rows.append(results[arm])
+    labels = [f"{r.arm.label} {r.evaluations}ev" for r in rows]
+    seeds = list(range(1, min(cfg.samples, SHEET_SEEDS) + 1))
+    images = {(label, seed): r.thumbs.get(seed) for label, r in zip(labels, rows, strict=True) for seed in seeds}
+    headers = {}
+    for seed in seeds:
+        prompt = prompt_for_seed(seed, cfg, embedded)
+        if embedded:  # "a red circle on a white background" -> "1: red circle\non white"
+            words = prompt.split()
+            headers[seed] = f"{seed}: {words[1]} {words[2]}\non {words[5]}"
+        else:
+            headers[seed] = f"{seed}: {prompt[:16]}\n{prompt[16:32]}"
+    title = f"study contact sheet: seeds 1..{len(seeds)} (each column one seed and its prompt); best scales by " + (
+        "accuracy" if embedded else "colourfulness"
+    )
+    draw_sheet(title, labels, seeds, images, path, column_headers=headers)
+    return path
 
 
 # ---- tables -------------------------------------------------------------------------------------------------

@@ -558,14 +558,23 @@ def write_contact_sheets(
 
 
 def draw_sheet(
-    title: str, row_labels: list[str], seeds: list[int], images: dict[tuple[str, int], Path], path: Path
+    title: str,
+    row_labels: list[str],
+    seeds: list[int],
+    images: dict[tuple[str, int], Any],
+    path: Path,
+    column_headers: dict[int, str] | None = None,
 ) -> None:
+    """Rows labelled at the left, one column per seed (header `seed N`, or `column_headers[seed]`, which may
+    hold a line break); `images` maps (row label, seed) to a PNG path or a PIL image."""
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default(size=13)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_w = max([probe.textlength(lbl, font=font) for lbl in row_labels] + [60]) + 2 * PAD
-    header_h = 40
+    headers = {seed: (column_headers or {}).get(seed, f"seed {seed}") for seed in seeds}
+    header_lines = max([h.count("\n") + 1 for h in headers.values()] + [1])
+    header_h = 26 + 16 * header_lines
     width = int(label_w) + len(seeds) * (THUMB + PAD) + PAD
     height = header_h + len(row_labels) * (THUMB + PAD) + PAD
     sheet = Image.new("RGB", (width, height), (255, 255, 255))
@@ -573,26 +582,38 @@ def draw_sheet(
     draw.text((PAD, PAD), title, fill=(0, 0, 0), font=font)
     for j, seed in enumerate(seeds):
         x = int(label_w) + j * (THUMB + PAD)
-        draw.text((x + 2, header_h - 18), f"seed {seed}", fill=(60, 60, 60), font=font)
+        draw.multiline_text((x + 2, 22), headers[seed], fill=(60, 60, 60), font=font, spacing=3)
     for i, label in enumerate(row_labels):
         y = header_h + i * (THUMB + PAD)
         draw.text((PAD, y + THUMB // 2 - 7), label, fill=(0, 0, 0), font=font)
         for j, seed in enumerate(seeds):
             x = int(label_w) + j * (THUMB + PAD)
             src = images.get((label, seed))
-            if src is None or not src.is_file():
+            if isinstance(src, Path):
+                if src.is_file():
+                    with Image.open(src) as im:
+                        src = im.convert("RGB")
+                else:
+                    src = None
+            if src is None:
                 draw.rectangle((x, y, x + THUMB - 1, y + THUMB - 1), outline=(200, 200, 200))
                 draw.text((x + 8, y + THUMB // 2 - 7), "missing", fill=(160, 160, 160), font=font)
                 continue
-            with Image.open(src) as im:
-                thumb = im.convert("RGB")
-            # Small images are enlarged by a whole factor with nearest (pixels stay honest); large ones shrink.
-            if max(thumb.size) > THUMB:
-                thumb.thumbnail((THUMB, THUMB), Image.Resampling.LANCZOS)
-            elif max(thumb.size) < THUMB:
-                factor = THUMB // max(thumb.size)
-                thumb = thumb.resize((thumb.width * factor, thumb.height * factor), Image.Resampling.NEAREST)
-            sheet.paste(thumb, (x, y))
+            sheet.paste(thumbnail(src), (x, y))
     tmp = path.with_name(path.name + ".tmp.png")
     sheet.save(tmp)
     os.replace(tmp, path)
+
+
+def thumbnail(image: Any) -> Any:
+    """At most THUMB pixels a side: small images grow by a whole factor with nearest (pixels stay honest),
+    large ones shrink smoothly."""
+    from PIL import Image
+
+    thumb = image.convert("RGB")
+    if max(thumb.size) > THUMB:
+        thumb.thumbnail((THUMB, THUMB), Image.Resampling.LANCZOS)
+    elif max(thumb.size) < THUMB:
+        factor = THUMB // max(thumb.size)
+        thumb = thumb.resize((thumb.width * factor, thumb.height * factor), Image.Resampling.NEAREST)
+    return thumb
