@@ -240,3 +240,28 @@ def test_sweep_bad_arguments_are_one_line_errors(tmp_path, capsys) -> None:
     assert "--prompt" in capsys.readouterr().err
     assert main(base + ["--prompt", "p", "--model", str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_sweep_on_the_embedded_model_records_the_checkers_verdicts(tiny_sdxl_dir, tmp_path, monkeypatch) -> None:
+    import csv
+
+    from PIL import Image
+
+    from engine.toy import check
+    from tnr_tui.cli import main
+
+    # the tiny random model stands in for the embedded one: its images are noise, the verdicts still real
+    monkeypatch.setenv("TNR_LAB_EMBEDDED_MODEL", str(tiny_sdxl_dir))
+    out = tmp_path / "sweep"
+    argv = ["--data-dir", str(tmp_path / "home"), "sweep", "--prompt", PROMPT, "--prompt", "not a toy prompt"]
+    argv += ["--guidance", "none", "--steps", "1", "--seeds", "1", "--width", "64", "--height", "64", "--out", str(out)]
+    assert main(argv) == 0
+    rows = {r["prompt"]: r for r in csv.DictReader((out / "sweep.csv").open())}
+    verdict = check(Image.open(rows[PROMPT]["image"]), PROMPT)
+    got = rows[PROMPT]
+    expected = (verdict.shape_colour, verdict.background, verdict.shape, verdict.all)
+    assert (got["check_colour"], got["check_background"], got["check_shape"], got["check_all"]) == tuple(
+        str(int(v)) for v in expected
+    )
+    assert rows["not a toy prompt"]["check_all"] == ""  # outside the toy grammar: no verdict
+    assert len(list(out.glob("sheet-*.png"))) == 2  # one sheet per prompt
