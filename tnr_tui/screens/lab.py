@@ -172,10 +172,10 @@ class LabScreen(Screen):
                     yield Static("", id="equivalent", markup=False)
                 with Vertical(id="panel-seed", classes="panel") as panel:
                     panel.border_title = "Seed & size"
-                    with Horizontal(classes="pair"):
-                        yield RequestField("seed", "Seed", "0")
+                    yield RequestField("seed", "Seed", "0")
+                    with Horizontal(classes="row"):
                         yield Button("new seed", id="new-seed", compact=True)
-                        yield Checkbox("lock", True, id="seed-lock", compact=True)
+                        yield Checkbox("lock the seed", True, id="seed-lock", compact=True)
                     with Horizontal(classes="pair"):
                         yield RequestField("width", "Width", placeholder="native", blank_is_none=True)
                         yield RequestField("height", "Height", placeholder="native", blank_is_none=True)
@@ -188,10 +188,11 @@ class LabScreen(Screen):
             with Vertical(id="output"):
                 with Vertical(id="panel-preview", classes="panel") as panel:
                     panel.border_title = "Preview"
-                    yield Picture("no image yet: type a prompt and press ctrl+r", id="preview")
+                    # The numbers first: on a small terminal the picture is what gets cut.
                     yield ProgressBar(total=1, show_eta=False, id="progress")
                     yield Static("idle", id="progress-text", markup=False)
                     yield Static("", id="result-text", markup=False)
+                    yield Picture("no image yet: type a prompt and press ctrl+r", id="preview")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -385,6 +386,8 @@ class LabScreen(Screen):
     def show_model_state(self, ref: str, state: str, detail: str) -> None:
         text = {"loading": f"{ref}: loading…", "loaded": f"{ref}: loaded ({detail})", "failed": f"{ref}: failed"}
         self.query_one("#model-state", Static).update(text.get(state, state))
+        name = ref if len(ref) <= 40 else "…" + ref[-39:]
+        self.sub_title = f"{name}: {state}"  # in the header, visible whatever the terminal's height
         self.query_one("#model-state").set_class(state == "failed", "-failed")
 
     def show_started(self, request: GenerationRequest) -> None:
