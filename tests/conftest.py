@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# One intra-op thread unless the caller says otherwise: the test models are tiny, where a second OpenMP
+# thread only adds synchronisation, and on a busy host spinning threads made the suite 4x slower (measured).
+# Set before anything imports torch, which reads it once.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 

@@ -8,6 +8,7 @@ preview(denoised)            -> PIL.Image           (latent-to-RGB factors, MATH
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -40,6 +41,9 @@ class Conditioning:
     text_embeds: torch.Tensor
     time_ids: torch.Tensor
     texts: list[str] = field(default_factory=list)
+    # Per-model work that depends only on this conditioning (engine.models.cache): treat the tensors above
+    # as immutable once the object has been used.
+    unet_cache: dict[int, dict] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def batch(self) -> int:
@@ -67,6 +71,10 @@ class Conditioning:
             torch.cat([p.time_ids for p in parts]),
             [t for p in parts for t in p.texts],
         )
+
+
+# A token per bundle, never reused (unlike id()), to key the per-model caches a Conditioning holds.
+_BUNDLE_TOKENS = itertools.count()
 
 
 class ModelBundle:
@@ -97,6 +105,10 @@ class ModelBundle:
         self.identity = identity
         self.device = device
         self.dtype = dtype
+        if device.type in ("cpu", "cuda"):
+            # NHWC convolutions: measured ~30% faster UNet calls on CPU (bench/engine_vs_diffusers.py), and the
+            # layout cuDNN prefers for half-precision convs. Results differ from NCHW only by float rounding.
+            unet = unet.to(memory_format=torch.channels_last)
         self.unet = unet
         self.text_encoder = text_encoder
         self.text_encoder_2 = text_encoder_2
@@ -115,6 +127,12 @@ class ModelBundle:
         if latent_rgb is None:
             latent_rgb = default_latent_rgb(self.latent_channels)
         self.latent_rgb = latent_rgb
+        # Reuse the cross-attention keys/values and the added embedding across steps (exact; see cache.py).
+        from engine.models.cache import install_conditioning_cache
+
+        self._cache_token = next(_BUNDLE_TOKENS)
+        self._unet_cache = install_conditioning_cache(unet)
+        self.reuse_conditioning_work = True
 
     def __repr__(self) -> str:
         return f"ModelBundle({self.name!r}, identity={self.identity}, device={self.device}, dtype={self.dtype})"
@@ -178,13 +196,15 @@ class ModelBundle:
         x = x.to(device=self.device, dtype=torch.float32)
         model_input = (x * c_in).to(self.dtype)
         timesteps = torch.full((x.shape[0],), float(t), dtype=torch.float32, device=self.device)
-        out = self.unet(
-            model_input,
-            timesteps,
-            encoder_hidden_states=cond.prompt_embeds,
-            added_cond_kwargs={"text_embeds": cond.text_embeds, "time_ids": cond.time_ids},
-            return_dict=False,
-        )[0].float()
+        cache = cond.unet_cache.setdefault(self._cache_token, {}) if self.reuse_conditioning_work else None
+        with self._unet_cache.active(cache):
+            out = self.unet(
+                model_input,
+                timesteps,
+                encoder_hidden_states=cond.prompt_embeds,
+                added_cond_kwargs={"text_embeds": cond.text_embeds, "time_ids": cond.time_ids},
+                return_dict=False,
+            )[0].float()
         if self.prediction_type == "v_prediction":
             # v = a*eps - s*x0 and z = a*x0 + s*eps (a = c_in, s = sigma*c_in)  =>  eps = a*v + s*z.
             return c_in * out + sigma * c_in * (x * c_in)
