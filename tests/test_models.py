@@ -148,6 +148,36 @@ def test_eps_scales_the_input_and_calls_the_unet_once(bundle, pipe):
     assert torch.allclose(ours, reference, atol=1e-5, rtol=0)
 
 
+def test_conditioning_work_is_reused_across_steps_bit_for_bit(bundle):
+    from diffusers.models.attention_processor import Attention
+
+    cross_attentions = [m for n, m in bundle.unet.named_modules() if isinstance(m, Attention) and n.endswith("attn2")]
+    first = bundle.encode(["", PROMPT], 64, 64, zero_if_empty=[True, False])
+    other = bundle.encode(["blurry", "a green triangle"], 64, 64)
+    x = 4.0 * torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    bundle.reuse_conditioning_work = False
+    try:
+        fresh = [
+            bundle.eps(x, 4.0, 600.0, first),
+            bundle.eps(0.5 * x, 2.0, 400.0, first),
+            bundle.eps(x, 4.0, 600.0, other),
+        ]
+    finally:
+        bundle.reuse_conditioning_work = True
+    assert first.unet_cache == {}  # nothing cached while reuse is off
+    cached = [
+        bundle.eps(x, 4.0, 600.0, first),
+        bundle.eps(0.5 * x, 2.0, 400.0, first),
+        bundle.eps(x, 4.0, 600.0, other),
+    ]
+    for a, b in zip(fresh, cached, strict=True):
+        assert torch.equal(a, b)
+    # one key/value pair per cross-attention module plus the added embedding, for this model only
+    (entries,) = first.unet_cache.values()
+    assert len(entries) == len(cross_attentions) + 1
+    assert not torch.equal(cached[0], cached[2])  # another conditioning did not reuse the first one's work
+
+
 def test_v_prediction_becomes_eps_with_diffusers_denoised_estimate(tiny_sdxl_dir, tmp_path):
     """For a v model, D = x - sigma * eps must equal EulerDiscreteScheduler's pred_original_sample."""
     model = copy_model(tiny_sdxl_dir, tmp_path / "vpred")
