@@ -115,7 +115,7 @@ class TnrLabApp(App[int]):
 
     async def action_quit(self) -> None:
         # The run in progress sees the stop flag at its next model evaluation; the thread is a daemon.
-        self.worker.shutdown(timeout=1.0)
+        self.worker.shutdown(timeout=0.5)
         self.exit(0)
 
     def on_unmount(self) -> None:
