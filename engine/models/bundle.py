@@ -41,7 +41,7 @@ class Conditioning:
     text_embeds: torch.Tensor
     time_ids: torch.Tensor
     texts: list[str] = field(default_factory=list)
-    # Per-model work that depends only on this conditioning (engine.models.cache): treat the tensors above
+    # Per-model work that depends only on this conditioning (engine.models.speedups): treat the tensors above
     # as immutable once the object has been used.
     unet_cache: dict[int, dict] = field(default_factory=dict, repr=False, compare=False)
 
@@ -127,11 +127,12 @@ class ModelBundle:
         if latent_rgb is None:
             latent_rgb = default_latent_rgb(self.latent_channels)
         self.latent_rgb = latent_rgb
-        # Reuse the cross-attention keys/values and the added embedding across steps (exact; see cache.py).
-        from engine.models.cache import install_conditioning_cache
+        # Reuse the cross-attention keys/values and the added embedding across steps, and lean forwards for
+        # the attention and resnet blocks (exact; see speedups.py).
+        from engine.models.speedups import install_speedups
 
         self._cache_token = next(_BUNDLE_TOKENS)
-        self._unet_cache = install_conditioning_cache(unet)
+        self._unet_cache = install_speedups(unet)
         self.reuse_conditioning_work = True
 
     def __repr__(self) -> str:

@@ -1,4 +1,6 @@
-"""Work the UNet repeats at every step for the same conditioning, done once per conditioning.
+"""Exact speed-ups of a diffusers SDXL UNet: the same operations on the same inputs, less repeated work.
+
+1. Work the UNet repeats at every step for the same conditioning, done once per conditioning.
 
 Two things in an SDXL UNet call depend only on the conditioning, not on the latent or the timestep:
 - the cross-attention keys and values, `to_k(text)` and `to_v(text)`, in every transformer block;
@@ -7,7 +9,12 @@ Two things in an SDXL UNet call depend only on the conditioning, not on the late
 The sampler calls `eps` with the same `Conditioning` object at every step, so both are computed at the first
 step and reused: the same operations on the same inputs, hence bit-identical results (the parity tests pin
 this). The cache lives on the `Conditioning` object and dies with it; while no cache is active (a direct
-UNet call), everything runs as diffusers wrote it.
+UNet call), the attention is computed in full.
+
+2. Less Python per call: the transformer blocks' attention modules get a lean `forward` that calls the same
+torch functions on the same parameters, skipping `Attention.forward`'s per-call signature inspection (on
+small UNets the Python overhead is a large share of a step). Modules with any option the lean path does not
+implement keep diffusers' forward. (A lean resnet forward was tried too: 1-3%, not worth the coupling.)
 """
 
 from __future__ import annotations
@@ -93,8 +100,8 @@ class FastAttention:
         return out / attn.rescale_output_factor
 
 
-def install_conditioning_cache(unet: Any) -> ConditioningCache:
-    """Hook the cache into a diffusers UNet2DConditionModel (transformer-block attention, added embedding)."""
+def install_speedups(unet: Any) -> ConditioningCache:
+    """Install the exact speed-ups into a diffusers UNet2DConditionModel; returns the conditioning cache switch."""
     from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
     store = ConditioningCache()
