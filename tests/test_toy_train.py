@@ -99,3 +99,53 @@ def test_same_seed_same_weights(tmp_path: Path) -> None:
         return (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
 
     assert weights(tmp_path / "a") == weights(tmp_path / "b")
+
+
+def test_evaluate_searches_scales_and_writes_the_table(tiny_trained: Path, tmp_path: Path) -> None:
+    from engine.toy import evaluate
+
+    out = tmp_path / "eval.md"
+    argv = ["--model", str(tiny_trained), "--n", "2", "--search-n", "1", "--steps", "2", "--methods", "none,cfg"]
+    assert evaluate.main([*argv, "--out", str(out), "--sheet", str(tmp_path / "sheet.png")]) == 0
+    payload = json.loads(out.with_suffix(".json").read_text())
+    assert [c["method"] for c in payload["final"]] == ["none", "cfg"]
+    assert len(payload["search"]) == len(evaluate.SEARCH_SETTINGS["cfg"])
+    assert [c["evaluations_per_image"] for c in payload["final"]] == [2, 4]
+    assert all(c["images"] == 2 for c in payload["final"])
+    assert "| cfg | scale" in out.read_text()
+
+
+def test_evaluate_refuses_unknown_methods_and_missing_models(capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.toy import evaluate
+
+    with pytest.raises(SystemExit):
+        evaluate.main(["--methods", "cfg,magic"])
+    assert "unknown method(s) magic" in capsys.readouterr().err
+    assert evaluate.main(["--model", "/nonexistent/model", "--n", "1", "--methods", "none"]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_fixed_pairs_cover_every_scene_before_repeating() -> None:
+    from engine.toy.evaluate import prompt_seed_pairs
+
+    pairs = prompt_seed_pairs(240, 20_000)
+    assert len({scene for scene, _ in pairs[:168]}) == 168
+    assert [seed for _, seed in pairs[:3]] == [20_000, 20_001, 20_002]
+    assert pairs == prompt_seed_pairs(240, 20_000)
+
+
+def test_polishing_the_decoder_changes_only_the_decoder(tiny_trained: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_trained, model)
+    before = load_file(str(model / "vae" / "diffusion_pytorch_model.safetensors"))
+    argv = ["--polish-decoder", str(model), "--seed", "3", "--size", "tiny", "--images", "48"]
+    assert toy_train.main([*argv, "--decoder-steps", "3"]) == 0
+    after = load_file(str(model / "vae" / "diffusion_pytorch_model.safetensors"))
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
+    assert changed and all(key.startswith(("decoder.", "post_quant_conv.")) for key in changed)
+    assert json.loads((model / "training.json").read_text())["decoder_polish_steps"] == 3
+    assert (model / "decoder_log.tsv").read_text().startswith("stage\tstep")

@@ -21,13 +21,14 @@ import numpy as np
 from engine.toy.check import check
 from engine.toy.data import Scene, all_scenes
 
-# Scales tried per method (None: the method has no scale). cfg's list also gives the accuracy-vs-scale curve.
-SEARCH_SCALES: dict[str, list[float | None]] = {
-    "none": [None],
-    "cfg": [1.5, 3.0, 4.5, 6.0, 8.0],
-    "tnr": [None],
-    "tnr-cfg": [1.5, 3.0, 4.5, 6.0],
-    "cfg++": [0.4, 0.8, 1.2],
+# Settings tried per method: the guidance scale, or for single-prediction TNR (which has no scale) the exponent
+# p of its factor S = 2 - abar**p. cfg's list also gives the accuracy-vs-scale curve.
+SEARCH_SETTINGS: dict[str, list[dict[str, float]]] = {
+    "none": [{}],
+    "cfg": [{"scale": g} for g in (1.5, 3.0, 4.5, 6.0, 8.0)],
+    "tnr": [{"tnr_power": p} for p in (0.1, 0.25, 0.5, 1.0)],
+    "tnr-cfg": [{"scale": g} for g in (1.5, 3.0, 4.5, 6.0)],
+    "cfg++": [{"scale": g} for g in (0.4, 0.8, 1.2)],
 }
 EVALUATION_SEED = 20_000
 SEARCH_SEED = 90_000
@@ -36,7 +37,7 @@ SEARCH_SEED = 90_000
 @dataclass
 class Cell:
     method: str
-    scale: float | None
+    setting: dict[str, float]
     images: int
     correct: int
     shape_colour: int
@@ -58,16 +59,18 @@ def prompt_seed_pairs(n: int, base_seed: int) -> list[tuple[Scene, int]]:
     return [(scenes[int(i)], base_seed + k) for k, i in enumerate(order)]
 
 
-def run_cell(bundle, method: str, scale: float | None, pairs: list[tuple[Scene, int]], steps: int, keep=None) -> Cell:
+def run_cell(
+    bundle, method: str, setting: dict[str, float], pairs: list[tuple[Scene, int]], steps: int, keep=None
+) -> Cell:
     from engine.request import GenerationRequest
     from engine.sampler import sample
 
-    cell = Cell(method, scale, 0, 0, 0, 0, 0, 0.0, 0.0)
+    cell = Cell(method, setting, 0, 0, 0, 0, 0, 0.0, 0.0)
     evaluations = 0
     started = time.perf_counter()
     for scene, seed in pairs:
         request = GenerationRequest(
-            prompt=scene.prompt, seed=seed, steps=steps, guidance=method, scale=scale, preview_every=0
+            prompt=scene.prompt, seed=seed, steps=steps, guidance=method, preview_every=0, **setting
         )
         result = sample(bundle, request)
         verdict = check(result.image, scene.prompt)
@@ -84,19 +87,21 @@ def run_cell(bundle, method: str, scale: float | None, pairs: list[tuple[Scene, 
     return cell
 
 
-def _scale_text(scale: float | None) -> str:
-    return "-" if scale is None else f"{scale:g}"
+def _setting_text(setting: dict[str, float]) -> str:
+    if not setting:
+        return "-"
+    return ", ".join(f"{'p' if k == 'tnr_power' else k} {v:g}" for k, v in setting.items())
 
 
 def markdown_table(cells: list[Cell]) -> str:
     lines = [
-        "| method | scale | all three right | shape colour | background | shape | model evaluations / image | s / image |",
+        "| method | setting | all three right | shape colour | background | shape | model evaluations / image | s / image |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for c in cells:
         n = max(1, c.images)
         lines.append(
-            f"| {c.method} | {_scale_text(c.scale)} | **{100 * c.accuracy:.1f} %** ({c.correct}/{c.images}) | "
+            f"| {c.method} | {_setting_text(c.setting)} | **{100 * c.accuracy:.1f} %** ({c.correct}/{c.images}) | "
             f"{100 * c.shape_colour / n:.1f} % | {100 * c.background / n:.1f} % | {100 * c.shape / n:.1f} % | "
             f"{c.evaluations_per_image:.0f} | {c.seconds_per_image:.2f} |"
         )
@@ -104,14 +109,14 @@ def markdown_table(cells: list[Cell]) -> str:
 
 
 def evaluate(
-    model: str, n: int, search_n: int, steps: int, methods: list[str], sheet: Path | None
+    model: str, n: int, search_n: int, steps: int, methods: list[str], sheet: Path | None, threads: int = 1
 ) -> tuple[list[Cell], list[Cell]]:
     """(search cells for every scale tried, final cells at each method's best scale on the `n` pairs)."""
     import torch
 
     from engine.models import load_bundle
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     bundle = load_bundle(model, device="cpu")
     search_pairs = prompt_seed_pairs(search_n, SEARCH_SEED)
     pairs = prompt_seed_pairs(n, EVALUATION_SEED)
@@ -119,24 +124,24 @@ def evaluate(
     final: list[Cell] = []
     sheet_images: list[tuple[str, object]] = []
     for method in methods:
-        candidates = SEARCH_SCALES[method]
-        best_scale = candidates[0]
+        candidates = SEARCH_SETTINGS[method]
+        best = candidates[0]
         if len(candidates) > 1:
             tried = []
-            for scale in candidates:
-                cell = run_cell(bundle, method, scale, search_pairs, steps)
+            for setting in candidates:
+                cell = run_cell(bundle, method, setting, search_pairs, steps)
                 tried.append(cell)
-                print(f"search {method} {_scale_text(scale)}: {100 * cell.accuracy:.1f} %", file=sys.stderr)
+                print(f"search {method} {_setting_text(setting)}: {100 * cell.accuracy:.1f} %", file=sys.stderr)
             search.extend(tried)
-            best_scale = max(tried, key=lambda c: c.accuracy).scale
+            best = max(tried, key=lambda c: c.accuracy).setting
 
         def keep(scene, seed, image, verdict, method=method):
             if len(sheet_images) < 12 * (len(final) + 1):
                 sheet_images.append((method, image))
 
-        cell = run_cell(bundle, method, best_scale, pairs, steps, keep=keep if sheet else None)
+        cell = run_cell(bundle, method, best, pairs, steps, keep=keep if sheet else None)
         final.append(cell)
-        print(f"final {method} {_scale_text(best_scale)}: {100 * cell.accuracy:.1f} % over {n}", file=sys.stderr)
+        print(f"final {method} {_setting_text(best)}: {100 * cell.accuracy:.1f} % over {n}", file=sys.stderr)
     if sheet is not None and sheet_images:
         write_sheet(sheet, [image for _, image in sheet_images], columns=12)
     return search, final
@@ -162,16 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--methods", default="cfg,none,tnr,tnr-cfg,cfg++")
     parser.add_argument("--out", type=Path, default=None, help="markdown table to write (json beside it)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")
     parser.add_argument("--sheet", type=Path, default=None, help="PNG contact sheet of the first images per method")
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in SEARCH_SCALES]
+    unknown = [m for m in methods if m not in SEARCH_SETTINGS]
     if unknown:
-        parser.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(SEARCH_SCALES)}")
+        parser.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(SEARCH_SETTINGS)}")
     if args.n < 1 or args.search_n < 1 or args.steps < 1:
         parser.error("--n, --search-n and --steps must be positive")
     try:
-        search, final = evaluate(args.model, args.n, args.search_n, args.steps, methods, args.sheet)
+        search, final = evaluate(args.model, args.n, args.search_n, args.steps, methods, args.sheet, args.threads)
     except Exception as exc:  # a missing or broken model: one line, no traceback
         from engine.models import ModelError
 
