@@ -57,7 +57,7 @@ class StudyError(ValueError):
 
 @dataclass(frozen=True)
 class StudyConfig:
-    samples: int = 24
+    samples: int = 32
     steps: int = 20
     scales: dict[str, tuple[float, ...]] = field(
         default_factory=lambda: {
