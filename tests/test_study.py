@@ -16,6 +16,7 @@ from tnr_tui.study import (
     StudyError,
     all_arms,
     bootstrap_indices,
+    direction,
     mean_ci,
     nice_ticks,
     prompt_for_seed,
@@ -72,6 +73,13 @@ def test_nice_ticks_cover_the_range() -> None:
     assert ticks[0] <= 3.3 and ticks[-1] >= 47.0
 
 
+def test_direction_reads_the_interval() -> None:
+    assert direction(0.1, 2.0) == "higher"
+    assert direction(-2.0, -0.1) == "lower"
+    assert direction(-0.1, 0.1) == "no detectable difference"
+    assert direction(0.0, 0.0) == "no detectable difference"  # identical arms
+
+
 def test_config_rejects_one_sample() -> None:
     with pytest.raises(StudyError, match="at least 2"):
         StudyConfig(samples=1)
@@ -97,6 +105,7 @@ def test_study_tables_and_plots_from_a_fake_sampler(tmp_path: Path) -> None:
     assert "| tnr euler 4st | 4 | 100% [100, 100]" in md
     assert "| none euler 4st | 4 | 0% [0, 0]" in md
     assert "| tnr - none | 100 pts [100, 100] *" in md
+    assert "| TNR mildly improves prompt coherence | tnr - none | accuracy | 100 pts [100, 100] | higher |" in md
     for plot in report.plots:
         with Image.open(plot) as im:
             assert im.width > 300 and im.height > 300

@@ -358,7 +358,7 @@ def study_sheet(cfg: StudyConfig, results: dict[Arm, ArmResult], path: Path, emb
             headers[seed] = f"{seed}: {words[1]} {words[2]}\non {words[5]}"
         else:
             headers[seed] = f"{seed}: {prompt[:16]}\n{prompt[16:32]}"
-    title = f"study contact sheet: seeds 1..{len(seeds)} (each column one seed and its prompt); best scales by " + (
+    title = f"seeds 1..{len(seeds)}, one prompt per column; best scales by " + (
         "accuracy" if embedded else "colourfulness"
     )
     draw_sheet(title, labels, seeds, images, path, column_headers=headers)
