@@ -101,11 +101,12 @@ def test_plan_expands_the_grid_with_matched_steps() -> None:
     }
 
 
-def test_sweep_id_depends_on_the_arguments_only() -> None:
+def test_sweep_id_depends_on_the_arguments_and_the_weights() -> None:
     a = SweepSpec(prompts=("p",), seeds=(1, 2))
-    assert a.sweep_id == SweepSpec(prompts=("p",), seeds=(1, 2)).sweep_id
-    assert a.sweep_id != SweepSpec(prompts=("p",), seeds=(1, 2, 3)).sweep_id
-    assert a.sweep_id.startswith("sw-") and len(a.sweep_id) == 13
+    assert a.sweep_id("w1") == SweepSpec(prompts=("p",), seeds=(1, 2)).sweep_id("w1")
+    assert a.sweep_id("w1") != SweepSpec(prompts=("p",), seeds=(1, 2, 3)).sweep_id("w1")
+    assert a.sweep_id("w1") != a.sweep_id("w2")  # new weights behind the same model name: a new sweep
+    assert a.sweep_id("w1").startswith("sw-") and len(a.sweep_id("w1")) == 13
     assert SweepSpec.from_dict(a.to_dict()) == a
 
 
@@ -119,8 +120,8 @@ def test_spec_rejects_bad_arguments() -> None:
 def test_cell_key_round_trips_through_a_recorded_request() -> None:
     spec = SweepSpec(prompts=("p",), methods=("cfg", "tnr"), scales={"cfg": (3.0,)}, seeds=(7,))
     for cell in plan(spec):
-        request = cell.request(spec, spec.sweep_id)
-        assert request.tags == {"sweep": spec.sweep_id}
+        request = cell.request(spec, "sw-1")
+        assert request.tags == {"sweep": "sw-1"}
         assert cell_key_of_request(request.to_dict()) == cell.key
     # a cfg run recorded without a scale used the method's default
     assert (
@@ -265,3 +266,28 @@ def test_sweep_on_the_embedded_model_records_the_checkers_verdicts(tiny_sdxl_dir
     )
     assert rows["not a toy prompt"]["check_all"] == ""  # outside the toy grammar: no verdict
     assert len(list(out.glob("sheet-*.png"))) == 2  # one sheet per prompt
+
+
+def test_resume_on_new_weights_runs_the_cells_again(tiny_sdxl_dir, tmp_path, capsys) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from tnr_tui.cli import main
+
+    home, out = tmp_path / "home", tmp_path / "sweep"
+    assert main(sweep_argv(home, tiny_sdxl_dir, out, "1")) == 0
+    sweep_id = capsys.readouterr().out.split()[1].rstrip(":")
+    # the same directory layout with one weight changed: another model identity
+    retrained = tmp_path / "retrained"
+    shutil.copytree(tiny_sdxl_dir, retrained)
+    (weights,) = (retrained / "unet").glob("*.safetensors")
+    tensors = load_file(weights)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 0.01
+    save_file(tensors, weights)
+    assert main(sweep_argv(home, retrained, out, "1", "--resume", sweep_id)) == 0
+    assert "3 run, 0 already done" in capsys.readouterr().out
+    # and without --resume the new weights get a sweep id of their own
+    assert main(sweep_argv(home, retrained, out, "1")) == 0
+    assert sweep_id not in capsys.readouterr().out

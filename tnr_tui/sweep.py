@@ -182,10 +182,10 @@ class SweepSpec:
                 d[k] = tuple(d[k])
         return cls(**d)
 
-    @property
-    def sweep_id(self) -> str:
-        """'sw-' + 10 hex digits of the spec's canonical JSON: the same arguments give the same sweep."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+    def sweep_id(self, model_identity: str = "") -> str:
+        """'sw-' + 10 hex digits of the spec's canonical JSON and the model's weights identity: the same
+        arguments on the same weights give the same sweep (new weights behind 'embedded' start a new one)."""
+        blob = json.dumps({"spec": self.to_dict(), "model": model_identity}, sort_keys=True, separators=(",", ":"))
         return "sw-" + hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -266,6 +266,7 @@ def plan(spec: SweepSpec) -> list[Cell]:
 
 CSV_COLUMNS: tuple[str, ...] = (
     "sweep",
+    "model_identity",
     "run_id",
     "prompt",
     "guidance",
@@ -366,8 +367,8 @@ class SweepReport:
     seconds: float
 
 
-def history_done_cells(store: Any, sweep_id: str) -> dict[str, dict[str, Any]]:
-    """Cells of this sweep already done in the history: key -> {run_id, request, image, stats, metrics}.
+def history_done_cells(store: Any, sweep_id: str, model_identity: str) -> dict[str, dict[str, Any]]:
+    """Cells of this sweep done in the history with these weights: key -> {run_id, request, image, stats, metrics}.
 
     The newest done run of a cell wins (ids sort by creation time and `iter_runs` lists newest first)."""
     from tnr_tui.history import RunFilter
@@ -377,7 +378,7 @@ def history_done_cells(store: Any, sweep_id: str) -> dict[str, dict[str, Any]]:
         request = run.request
         key = cell_key_of_request(request)
         output = run.output("image")
-        if key in done or output is None:
+        if key in done or output is None or run.model_identity != model_identity:
             continue
         done[key] = {
             "run_id": run.id,
@@ -409,7 +410,13 @@ def run_sweep(
     from engine.metrics import image_metrics
 
     started = time.perf_counter()
-    sweep_id = sweep_id or spec.sweep_id
+    if bundle is None:
+        from engine.models import load_bundle
+
+        bundle = load_bundle(spec.model, device=device, dtype=dtype)
+    identity = str(bundle.identity)
+    sweep_id = sweep_id or spec.sweep_id(identity)
+    embedded = is_embedded(spec.model, bundle)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = out_dir / "sweep.json"
     manifest.write_text(json.dumps({"sweep": sweep_id, "spec": spec.to_dict()}, indent=2, sort_keys=True) + "\n")
@@ -434,16 +441,18 @@ def run_sweep(
 
     rows: dict[str, dict[str, Any]] = {}
     for row in read_rows(csv_path):
-        if row.get("sweep") == sweep_id and row["key"] in wanted and Path(row.get("image", "")).is_file():
+        same = row.get("sweep") == sweep_id and row.get("model_identity") == identity
+        if same and row["key"] in wanted and Path(row.get("image", "")).is_file():
             rows[row["key"]] = row
     # Runs done in the history but missing from the CSV (a crash between the two, or a deleted CSV).
-    for key, done in history_done_cells(store, sweep_id).items():
+    for key, done in history_done_cells(store, sweep_id, identity).items():
         if key in wanted and key not in rows and done.get("image") and Path(done["image"]).is_file():
             image = Image.open(done["image"]).convert("RGB")
             prompt = done["request"]["prompt"]
             metrics = measured(image, prompt, done.get("metrics"))
-            verdicts = check_verdicts(image, prompt) if is_embedded(spec.model, bundle) else {}
+            verdicts = check_verdicts(image, prompt) if embedded else {}
             rows[key] = _row(sweep_id, key, done, metrics, verdicts)
+            rows[key]["model_identity"] = identity
     skipped = len(rows)
     todo = [c for c in cells if c.key not in rows]
     log(f"sweep {sweep_id}: {len(cells)} cells, {skipped} already done, {len(todo)} to run")
@@ -458,11 +467,6 @@ def run_sweep(
     if todo:
         from tnr_tui import runs
 
-        if bundle is None:
-            from engine.models import load_bundle
-
-            bundle = load_bundle(spec.model, device=device, dtype=dtype)
-        embedded = is_embedded(spec.model, bundle)
         for i, cell in enumerate(todo, 1):
             request = cell.request(spec, sweep_id)
             if device != "auto" or dtype != "auto":
@@ -488,6 +492,7 @@ def run_sweep(
             metrics = measured(image, cell.prompt, outcome.metrics)
             verdicts = check_verdicts(image, cell.prompt) if embedded else {}
             rows[cell.key] = _row(sweep_id, cell.key, done, metrics, verdicts)
+            rows[cell.key]["model_identity"] = identity
             write_rows(csv_path, _ordered(cells, rows))
             log(
                 f"  [{i}/{len(todo)}] {cell.row_label} seed {cell.seed}: "
