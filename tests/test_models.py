@@ -213,6 +213,23 @@ def test_decode_and_preview(bundle):
     assert torch.equal(torch.tensor(list(preview.getdata()), dtype=torch.float32).view(8, 8, 3), expected)
 
 
+def test_fp16_variant_only_directory_loads_upcast_on_cpu(bundle, tiny_sdxl_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = copy_model(tiny_sdxl_dir, tmp_path / "fp16")
+    for f in model.glob("*/*.safetensors"):
+        state = {k: v.half() for k, v in load_file(f).items()}
+        save_file(state, f.with_name(f.name.replace(".safetensors", ".fp16.safetensors")), metadata={"format": "pt"})
+        f.unlink()
+    half = load_bundle(str(model))
+    assert half.dtype == torch.float32 and half.unet.dtype == torch.float32
+    cond, reference_cond = half.encode([PROMPT], 64, 64), bundle.encode([PROMPT], 64, 64)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    eps, reference = half.eps(x, 1.0, 500.0, cond), bundle.eps(x, 1.0, 500.0, reference_cond)
+    # the same model up to the fp16 rounding of its weights
+    assert 0 < (eps - reference).abs().max() < 0.05 * reference.abs().max()
+
+
 # ---- references: embedded, errors, refusals ----------------------------------------------------------------
 
 

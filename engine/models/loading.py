@@ -124,6 +124,13 @@ def _component_weights(path: Path, component: str) -> list[Path]:
     return files
 
 
+def _variant(folder: Path) -> str | None:
+    """ "fp16" when a component folder holds only fp16-variant weights (`*.fp16.safetensors`), else None."""
+    files = [f.name for f in folder.glob("*.safetensors")]
+    plain = [f for f in files if ".fp16." not in f]
+    return "fp16" if files and not plain else None
+
+
 def _check_diffusers_dir(path: Path) -> list[Path]:
     missing = [c for c in COMPONENTS if not (path / c).is_dir()]
     if missing:
@@ -199,13 +206,22 @@ def _looks_like_hub_id(ref: str) -> bool:
 
 
 def _load_hub(ref: str, dev: torch.device, dt: torch.dtype) -> ModelBundle:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, snapshot_download
 
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     try:
         # Only the component folders' configs, tokenizers and safetensors (never the root single-file
-        # checkpoints or pickled weights that some repositories also carry).
-        patterns = ["model_index.json"] + [f"{c}/*.{ext}" for c in COMPONENTS for ext in ("json", "txt", "safetensors")]
+        # checkpoints or pickled weights that some repositories also carry), and of the weights only one
+        # copy: the full-precision files where the repository has them, else its fp16 variant.
+        patterns = ["model_index.json"] + [f"{c}/*.{ext}" for c in COMPONENTS for ext in ("json", "txt")]
+        if offline:
+            patterns += [f"{c}/*.safetensors" for c in WEIGHTED]
+        else:
+            files = HfApi().list_repo_files(ref)
+            for c in WEIGHTED:
+                weights = [f for f in files if f.startswith(c + "/") and f.endswith(".safetensors")]
+                plain = [f for f in weights if ".fp16." not in f]
+                patterns += plain or weights
         local = snapshot_download(ref, local_files_only=offline, allow_patterns=patterns)
     except Exception as exc:  # network, missing repo, offline without a cache
         why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else _first_line(exc)
@@ -245,11 +261,18 @@ def _load_directory(ref: str, path: Path, dev: torch.device, dt: torch.dtype) ->
             from engine.decoder import load_sdxl_decoder
 
             unet = UNet2DConditionModel.from_pretrained(
-                path, subfolder="unet", torch_dtype=dt, use_safetensors=True, local_files_only=True
+                path,
+                subfolder="unet",
+                torch_dtype=dt,
+                use_safetensors=True,
+                local_files_only=True,
+                variant=_variant(path / "unet"),
             )
-            text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dt, local_files_only=True)
+            text_encoder = CLIPTextModel.from_pretrained(
+                path / "text_encoder", dtype=dt, local_files_only=True, variant=_variant(path / "text_encoder")
+            )
             text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
-                path / "text_encoder_2", dtype=dt, local_files_only=True
+                path / "text_encoder_2", dtype=dt, local_files_only=True, variant=_variant(path / "text_encoder_2")
             )
             tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
             tokenizer_2 = CLIPTokenizer.from_pretrained(path / "tokenizer_2", local_files_only=True)
