@@ -178,6 +178,26 @@ def test_conditioning_work_is_reused_across_steps_bit_for_bit(bundle):
     assert not torch.equal(cached[0], cached[2])  # another conditioning did not reuse the first one's work
 
 
+def test_an_attention_processor_set_later_is_used(tiny_sdxl_dir):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    class Counting(AttnProcessor2_0):
+        calls = 0
+
+        def __call__(self, *args, **kwargs):
+            Counting.calls += 1
+            return super().__call__(*args, **kwargs)
+
+    bundle = load_bundle(str(tiny_sdxl_dir))
+    cond = bundle.encode([PROMPT], 64, 64)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(7))
+    before = bundle.eps(x, 1.0, 500.0, cond)
+    bundle.unet.set_attn_processor(Counting())  # as LoRA or IP-adapter loaders do
+    after = bundle.eps(x, 1.0, 500.0, cond)
+    assert Counting.calls == len(bundle.unet.attn_processors)
+    assert torch.allclose(before, after, atol=1e-5)
+
+
 def test_v_prediction_becomes_eps_with_diffusers_denoised_estimate(tiny_sdxl_dir, tmp_path):
     """For a v model, D = x - sigma * eps must equal EulerDiscreteScheduler's pred_original_sample."""
     model = copy_model(tiny_sdxl_dir, tmp_path / "vpred")

@@ -127,8 +127,8 @@ class ModelBundle:
         if latent_rgb is None:
             latent_rgb = default_latent_rgb(self.latent_channels)
         self.latent_rgb = latent_rgb
-        # Reuse the cross-attention keys/values and the added embedding across steps, and lean forwards for
-        # the attention and resnet blocks (exact; see speedups.py).
+        # Reuse the cross-attention keys/values and the added embedding across steps, and a lean forward for
+        # the transformer blocks' attention (exact; see speedups.py).
         from engine.models.speedups import install_speedups
 
         self._cache_token = next(_BUNDLE_TOKENS)

@@ -67,6 +67,7 @@ class FastAttention:
         self.store = store
         self.cross = cross
         self.original_forward = original_forward
+        self.processor = attn.processor  # a processor set later (LoRA, IP-adapter...) takes precedence
 
     def __call__(
         self,
@@ -76,7 +77,7 @@ class FastAttention:
         **kwargs: Any,
     ) -> torch.Tensor:
         attn = self.attn
-        if attention_mask is not None or kwargs or hidden_states.ndim != 3:
+        if attention_mask is not None or kwargs or hidden_states.ndim != 3 or attn.processor is not self.processor:
             return self.original_forward(hidden_states, encoder_hidden_states, attention_mask, **kwargs)
         batch = hidden_states.shape[0]
         heads = attn.heads
