@@ -635,16 +635,22 @@ def draw_panel(
     ylabel: str,
     font: Any,
     hlines: Sequence[tuple[str, float, tuple[int, int, int]]] = (),
+    y_range: tuple[float, float] | None = None,
+    dodge: float = 0.0,
 ) -> None:
-    """A line plot with error bars in `box` (x0, y0, x1, y1) of an ImageDraw."""
+    """A line plot with error bars in `box` (x0, y0, x1, y1) of an ImageDraw.
+
+    `y_range` fixes the y axis (accuracy: 0..100, so small differences do not look large); `dodge` shifts
+    each series sideways by that many pixels times its index, so overlapping error bars stay readable."""
     x0, y0, x1, y1 = box
     left, right, top, bottom = x0 + 58, x1 - 10, y0 + 24, y1 - 40
     xs = [x for s in series for x in s.xs]
     ys = [y for s in series for y in s.lo + s.hi] + [h[1] for h in hlines]
     if not xs or not ys:
         return
-    xt = nice_ticks(min(xs), max(xs))
-    yt = nice_ticks(min(ys), max(ys))
+    pad = 0.04 * (max(xs) - min(xs))  # keep points off the frame
+    xt = nice_ticks(min(xs) - pad, max(xs) + pad)
+    yt = nice_ticks(*(y_range or (min(ys), max(ys))))
     xmin, xmax, ymin, ymax = xt[0], xt[-1], yt[0], yt[-1]
 
     def px(x: float, y: float) -> tuple[float, float]:
@@ -670,8 +676,9 @@ def draw_panel(
         for xa in range(int(left), int(right), 8):
             draw.line((xa, y, min(xa + 4, right), y), fill=colour, width=1)
         draw.text((right - 40, y - 14), label, fill=colour, font=font)
-    for s in series:
-        pts = [px(x, y) for x, y in zip(s.xs, s.ys, strict=True)]
+    for k, s in enumerate(series):
+        shift = dodge * (k - (len(series) - 1) / 2)
+        pts = [(px(x, y)[0] + shift, px(x, y)[1]) for x, y in zip(s.xs, s.ys, strict=True)]
         for (xa, ya), (xb, yb) in zip(pts, pts[1:], strict=False):
             if s.dashed:
                 n = max(int(math.hypot(xb - xa, yb - ya) / 6), 1)
@@ -686,6 +693,7 @@ def draw_panel(
                 draw.line((xa, ya, xb, yb), fill=s.colour, width=2)
         for x, lo, hi in zip(s.xs, s.lo, s.hi, strict=True):
             xa, ya = px(x, lo)
+            xa += shift
             _, yb = px(x, hi)
             draw.line((xa, ya, xa, yb), fill=s.colour, width=1)
             draw.line((xa - 3, ya, xa + 3, ya), fill=s.colour)
@@ -755,7 +763,8 @@ def plot_metrics_vs_scale(
             )
             s = _series(rows, lambda r: float(r.arm.scale or 0.0), name, indices, label=method, colour=PALETTE[method])
             box = (j * pw, 30 + i * ph, (j + 1) * pw, 30 + (i + 1) * ph)
-            draw_panel(draw, box, [s], f"{method}: {name}{unit}", "scale", "", font, hlines)
+            y_range = (0.0, 100.0) if name in CHECK_NAMES else None
+            draw_panel(draw, box, [s], f"{method}: {name}{unit}", "scale", "", font, hlines, y_range=y_range)
     return _save(img, path)
 
 
@@ -766,36 +775,38 @@ def plot_accuracy_vs_evaluations(
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default(size=12)
-    name = "accuracy" if embedded else "colourfulness"
-    series = []
-    for guidance in ("tnr", "none"):
-        for solver in cfg.solvers:
-            arms = [
-                Arm(guidance, None, solver, matched_steps(solver, guidance, reference_budget(b))) for b in cfg.budgets
-            ]
-            rows = sorted((results[a] for a in dict.fromkeys(arms)), key=lambda r: r.evaluations)
-            series.append(
-                _series(
-                    rows,
-                    lambda r: float(r.evaluations),
-                    name,
-                    indices,
-                    label=f"{solver} {guidance}",
-                    colour=PALETTE[solver],
-                    dashed=guidance == "none",
-                )
-            )
-    img = Image.new("RGB", (720, 470), (255, 255, 255))
+    names = ["accuracy", "colourfulness"] if embedded else ["colourfulness", "contrast"]
+    img = Image.new("RGB", (720, 2 * 420 + 50), (255, 255, 255))
     draw = ImageDraw.Draw(img)
-    unit = " (%)" if embedded else ""
-    draw_panel(
-        draw,
-        (0, 0, 720, 420),
-        series,
-        f"{name}{unit} vs model evaluations ({cfg.samples} seeds, 95% bootstrap CI)",
-        "model evaluations per image",
-        "",
-        font,
-    )
-    draw_legend(draw, (10, 440), series, font)
+    for i, name in enumerate(names):
+        series = []
+        for guidance in ("tnr", "none"):
+            for solver in cfg.solvers:
+                budgets = [reference_budget(b) for b in cfg.budgets]
+                arms = [Arm(guidance, None, solver, matched_steps(solver, guidance, b)) for b in budgets]
+                rows = sorted((results[a] for a in dict.fromkeys(arms)), key=lambda r: r.evaluations)
+                series.append(
+                    _series(
+                        rows,
+                        lambda r: float(r.evaluations),
+                        name,
+                        indices,
+                        label=f"{solver} {guidance}",
+                        colour=PALETTE[solver],
+                        dashed=guidance == "none",
+                    )
+                )
+        unit = " (%)" if name in CHECK_NAMES else ""
+        draw_panel(
+            draw,
+            (0, i * 420, 720, (i + 1) * 420),
+            series,
+            f"{name}{unit} vs model evaluations ({cfg.samples} seeds, 95% bootstrap CI)",
+            "model evaluations per image",
+            "",
+            font,
+            y_range=(0.0, 100.0) if name in CHECK_NAMES else None,
+            dodge=4.0,
+        )
+    draw_legend(draw, (10, 2 * 420 + 20), series, font)
     return _save(img, path)
