@@ -279,9 +279,13 @@ def run_study(
     keep_images: bool = False,
     clip_model: Path | None = None,
     command: str | None = None,
+    started: float | None = None,
     log: Callable[[str], None] = print,
 ) -> StudyReport:
-    started = time.perf_counter()
+    """Sample every arm, then write study.md, study.json, the plots and the contact sheet into `out_dir`.
+
+    `started`: a `time.perf_counter()` taken before the model was loaded, so the reported time covers it."""
+    started = time.perf_counter() if started is None else started
     out_dir.mkdir(parents=True, exist_ok=True)
     if sample_fn is None:
         if bundle is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import time
 from pathlib import Path
 
 from tnr_tui.cli import UserError
@@ -91,6 +92,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
     from engine.request import SOLVERS, validate_field
     from tnr_tui.study import StudyConfig, StudyError
     from tnr_tui.sweep import SweepError, parse_list, parse_scales
@@ -136,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
             keep_images=args.keep_images,
             clip_model=clip_model,
             command=command_line(args),
+            started=started,
         )
     except StudyError as e:
         raise UserError(str(e)) from None
