@@ -9,6 +9,7 @@ An empty negative prompt is compared with diffusers' `negative_prompt=None` (zer
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -201,3 +202,19 @@ def test_tnr_runs_end_to_end_with_its_schedule_weight(bundle, pipe, tiny_sdxl_di
     assert factors[-1] == pytest.approx(1.0)
     assert relative_error(result.latent, x) <= 1e-4
     assert result.image.size == (SIZE, SIZE)
+
+
+@pytest.mark.slow
+def test_benchmark_script_runs_and_reports_a_ratio(tiny_sdxl_dir, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "engine_vs_diffusers.py"
+    spec = importlib.util.spec_from_file_location("engine_vs_diffusers", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--model", str(tiny_sdxl_dir), "--steps", "3", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    ratio = float(re.search(r"ratio ours/diffusers (\d+\.\d+)", out).group(1))
+    difference = float(re.search(r"max relative difference (\S+)", out).group(1))
+    assert ratio > 0 and difference <= 1e-4
