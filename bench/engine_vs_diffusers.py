@@ -5,8 +5,8 @@
 Euler + CFG, both sides from prompt to RGB image (text encoding, the sampling loop, the VAE decode), run
 alternately in one process after a warm-up each, so that caches, thread pools and clocks affect both alike.
 Without --model it builds the tests' tiny random SDXL-topology model in a temporary directory. Prints the
-median seconds of each side and the ratio ours/diffusers (the goal is <= 0.9), and checks that the final
-latents agree.
+median seconds of each side, the ratio ours/diffusers (the goal is <= 0.9) as a ratio of medians and as the
+median of back-to-back pairs, and checks that the final latents agree.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="a diffusers SDXL directory (default: a tiny random one, built now)")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--scale", type=float, default=5.0)
     parser.add_argument("--size", type=int, default=None, help="width = height (default: the model's)")
     parser.add_argument("--device", default="auto")
@@ -126,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"euler + cfg {args.scale}, {args.steps} steps, {args.repeats} alternating repeats, prompt to image")
     print(f"ours       median {ours_median:.3f} s   ({', '.join(f'{t:.3f}' for t in times['ours'])})")
     print(f"diffusers  median {their_median:.3f} s   ({', '.join(f'{t:.3f}' for t in times['diffusers'])})")
-    print(f"ratio ours/diffusers {ours_median / their_median:.3f} (goal <= 0.9)")
+    # Each repeat runs ours then diffusers back to back: the median of those paired ratios is steadier than
+    # the ratio of medians when the host's load drifts (a shared machine).
+    paired = statistics.median(o / d for o, d in zip(times["ours"], times["diffusers"], strict=True))
+    print(f"ratio ours/diffusers {ours_median / their_median:.3f} (medians), {paired:.3f} (median of paired runs)")
+    print("goal: <= 0.9")
     print(f"final latents: max relative difference {difference:.2e}")
     return 0
 
