@@ -19,7 +19,9 @@ from tnr_tui.app import TnrLabApp
 from tnr_tui.history import open_store
 from tnr_tui.screens.compare import parse_methods, plan_grid
 from tnr_tui.screens.lab import equivalent_cfg_scale, format_progress
+from tnr_tui.sweep import evaluations, matched_steps
 from tnr_tui.widgets.fields import RequestField
+from tnr_tui.widgets.picture import Picture
 
 MARKUP_PROMPT = "a red [bold]circle[/ on a blue background"
 
@@ -30,6 +32,12 @@ async def wait_for(pilot: Any, condition: Any, timeout: float = 60.0, what: str 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await pilot.pause(0.05)
+
+
+def notifications(app: TnrLabApp) -> list[Any]:
+    """The app's notifications. Textual 8.2 has no public list of them (App._notifications is the only
+    record; a toast disappears after its timeout), so the private attribute is read here, in one place."""
+    return list(app._notifications)
 
 
 def make_app(data_dir: Path, model: str | Path) -> TnrLabApp:
@@ -93,7 +101,7 @@ async def test_validation_uses_the_request_rules(tmp_data_dir: Path, tiny_sdxl_d
         await pilot.press("ctrl+r")
         await pilot.pause(0.1)
         assert not app.worker.busy and not app.ended  # nothing ran
-        assert any("width must be" in n.message for n in app._notifications)
+        assert any("width must be" in n.message for n in notifications(app))
 
 
 async def test_guidance_panel_shows_only_the_methods_parameters(tmp_data_dir: Path, tiny_sdxl_dir: Path) -> None:
@@ -141,7 +149,7 @@ async def test_bad_model_path_fails_the_run_and_the_app_stays(tmp_data_dir: Path
         await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: app.ended, what="the failed run")
         assert app.ended[0].status == "failed" and "no-such-model" in app.ended[0].error
-        assert any(n.title == "Run failed" for n in app._notifications)
+        assert any(n.title == "Run failed" for n in notifications(app))
         assert app.is_running
         await pilot.press(*"y")  # still responsive
         assert app.lab.query_one("#prompt", Input).value == "xy"
@@ -290,11 +298,20 @@ async def test_compare_grid_runs_every_cell_into_the_history(tmp_data_dir: Path,
     assert len(runs) == 4 and {r.prompt for r in runs} == {"a red circle"} and {r.seed for r in runs} == {0}
 
 
-def test_plan_grid_matches_solvers_by_model_evaluations() -> None:
+def test_plan_grid_matches_solvers_by_model_evaluations_like_the_sweep() -> None:
     base = GenerationRequest(prompt="p", steps=20)
     rows = plan_grid(base, "none cfg:5", "euler heun rk4")
     steps = [[c.request.steps for c in row] for row in rows]
-    assert steps == [[20, 20], [10, 10], [5, 5]]
+    # P * (k * (steps - 1) + 1): 20 Euler evaluations; heun 10 steps = 19 (11 = 21, the tie goes to fewer);
+    # rk4 6 steps = 21 is nearer than 5 steps = 17 (steps / stages would have given 5).
+    assert steps == [[20, 20], [10, 10], [6, 6]]
+    spent = [[evaluations(c.request.solver, c.request.guidance, c.request.steps) for c in row] for row in rows]
+    assert spent == [[20, 40], [19, 38], [21, 42]]
+    for row in rows:
+        for cell in row:  # the same step count as the sweep's matching for that solver and method
+            budget = evaluations("euler", cell.request.guidance, base.steps)
+            assert cell.request.steps == matched_steps(cell.request.solver, cell.request.guidance, budget)
+    assert rows[2][1].label == "cfg 5 · rk4 6 steps · 42 evals"
     assert rows[1][1].request.guidance == "cfg" and rows[1][1].request.scale == 5.0
     assert parse_methods("cfg++:0.8, tnr") == [("cfg++", 0.8), ("tnr", None)]
     with pytest.raises(ValueError, match="unknown guidance method 'cgf'"):
@@ -307,3 +324,58 @@ def test_equivalent_scale_and_progress_line() -> None:
     assert equivalent_cfg_scale([1.0, 1.0, 1.0]) is None
     line = format_progress(4, 20, 3.25, 1.4321, 2.0)
     assert line == "step 5/20  σ 3.250  S 1.432  2.50 it/s  ETA 6.0 s"
+
+
+async def test_keymap_file_remaps_a_binding_by_id(tmp_data_dir: Path) -> None:
+    (tmp_data_dir / "keymap.json").write_text(json.dumps({"lab.run": "ctrl+g"}))
+    app = TnrLabApp(data_dir=tmp_data_dir, image_protocol="none", autoload=False)
+    runs: list[str] = []
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.1)  # the keymap is applied after the first frame
+        app.lab.action_run = lambda: runs.append("run")  # type: ignore[method-assign]
+        await pilot.press("ctrl+r")
+        await pilot.pause(0.05)
+        assert runs == []  # the old key no longer runs
+        await pilot.press("ctrl+g")
+        await pilot.pause(0.05)
+        assert runs == ["run"]
+        assert not notifications(app)
+
+
+async def test_a_broken_keymap_file_is_a_warning_not_a_crash(tmp_data_dir: Path) -> None:
+    (tmp_data_dir / "keymap.json").write_text("{not json")
+    app = TnrLabApp(data_dir=tmp_data_dir, image_protocol="none", autoload=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.1)
+        warnings = [n for n in notifications(app) if n.severity == "warning"]
+        assert len(warnings) == 1 and warnings[0].message.startswith("keymap ignored: ")
+        assert app.lab.is_mounted
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+async def test_lab_panels_fit_the_terminal(tmp_data_dir: Path, size: tuple[int, int]) -> None:
+    app = TnrLabApp(data_dir=tmp_data_dir, image_protocol="halfcell", autoload=False)
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause(0.1)
+        lab = app.lab
+        controls = lab.query_one("#controls")
+        assert controls.max_scroll_y == 0  # the default request's panels fit without scrolling
+        for field in lab.query(RequestField):
+            if all(node.display for node in field.ancestors_with_self):
+                box = field.input.region
+                assert box.width >= 8, f"{field.id} input is {box.width} columns"
+                assert box.right <= controls.region.right, f"{field.id} is cut off"
+        from PIL import Image
+
+        lab.query_one("#preview", Picture).show(Image.new("RGB", (64, 64), "red"), "final image, seed 0")
+        await pilot.pause(0.1)
+        preview = lab.query_one("#preview .picture-image").region
+        assert preview.width >= 28 and lab.query_one("#preview .picture-caption").region.bottom <= size[1] - 1
+        assert preview.width >= 28 and preview.bottom <= size[1] - 1  # above the footer
+        # The busiest panels (tnr-cfg, N prompts) still fit at 80x24, scrolling if they must, never clipped.
+        lab.query_one("#guidance", Select).value = "tnr-cfg"
+        lab.query_one("#weighted").value = True
+        await pilot.pause(0.1)
+        for name in ("tnr_power", "cfg_rescale", "prompt_scale", "negative_scale", "guidance_sigma_max"):
+            box = lab.query_one(f"#{name}", Input).region
+            assert box.width >= 8 and box.right <= controls.region.right, name

@@ -63,3 +63,16 @@ def test_export_dialog(snap_compare, tmp_data_dir: Path) -> None:
         await pilot.pause()
 
     assert snap_compare(make_app(tmp_data_dir), run_before=setup, terminal_size=SIZE)
+
+
+def test_lab_screen_at_80x24(snap_compare, tmp_data_dir: Path) -> None:
+    # The usual SSH default: compact panels (titled rules), two fields a line, the preview beside them.
+    async def setup(pilot) -> None:
+        pilot.app.lab.query_one("#guidance").value = "tnr-cfg"
+        await pilot.pause()
+
+    assert snap_compare(make_app(tmp_data_dir), press=[*"a red circle"], run_before=setup, terminal_size=(80, 24))
+
+
+def test_compare_screen_at_80x24(snap_compare, tmp_data_dir: Path) -> None:
+    assert snap_compare(make_app(tmp_data_dir), press=["f4", *"a red circle"], terminal_size=(80, 24))

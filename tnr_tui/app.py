@@ -21,7 +21,7 @@ from engine.request import EMBEDDED_MODEL, GenerationRequest
 from tnr_tui.screens.compare import CompareScreen
 from tnr_tui.screens.history import HistoryScreen
 from tnr_tui.screens.lab import LabScreen
-from tnr_tui.widgets.picture import ENV_PROTOCOL, prepare_images
+from tnr_tui.widgets.picture import ENV_PROTOCOL, load_image_class, prepare_images
 from tnr_tui.worker import DeviceWorker, ModelState, RunEnded, RunPreview, RunProgress, RunStarted
 
 KEYMAP_FILE = "keymap.json"  # {"binding id": "keys"}, e.g. {"lab.run": "ctrl+g"}, in the data directory
@@ -33,6 +33,9 @@ class TnrLabApp(App[int]):
     TITLE = "tnr-lab"
     CSS_PATH = "app.tcss"
     DEFAULT_MODE = "lab"
+    # Screen classes for the layout (app.tcss): 80x24, the usual SSH default, is narrow and short.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
     BINDINGS = [
         Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True),
         Binding("f2", "switch_mode('lab')", "Lab", id="app.lab"),
@@ -76,15 +79,17 @@ class TnrLabApp(App[int]):
     # ---- lifecycle ----
 
     def on_mount(self) -> None:
-        self._apply_user_keymap()
         self.worker.start()
-        # The model loads after the first frame is on screen, so start-up stays fast.
+        # Nothing that can wait runs before the first frame: the model, textual-image (0.1-0.2 s) and the
+        # history package, which the keymap's data directory pulls in with SQLAlchemy (0.3 s), all come after.
         self.call_after_refresh(self._after_first_paint)
 
     def _after_first_paint(self) -> None:
         self.first_frame_at = time.perf_counter()
         if self.autoload:
-            self.load_model(self.model_ref)
+            self.load_model(self.model_ref)  # the worker thread loads it; this returns at once
+        self._apply_user_keymap()
+        load_image_class()
 
     def _apply_user_keymap(self) -> None:
         try:

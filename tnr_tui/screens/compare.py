@@ -17,12 +17,12 @@ from textual.widgets import Button, Footer, Header, Input, Label, Static
 
 from engine.request import (
     GUIDANCE_METHODS,
-    SOLVER_STAGES,
     SOLVERS,
     GenerationRequest,
     RequestError,
     parse_field,
 )
+from tnr_tui.screens import preset_breakpoints
 from tnr_tui.widgets.picture import Picture
 
 DEFAULT_METHODS = "none cfg:3 cfg:7 cfg++:0.8 tnr tnr-cfg:5"
@@ -48,8 +48,14 @@ def parse_methods(spec: str) -> list[tuple[str, float | None]]:
 
 
 def plan_grid(base: GenerationRequest, methods: str, solvers: str) -> list[list[Cell]]:
-    """Rows of cells: one row per solver, one cell per method:scale. Every row spends the model evaluations
-    of the base request's steps with Euler, so a 4-stage solver gets a quarter of the steps."""
+    """Rows of cells: one row per solver, one cell per method:scale. In each column (one method) every
+    solver gets the step count whose model evaluations are nearest those of the base request's steps with
+    Euler under that method: P * (k * (steps - 1) + 1), the last step being Euler, the sweep's own rule
+    (`tnr_tui.sweep.matched_steps`), so a grid cell and the sweep's matched cell are the same run.
+    Methods are compared at the same steps, as typed (`tnr-lab sweep --match-evaluations` also matches
+    the methods' budgets)."""
+    from tnr_tui.sweep import evaluations, matched_steps  # here: the sweep module is not needed for the first frame
+
     names = solvers.replace(",", " ").split() or [base.solver]
     for name in names:
         if name not in SOLVERS:
@@ -57,14 +63,16 @@ def plan_grid(base: GenerationRequest, methods: str, solvers: str) -> list[list[
     grid_id = f"compare-{int(time.time())}"
     rows = []
     for solver in names:
-        steps = max(1, round(base.steps / SOLVER_STAGES[solver]))
         row = []
         for method, scale in parse_methods(methods):
+            steps = matched_steps(solver, method, evaluations("euler", method, base.steps))
             request = base.replace(
                 solver=solver, steps=steps, guidance=method, scale=scale, tags={**base.tags, "compare": grid_id}
             )
             shown = "" if method in ("none", "tnr") else f" {request.effective_scale:g}"
-            row.append(Cell(f"{method}{shown} · {solver} {steps} steps · {request.model_evaluations} evals", request))
+            # The exact count (the last step is Euler), not request.model_evaluations, which is an upper bound.
+            spent = evaluations(solver, method, steps)
+            row.append(Cell(f"{method}{shown} · {solver} {steps} steps · {spent} evals", request))
         rows.append(row)
     return rows
 
@@ -78,27 +86,28 @@ class CompareScreen(Screen):
         self.cells: dict[int, Picture] = {}  # job id -> its tile
 
     def compose(self) -> ComposeResult:
+        preset_breakpoints(self)
         yield Header()
         with Vertical(id="compare-form", classes="panel") as form:
             form.border_title = "Compare"
             with Horizontal(classes="pair"):
                 with Vertical(classes="wide"):
                     yield Label("Prompt")
-                    yield Input(placeholder="a red circle on a blue background", id="compare-prompt")
+                    yield Input(placeholder="a red circle on a blue background", id="compare-prompt", compact=True)
                 with Vertical():
                     yield Label("Seed")
-                    yield Input("0", id="compare-seed")
+                    yield Input("0", id="compare-seed", compact=True)
                 with Vertical():
                     yield Label("Euler steps")
-                    yield Input("20", id="compare-steps")
+                    yield Input("20", id="compare-steps", compact=True)
             with Horizontal(classes="pair"):
                 with Vertical(classes="wide"):
                     yield Label("Methods (method:scale ...)")
-                    yield Input(DEFAULT_METHODS, id="compare-methods")
+                    yield Input(DEFAULT_METHODS, id="compare-methods", compact=True)
                 with Vertical():
-                    yield Label("Solvers (matched by model evaluations)")
-                    yield Input("euler", id="compare-solvers")
-                yield Button("Run grid", id="run-grid", variant="primary")
+                    yield Label("Solvers")
+                    yield Input("euler", id="compare-solvers", compact=True)
+                yield Button("Run grid", id="run-grid", variant="primary", compact=True)
         yield VerticalScroll(Static("the grid appears here", id="compare-empty", markup=False), id="compare-grid-box")
         yield Footer()
 

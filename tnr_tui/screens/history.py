@@ -17,6 +17,7 @@ from textual.timer import Timer
 from textual.widgets import Checkbox, DataTable, Footer, Header, Input, Select, Static
 
 from engine.request import GUIDANCE_METHODS, GenerationRequest, RequestError
+from tnr_tui.screens import preset_breakpoints
 from tnr_tui.screens.dialogs import ConfirmDialog, ExportDialog, NoteDialog
 from tnr_tui.widgets.picture import Picture
 
@@ -98,19 +99,25 @@ class HistoryScreen(Screen):
         self.pages_loaded = 0
 
     def compose(self) -> ComposeResult:
+        preset_breakpoints(self)
         yield Header()
         with Horizontal(id="history-filters"):
-            yield Input(placeholder="search prompts  (/)", id="search")
+            yield Input(placeholder="search prompts  (/)", id="search", compact=True)
             yield Select(
-                [("any status", "")] + [(s, s) for s in STATUSES], value="", allow_blank=False, id="status-filter"
+                [("any status", "")] + [(s, s) for s in STATUSES],
+                value="",
+                allow_blank=False,
+                id="status-filter",
+                compact=True,
             )
             yield Select(
                 [("any method", "")] + [(m, m) for m in GUIDANCE_METHODS],
                 value="",
                 allow_blank=False,
                 id="method-filter",
+                compact=True,
             )
-            yield Checkbox("★ only", False, id="favourite-filter")
+            yield Checkbox("★ only", False, id="favourite-filter", compact=True)
         with Horizontal(id="history-body"):
             table: DataTable[Any] = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
             yield table

@@ -24,6 +24,7 @@ from engine.request import (
     WeightedPrompt,
     parse_field,
 )
+from tnr_tui.screens import preset_breakpoints
 from tnr_tui.widgets.fields import RequestField
 from tnr_tui.widgets.picture import Picture
 
@@ -106,7 +107,8 @@ class LabScreen(Screen):
     BINDINGS = [
         Binding("ctrl+r", "run", "Run", id="lab.run"),
         Binding("escape", "cancel", "Cancel", id="lab.cancel"),
-        Binding("ctrl+n", "new_seed", "New seed", id="lab.new_seed"),
+        # Not in the footer (it would push Compare off an 80-column one): the seed panel has a button.
+        Binding("ctrl+n", "new_seed", "New seed", id="lab.new_seed", show=False),
     ]
 
     def __init__(self) -> None:
@@ -117,65 +119,75 @@ class LabScreen(Screen):
     # ---- layout ----
 
     def compose(self) -> ComposeResult:
+        # Short labels (10 columns) and two fields a line, so that the column fits 44 columns of an 80x24
+        # terminal and the preview takes the rest; the column scrolls when a method shows more fields.
         app: Any = self.app
+        preset_breakpoints(self)
         yield Header()
         with Horizontal(id="lab-body"):
             with VerticalScroll(id="controls"):
                 with Vertical(id="panel-prompt", classes="panel") as panel:
                     panel.border_title = "Prompt"
                     yield RequestField("prompt", "Prompt", placeholder="a red circle on a blue background")
-                    yield RequestField("negative_prompt", "Negative prompt")
-                    yield Checkbox("prompts with their own scales (N-prompt form)", False, id="weighted", compact=True)
+                    yield RequestField("negative_prompt", "Negative")
+                    yield Checkbox("N prompts, each with a scale", False, id="weighted", compact=True)
                     with Vertical(id="weighted-box"):
                         with Horizontal(classes="pair"):
                             yield RequestField(
-                                "scale", "Prompt scale", "5.0", id="field-prompt-scale", input_id="prompt_scale"
+                                "scale", "Scale", "5.0", id="field-prompt-scale", input_id="prompt_scale"
                             )
                             yield RequestField(
-                                "scale", "Negative scale", "-4.0", id="field-negative-scale", input_id="negative_scale"
+                                "scale", "Neg scale", "-4.0", id="field-negative-scale", input_id="negative_scale"
                             )
                         yield Vertical(id="extra-prompts")
                         yield Button("+ prompt", id="add-prompt", compact=True)
                 with Vertical(id="panel-solver", classes="panel") as panel:
                     panel.border_title = "Solver"
-                    with Horizontal(classes="row"):
-                        yield Label("Solver")
-                        yield Select(
-                            [(s, s) for s in SOLVERS], value="euler", allow_blank=False, id="solver", compact=True
-                        )
+                    with Horizontal(classes="pair"):
+                        with Horizontal(classes="row"):
+                            yield Label("Solver")
+                            yield Select(
+                                [(s, s) for s in SOLVERS], value="euler", allow_blank=False, id="solver", compact=True
+                            )
+                        with Horizontal(classes="row"):
+                            yield Label("Schedule")
+                            yield Select(
+                                [(s, s) for s in SCHEDULES],
+                                value="default",
+                                allow_blank=False,
+                                id="schedule",
+                                compact=True,
+                            )
                     with Horizontal(classes="pair"):
                         yield RequestField("steps", "Steps", "20")
-                        yield RequestField("decode_every", "Decode every", "5")
-                    with Horizontal(classes="row"):
-                        yield Label("Sigma schedule")
-                        yield Select(
-                            [(s, s) for s in SCHEDULES], value="default", allow_blank=False, id="schedule", compact=True
-                        )
-                    yield RequestField("schedule_rho", "Schedule rho", "7.0")
+                        yield RequestField("decode_every", "Decode", "5")
+                    yield RequestField("schedule_rho", "rho", "7.0")
                 with Vertical(id="panel-guidance", classes="panel") as panel:
                     panel.border_title = "Guidance"
-                    with Horizontal(classes="row"):
-                        yield Label("Method")
-                        yield Select(
-                            [(m, m) for m in GUIDANCE_METHODS],
-                            value="cfg",
-                            allow_blank=False,
-                            id="guidance",
-                            compact=True,
-                        )
-                    yield RequestField("scale", "Scale", "", placeholder="default 5.0", blank_is_none=True)
-                    yield RequestField("tnr_power", "TNR exponent p", "0.25")
-                    yield RequestField("cfg_rescale", "CFG rescale", "0.0")
+                    with Horizontal(classes="pair"):
+                        with Horizontal(classes="row"):
+                            yield Label("Method")
+                            yield Select(
+                                [(m, m) for m in GUIDANCE_METHODS],
+                                value="cfg",
+                                allow_blank=False,
+                                id="guidance",
+                                compact=True,
+                            )
+                        yield RequestField("scale", "Scale", "", placeholder="5.0", blank_is_none=True)
+                    with Horizontal(classes="pair"):
+                        yield RequestField("tnr_power", "TNR p", "0.25")
+                        yield RequestField("cfg_rescale", "Rescale", "0.0")
                     with Horizontal(classes="pair", id="window"):
-                        yield RequestField("guidance_sigma_min", "Window σ min", placeholder="none", blank_is_none=True)
-                        yield RequestField("guidance_sigma_max", "Window σ max", placeholder="none", blank_is_none=True)
+                        yield RequestField("guidance_sigma_min", "σ from", placeholder="none", blank_is_none=True)
+                        yield RequestField("guidance_sigma_max", "σ to", placeholder="none", blank_is_none=True)
                     yield Static("", id="equivalent", markup=False)
                 with Vertical(id="panel-seed", classes="panel") as panel:
                     panel.border_title = "Seed & size"
-                    yield RequestField("seed", "Seed", "0")
-                    with Horizontal(classes="row"):
-                        yield Button("new seed", id="new-seed", compact=True)
-                        yield Checkbox("lock the seed", True, id="seed-lock", compact=True)
+                    with Horizontal(classes="pair"):
+                        yield RequestField("seed", "Seed", "0")
+                        yield Button("new", id="new-seed", compact=True, tooltip="a new random seed (ctrl+n)")
+                        yield Checkbox("lock", True, id="seed-lock", compact=True, tooltip="keep the seed between runs")
                     with Horizontal(classes="pair"):
                         yield RequestField("width", "Width", placeholder="native", blank_is_none=True)
                         yield RequestField("height", "Height", placeholder="native", blank_is_none=True)
@@ -213,7 +225,7 @@ class LabScreen(Screen):
         self._field("field-tnr_power").display = "tnr_power" in params
         self._field("field-cfg_rescale").display = "cfg_rescale" in params
         self.query_one("#window").display = "window" in params
-        self._field("field-scale").input.placeholder = f"default {DEFAULT_SCALE.get(method, 1.0)}"
+        self._field("field-scale").input.placeholder = f"{DEFAULT_SCALE.get(method, 1.0)}"
         self._update_equivalent()
 
     def _sync_weighted(self) -> None:
@@ -236,7 +248,9 @@ class LabScreen(Screen):
                 text = f"equivalent CFG scale g = {g:.2f}"
             elif scales:
                 text = f"{len(scales)} prompts: base = mean + Σ s_i (p_i − mean); no single CFG scale"
-        self.query_one("#equivalent", Static).update(text)
+        equivalent = self.query_one("#equivalent", Static)
+        equivalent.update(text)
+        equivalent.display = bool(text)  # an empty line costs a row of an 80x24 terminal
 
     @on(Select.Changed, "#guidance")
     def _guidance_changed(self) -> None:

@@ -3,8 +3,9 @@
 textual-image 0.12 probes the terminal when it is imported, one query at a time with a 0.1 s timeout per
 byte. Over a slow SSH link the reply arrives after the timeout and is then typed into the focused input.
 So the lab probes itself, in one batch that ends with a Primary Device Attributes query (every terminal
-answers it, and answers in order), reads until that answer with a generous timeout, and only then imports
-textual-image with its own probing masked. Late replies are consumed here and never reach Textual.
+answers it, and answers in order), reads until that answer with a generous timeout, before Textual starts.
+Late replies are consumed here and never reach Textual. textual-image is imported later, after the app's
+first frame, with its own probing masked (so the import touches no terminal).
 """
 
 from __future__ import annotations
@@ -114,36 +115,52 @@ class _NotATerminal:
 
 
 _chosen: str | None = None
+_cell_size: tuple[int, int] | None = None  # from the probe, else the tty's ioctl
 _image_class: Any = None
+_waiting: list[Picture] = []  # mounted pictures that have no image widget yet
 
 
 def prepare_images(requested: str = "auto", *, probe: bool = True) -> str:
-    """Choose the protocol and import textual-image; call before App.run (the TUI path only)."""
-    global _chosen, _image_class
+    """Choose the protocol, probing the terminal if needed; call before App.run (the TUI path only).
+
+    Only the probe must happen before Textual owns stdin. Importing textual-image (numpy, PIL, its
+    renderers: about 0.1-0.2 s) is left to `load_image_class`, which the app calls after its first frame;
+    the import is masked so that it never probes, so it is safe at any time.
+    """
+    global _chosen, _cell_size
     caps = TerminalCaps()
     is_tty = bool(sys.__stdout__ and sys.__stdout__.isatty())
     if requested == "auto" and probe and is_tty:
         caps = probe_terminal()
     protocol = choose_protocol(requested, caps, is_tty=is_tty)
-    saved = sys.__stdout__
-    sys.__stdout__ = _NotATerminal(saved)  # type: ignore[misc]
-    try:
-        import textual_image.widget as tiw
-        from textual_image._terminal import CellSize, get_cell_size
-    finally:
-        sys.__stdout__ = saved  # type: ignore[misc]
-    cell = caps.cell_size or _ioctl_cell_size()
-    if cell:
-        get_cell_size._result = CellSize(*cell)  # type: ignore[attr-defined]
-    classes = {
-        "tgp": tiw.TGPImage,
-        "sixel": tiw.SixelImage,
-        "halfcell": tiw.HalfcellImage,
-        "unicode": tiw.UnicodeImage,
-        "none": None,
-    }
-    _chosen, _image_class = protocol, classes[protocol]
+    _chosen, _cell_size = protocol, caps.cell_size or _ioctl_cell_size()
     return protocol
+
+
+def load_image_class() -> Any:
+    """Import textual-image (once, with its own terminal probing masked) and give each waiting Picture
+    its image widget; returns the widget class for the chosen protocol (None when images are off)."""
+    global _image_class
+    if _chosen in (None, "none"):
+        return None
+    if _image_class is None:
+        saved = sys.__stdout__
+        sys.__stdout__ = _NotATerminal(saved)  # type: ignore[misc]
+        try:
+            import textual_image.widget as tiw
+            from textual_image._terminal import CellSize, get_cell_size
+        finally:
+            sys.__stdout__ = saved  # type: ignore[misc]
+        if _cell_size:
+            get_cell_size._result = CellSize(*_cell_size)  # type: ignore[attr-defined]
+        classes = {"tgp": tiw.TGPImage, "sixel": tiw.SixelImage, "halfcell": tiw.HalfcellImage}
+        _image_class = classes.get(str(_chosen), tiw.UnicodeImage)
+    waiting = list(_waiting)
+    _waiting.clear()
+    for picture in waiting:
+        if picture.is_attached:
+            picture.attach_image()
+    return _image_class
 
 
 def _ioctl_cell_size() -> tuple[int, int] | None:
@@ -165,7 +182,11 @@ def chosen_protocol() -> str:
 
 
 class Picture(Container):
-    """An image with a caption; shows the caption alone when images are off or there is none yet."""
+    """An image with a caption; shows the caption alone when images are off or there is none yet.
+
+    Before textual-image is loaded (the first frame) the picture is the caption alone; `load_image_class`
+    then mounts the image widget above it.
+    """
 
     DEFAULT_CSS = """
     Picture { height: auto; }
@@ -176,18 +197,31 @@ class Picture(Container):
     def __init__(self, caption: str = "", *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self._caption = caption
+        self._image_widget: Any = None
         self.pil_image: Any = None  # the PIL image shown now (tests read it)
 
     def compose(self) -> ComposeResult:
         if _image_class is not None:
-            yield _image_class(None, classes="picture-image")
+            self._image_widget = _image_class(None, classes="picture-image")
+            yield self._image_widget
+        elif _chosen not in (None, "none"):
+            _waiting.append(self)
         yield Static(escape(self._caption), classes="picture-caption", markup=True)
+
+    def attach_image(self) -> None:
+        """Mount the image widget (textual-image is loaded by now), showing the current picture."""
+        if self._image_widget is None and _image_class is not None:
+            self._image_widget = _image_class(self.pil_image, classes="picture-image")
+            self.mount(self._image_widget, before=0)
 
     def show(self, image: Any, caption: str | None = None) -> None:
         """Show a PIL image (None clears it); the caption is plain text, shown literally."""
         self.pil_image = image
-        if _image_class is not None:
-            self.query_one(".picture-image").image = image
+        if self._image_widget is None and _chosen not in (None, "none"):
+            load_image_class()  # a picture before the app's first frame was over: load it now
+            self.attach_image()
+        elif self._image_widget is not None:
+            self._image_widget.image = image
         if caption is not None:
             self.set_caption(caption)
 
