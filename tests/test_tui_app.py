@@ -379,3 +379,17 @@ async def test_lab_panels_fit_the_terminal(tmp_data_dir: Path, size: tuple[int, 
         for name in ("tnr_power", "cfg_rescale", "prompt_scale", "negative_scale", "guidance_sigma_max"):
             box = lab.query_one(f"#{name}", Input).region
             assert box.width >= 8 and box.right <= controls.region.right, name
+
+
+def test_first_frame_imports_no_heavy_library(tmp_path: Path) -> None:
+    # torch, SQLAlchemy and textual-image load after the first frame (bench/tui_latency.py's own probe).
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "tui_latency.py"
+    spec = importlib.util.spec_from_file_location("tui_latency", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    seconds, loaded = bench.first_frame(str(tmp_path))  # a fresh interpreter
+    assert loaded == "-", f"imported before the first frame: {loaded}"
+    assert 0 < seconds < 30
