@@ -95,6 +95,9 @@ BAD_INPUTS = [
     (["--prompt", "x", "--weighted", "no scale here"], "--weighted expects TEXT:SCALE"),
     (["--weighted", "only one:1"], "the N-prompt form needs at least two prompts"),
     ([], "give --prompt TEXT"),
+    (["--prompt", "x", "--sigma-min", "2", "--sigma-max", "1"], "min (2.0) is larger than max (1.0)"),
+    (["--prompt", "x", "--sigma-min", "-1"], "guidance sigma min must be at least 0.0"),
+    (["--prompt", "x", "--schedule-rho", "0"], "schedule rho must be positive"),
     (["--prompt", "x", "--out-override"], None),  # argparse's own message (unknown flag): still exit 2
 ]
 
@@ -172,3 +175,19 @@ def test_a_corrupt_history_stops_generate_before_the_model_loads(tmp_path, capsy
     err = capsys.readouterr().err
     assert rc == 2 and "corrupt" in err and err.count("\n") == 1
     assert not (tmp_path / "a.png").exists()
+
+
+def test_sigma_window_and_rho_flags_reach_the_request(tmp_path, tiny_sdxl_dir, capsys):
+    rc = main(
+        ["--data-dir", str(tmp_path / "home"), "generate", "--model", str(tiny_sdxl_dir), "--prompt", "a red circle"]
+        + ["--steps", "4", "--schedule", "karras", "--schedule-rho", "3", "--sigma-min", "0.5", "--sigma-max", "5"]
+        + ["--out", str(tmp_path / "o.png"), "--json"]
+    )
+    assert rc == 0
+    run_id = json.loads(capsys.readouterr().out)["run_id"]
+    store = open_store(tmp_path / "home")
+    try:
+        request = store.get_run(run_id).request
+    finally:
+        store.close()
+    assert (request["schedule_rho"], request["guidance_sigma_min"], request["guidance_sigma_max"]) == (3.0, 0.5, 5.0)

@@ -26,6 +26,9 @@ FIELD_FLAGS = {
     "width": "width",
     "height": "height",
     "schedule": "schedule",
+    "schedule_rho": "schedule_rho",
+    "sigma_min": "guidance_sigma_min",
+    "sigma_max": "guidance_sigma_max",
     "tnr_power": "tnr_power",
     "cfg_rescale": "cfg_rescale",
     "device": "device",
@@ -50,6 +53,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--width", help="image width, a multiple of 8 (default: the model's)")
     p.add_argument("--height", help="image height, a multiple of 8 (default: the model's)")
     p.add_argument("--schedule", help="sigma schedule: default, leading, trailing, linspace, karras, power")
+    p.add_argument("--schedule-rho", dest="schedule_rho", help="Karras rho / power-warp exponent (default: 7 / 1)")
+    p.add_argument("--sigma-min", dest="sigma_min", help="guidance window: below this sigma, use the conditional eps")
+    p.add_argument("--sigma-max", dest="sigma_max", help="guidance window: above this sigma, use the conditional eps")
     p.add_argument("--tnr-power", dest="tnr_power", help="TNR exponent p (default 0.25)")
     p.add_argument("--cfg-rescale", dest="cfg_rescale", help="CFG rescale phi in [0, 1] (default 0)")
     p.add_argument(
