@@ -331,7 +331,7 @@ async def test_keymap_file_remaps_a_binding_by_id(tmp_data_dir: Path) -> None:
     app = TnrLabApp(data_dir=tmp_data_dir, image_protocol="none", autoload=False)
     runs: list[str] = []
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause(0.1)  # the keymap is applied after the first frame
+        await wait_for(pilot, lambda: app.deferred_ready, 10, "the keymap")  # applied after the first frame
         app.lab.action_run = lambda: runs.append("run")  # type: ignore[method-assign]
         await pilot.press("ctrl+r")
         await pilot.pause(0.05)
@@ -346,7 +346,7 @@ async def test_a_broken_keymap_file_is_a_warning_not_a_crash(tmp_data_dir: Path)
     (tmp_data_dir / "keymap.json").write_text("{not json")
     app = TnrLabApp(data_dir=tmp_data_dir, image_protocol="none", autoload=False)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause(0.1)
+        await wait_for(pilot, lambda: app.deferred_ready, 10, "the keymap")
         warnings = [n for n in notifications(app) if n.severity == "warning"]
         assert len(warnings) == 1 and warnings[0].message.startswith("keymap ignored: ")
         assert app.lab.is_mounted

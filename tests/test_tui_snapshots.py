@@ -18,14 +18,27 @@ def make_app(data_dir: Path) -> TnrLabApp:
     return TnrLabApp(data_dir=data_dir, model="embedded", image_protocol="unicode", autoload=False)
 
 
+async def settled(pilot) -> None:
+    """Wait for what the app does after its first frame (keymap, image widgets), so pictures are stable."""
+    for _ in range(500):
+        if pilot.app.deferred_ready:
+            break
+        await pilot.pause(0.01)
+    await pilot.pause()
+
+
 def test_lab_screen(snap_compare, tmp_data_dir: Path) -> None:
     assert snap_compare(
-        make_app(tmp_data_dir), press=[*"a red [bold]circle[/ on a blue background"], terminal_size=SIZE
+        make_app(tmp_data_dir),
+        press=[*"a red [bold]circle[/ on a blue background"],
+        run_before=settled,
+        terminal_size=SIZE,
     )
 
 
 def test_lab_screen_tnr_with_weighted_prompts(snap_compare, tmp_data_dir: Path) -> None:
     async def setup(pilot) -> None:
+        await settled(pilot)
         lab = pilot.app.lab
         lab.query_one("#guidance").value = "tnr"
         lab.query_one("#weighted").value = True
@@ -36,11 +49,11 @@ def test_lab_screen_tnr_with_weighted_prompts(snap_compare, tmp_data_dir: Path) 
 
 
 def test_history_screen(snap_compare, tmp_data_dir: Path) -> None:
-    assert snap_compare(make_app(tmp_data_dir), press=["f3"], terminal_size=SIZE)
+    assert snap_compare(make_app(tmp_data_dir), press=["f3"], run_before=settled, terminal_size=SIZE)
 
 
 def test_compare_screen(snap_compare, tmp_data_dir: Path) -> None:
-    assert snap_compare(make_app(tmp_data_dir), press=["f4", *"a red circle"], terminal_size=SIZE)
+    assert snap_compare(make_app(tmp_data_dir), press=["f4", *"a red circle"], run_before=settled, terminal_size=SIZE)
 
 
 def test_export_dialog(snap_compare, tmp_data_dir: Path) -> None:
@@ -55,6 +68,7 @@ def test_export_dialog(snap_compare, tmp_data_dir: Path) -> None:
         connection.execute(text("UPDATE runs SET created_at = '2025-01-02 03:04:05.000000'"))
 
     async def setup(pilot) -> None:
+        await settled(pilot)
         await pilot.press("f3")
         await pilot.pause()
         pilot.app.screen.action_export()
@@ -68,6 +82,7 @@ def test_export_dialog(snap_compare, tmp_data_dir: Path) -> None:
 def test_lab_screen_at_80x24(snap_compare, tmp_data_dir: Path) -> None:
     # The usual SSH default: compact panels (titled rules), two fields a line, the preview beside them.
     async def setup(pilot) -> None:
+        await settled(pilot)
         pilot.app.lab.query_one("#guidance").value = "tnr-cfg"
         await pilot.pause()
 
@@ -75,4 +90,6 @@ def test_lab_screen_at_80x24(snap_compare, tmp_data_dir: Path) -> None:
 
 
 def test_compare_screen_at_80x24(snap_compare, tmp_data_dir: Path) -> None:
-    assert snap_compare(make_app(tmp_data_dir), press=["f4", *"a red circle"], terminal_size=(80, 24))
+    assert snap_compare(
+        make_app(tmp_data_dir), press=["f4", *"a red circle"], run_before=settled, terminal_size=(80, 24)
+    )

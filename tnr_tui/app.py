@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -21,7 +22,7 @@ from engine.request import EMBEDDED_MODEL, GenerationRequest
 from tnr_tui.screens.compare import CompareScreen
 from tnr_tui.screens.history import HistoryScreen
 from tnr_tui.screens.lab import LabScreen
-from tnr_tui.widgets.picture import ENV_PROTOCOL, load_image_class, prepare_images
+from tnr_tui.widgets.picture import ENV_PROTOCOL, import_image_library, load_image_class, prepare_images
 from tnr_tui.worker import DeviceWorker, ModelState, RunEnded, RunPreview, RunProgress, RunStarted
 
 KEYMAP_FILE = "keymap.json"  # {"binding id": "keys"}, e.g. {"lab.run": "ctrl+g"}, in the data directory
@@ -74,6 +75,7 @@ class TnrLabApp(App[int]):
         )
         self.job_owner: dict[int, str] = {}
         self.first_frame_at: float | None = None
+        self.deferred_ready = False  # the keymap is applied and the pictures have their image widgets
         self.ended: list[RunEnded] = []  # every outcome, in order (tests and the compare screen read it)
 
     # ---- lifecycle ----
@@ -88,8 +90,23 @@ class TnrLabApp(App[int]):
         self.first_frame_at = time.perf_counter()
         if self.autoload:
             self.load_model(self.model_ref)  # the worker thread loads it; this returns at once
+        # Importing them on the UI thread froze it for 0.3 s just as the user starts typing (measured).
+        threading.Thread(target=self._import_deferred, name="tnr-lab-imports", daemon=True).start()
+
+    def _import_deferred(self) -> None:
+        """Off the UI thread: the libraries the first frame did without; then back to it to use them."""
+        import tnr_tui.history  # noqa: F401  (SQLAlchemy, for the keymap's data directory)
+
+        import_image_library()
+        try:
+            self.call_from_thread(self._deferred_ready)
+        except RuntimeError:  # the app closed meanwhile
+            pass
+
+    def _deferred_ready(self) -> None:
         self._apply_user_keymap()
-        load_image_class()
+        load_image_class()  # imported already: this mounts the image widgets of the pictures shown so far
+        self.deferred_ready = True
 
     def _apply_user_keymap(self) -> None:
         try:

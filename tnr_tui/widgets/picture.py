@@ -137,9 +137,9 @@ def prepare_images(requested: str = "auto", *, probe: bool = True) -> str:
     return protocol
 
 
-def load_image_class() -> Any:
-    """Import textual-image (once, with its own terminal probing masked) and give each waiting Picture
-    its image widget; returns the widget class for the chosen protocol (None when images are off)."""
+def import_image_library() -> Any:
+    """Import textual-image (once, with its own terminal probing masked) and return the widget class for the
+    chosen protocol (None when images are off). Touches no widget, so a background thread may call it."""
     global _image_class
     if _chosen in (None, "none"):
         return None
@@ -155,12 +155,19 @@ def load_image_class() -> Any:
             get_cell_size._result = CellSize(*_cell_size)  # type: ignore[attr-defined]
         classes = {"tgp": tiw.TGPImage, "sixel": tiw.SixelImage, "halfcell": tiw.HalfcellImage}
         _image_class = classes.get(str(_chosen), tiw.UnicodeImage)
+    return _image_class
+
+
+def load_image_class() -> Any:
+    """Import textual-image if needed and give each waiting Picture its image widget (the UI thread only);
+    returns the widget class for the chosen protocol (None when images are off)."""
+    image_class = import_image_library()
     waiting = list(_waiting)
     _waiting.clear()
     for picture in waiting:
         if picture.is_attached:
             picture.attach_image()
-    return _image_class
+    return image_class
 
 
 def _ioctl_cell_size() -> tuple[int, int] | None:
