@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from textual.widgets import Input
+
 from tnr_tui.app import TnrLabApp
 
 SIZE = (150, 46)
@@ -24,6 +26,8 @@ async def settled(pilot) -> None:
         if pilot.app.deferred_ready:
             break
         await pilot.pause(0.01)
+    for field in pilot.app.lab.query(Input):  # a blinking cursor would make the picture depend on timing
+        field.cursor_blink = False
     await pilot.pause()
 
 
@@ -43,7 +47,11 @@ def test_lab_screen_tnr_with_weighted_prompts(snap_compare, tmp_data_dir: Path) 
         lab.query_one("#guidance").value = "tnr"
         lab.query_one("#weighted").value = True
         lab.query_one("#width").value = "100"  # invalid: the message shows under the field
-        await pilot.pause()
+        for _ in range(200):  # validation runs on the Changed message: wait for its message and colours
+            if lab.query_one("#field-width").error and lab.query_one("#width").has_class("-invalid"):
+                break
+            await pilot.pause(0.01)
+        await pilot.pause(0.05)
 
     assert snap_compare(make_app(tmp_data_dir), run_before=setup, terminal_size=SIZE)
 

@@ -127,12 +127,15 @@ def prepare_images(requested: str = "auto", *, probe: bool = True) -> str:
     renderers: about 0.1-0.2 s) is left to `load_image_class`, which the app calls after its first frame;
     the import is masked so that it never probes, so it is safe at any time.
     """
-    global _chosen, _cell_size
+    global _chosen, _cell_size, _image_class
     caps = TerminalCaps()
     is_tty = bool(sys.__stdout__ and sys.__stdout__.isatty())
     if requested == "auto" and probe and is_tty:
         caps = probe_terminal()
     protocol = choose_protocol(requested, caps, is_tty=is_tty)
+    if protocol != _chosen:
+        _image_class = None  # another app in this process (tests) chose another protocol
+        _waiting.clear()
     _chosen, _cell_size = protocol, caps.cell_size or _ioctl_cell_size()
     return protocol
 
