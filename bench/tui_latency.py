@@ -62,7 +62,9 @@ async def loop_lag(model: str, steps: int, size: int, data_dir: str) -> tuple[li
     app = TnrLabApp(data_dir=Path(data_dir), model=model, image_protocol="halfcell")
     lags: list[float] = []
     async with app.run_test(size=(150, 46)) as pilot:
-        while "loaded" not in str(app.lab.query_one("#model-state").content):
+        while ": loaded" not in str(app.lab.query_one("#model-state").content):  # not "not loaded"
+            if ": failed" in str(app.lab.query_one("#model-state").content):
+                raise SystemExit(f"the model {model!r} did not load")
             await pilot.pause(0.05)
         lab = app.lab
         lab.query_one("#prompt", Input).value = "a red circle on a blue background"
@@ -71,13 +73,16 @@ async def loop_lag(model: str, steps: int, size: int, data_dir: str) -> tuple[li
         lab.query_one("#height", Input).value = str(size)
         lab.query_one("#decode_every", Input).value = "5"
         started = time.perf_counter()
-        await pilot.press("ctrl+r")
+        # What ctrl+r does; pilot.press would wait for the screen to go idle, which it does only after the run.
+        lab.action_run()
         period = 0.02
         while not app.ended:
             t = time.perf_counter()
             await asyncio.sleep(period)
             lags.append(time.perf_counter() - t - period)
         run_seconds = time.perf_counter() - started
+        if app.ended[0].status != "done" or not lags:
+            raise SystemExit(f"the run ended {app.ended[0].status}: {app.ended[0].error}")
     return lags, run_seconds
 
 
