@@ -149,3 +149,21 @@ def test_polishing_the_decoder_changes_only_the_decoder(tiny_trained: Path, tmp_
     assert changed and all(key.startswith(("decoder.", "post_quant_conv.")) for key in changed)
     assert json.loads((model / "training.json").read_text())["decoder_polish_steps"] == 3
     assert (model / "decoder_log.tsv").read_text().startswith("stage\tstep")
+
+
+def test_resuming_trains_the_unet_more_and_keeps_the_autoencoder(tiny_trained: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_trained, model)
+    unet_file = model / "unet" / "diffusion_pytorch_model.safetensors"
+    vae_file = model / "vae" / "diffusion_pytorch_model.safetensors"
+    unet_before, vae_before = load_file(str(unet_file)), vae_file.read_bytes()
+    argv = ["--resume", str(model), "--seed", "3", "--size", "tiny", "--images", "32", "--unet-steps", "2"]
+    assert toy_train.main(argv) == 0
+    unet_after = load_file(str(unet_file))
+    assert any(not torch.equal(unet_before[k], unet_after[k]) for k in unet_before)
+    assert vae_file.read_bytes() == vae_before
+    assert json.loads((model / "training.json").read_text())["resumed_unet_steps"] == 2

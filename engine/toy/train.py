@@ -327,6 +327,47 @@ def polish_decoder(
     vae.eval()
 
 
+def resume_denoiser(directory: Path, seed: int, steps: int, images_count: int, batch: int, threads: int) -> None:
+    """More UNet + text-encoder training of a saved model, in place (fresh optimizer, warm-up and cosine).
+
+    The autoencoder is untouched; the latents are re-encoded with the saved encoder.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.set_num_threads(threads)
+    vae = AutoencoderKL.from_pretrained(directory / "vae").float().eval()
+    unet = UNet2DConditionModel.from_pretrained(directory / "unet").float()
+    text_encoder = CLIPTextModel.from_pretrained(directory / "text_encoder").float()
+    text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(directory / "text_encoder_2").float()
+    tokenizer = CLIPTokenizer.from_pretrained(directory / "tokenizer")
+    tokenizer_2 = CLIPTokenizer.from_pretrained(directory / "tokenizer_2")
+    log(f"rendering {images_count} images")
+    images, scenes = make_dataset(images_count, seed)
+    scene_list = all_scenes()
+    position = {scene: i for i, scene in enumerate(scene_list)}
+    scene_index = torch.tensor([position[s] for s in scenes])
+    prompts = [s.prompt for s in scene_list]
+    ids1 = tokenizer(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    ids2 = tokenizer_2(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    latents = encode_latents(vae, images) * float(vae.config.scaling_factor)
+    gen = torch.Generator().manual_seed(seed + 104729)
+    loss_log = LossLog(directory / "resume_log.tsv")
+    (unet_ema, te_ema, te2_ema), done = train_denoiser(
+        unet, text_encoder, text_encoder_2, latents, scene_index, ids1, ids2, steps, 0.0, batch, gen, loss_log
+    )
+    save_pipeline(directory, vae, te_ema, te2_ema, tokenizer, tokenizer_2, unet_ema)
+    summary_path = directory / "training.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary["resumed_unet_steps"] = summary.get("resumed_unet_steps", 0) + done
+    summary.setdefault("resume_commands", []).append(
+        f"python -m engine.toy.train --resume {directory} --seed {seed} --unet-steps {steps} "
+        f"--images {images_count} --threads {threads}"
+    )
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    log(f"resumed {done} unet steps -> {directory}")
+
+
 def polish_saved_decoder(directory: Path, seed: int, steps: int, images_count: int, threads: int) -> None:
     """Polish the decoder of a trained model directory in place (same rendered data, same seed)."""
     from diffusers import AutoencoderKL
@@ -616,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="directory to write the model to")
     parser.add_argument("--polish-decoder", type=Path, default=None, help="train only the decoder of a model dir")
     parser.add_argument("--decoder-steps", type=int, default=600, help="steps of --polish-decoder")
+    parser.add_argument("--resume", type=Path, default=None, help="train the UNet of a model dir --unet-steps more")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes", type=float, default=None, help="total time budget (steps derived from speed)")
     parser.add_argument("--vae-steps", type=int, default=None)
@@ -635,6 +677,11 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.polish_decoder / "vae" / "config.json").exists():
             parser.error(f"{args.polish_decoder}: no vae/config.json there (not a trained model directory)")
         polish_saved_decoder(args.polish_decoder, args.seed, args.decoder_steps, sizes.images, args.threads)
+        return 0
+    if args.resume is not None:
+        if not (args.resume / "unet" / "config.json").exists() or args.unet_steps is None:
+            parser.error("--resume needs a trained model directory and --unet-steps")
+        resume_denoiser(args.resume, args.seed, args.unet_steps, sizes.images, sizes.unet_batch, args.threads)
         return 0
     if args.out is None:
         parser.error("--out is required")
