@@ -78,6 +78,11 @@ def test_direction_reads_the_interval() -> None:
     assert direction(-2.0, -0.1) == "lower"
     assert direction(-0.1, 0.1) == "no detectable difference"
     assert direction(0.0, 0.0) == "no detectable difference"  # identical arms
+    # a sign every resample agrees on, but below the printed digits, is not a finding
+    assert direction(1e-6, 2e-5, "contrast") == "no detectable difference"
+    assert direction(0.01, 0.04, "colourfulness") == "no detectable difference"
+    assert direction(0.1, 0.4, "colourfulness") == "higher"
+    assert direction(-0.03, -0.01, "accuracy") == "lower"
 
 
 def test_config_rejects_one_sample() -> None:
@@ -105,7 +110,14 @@ def test_study_tables_and_plots_from_a_fake_sampler(tmp_path: Path) -> None:
     assert "| tnr euler 4st | 4 | 100% [100, 100]" in md
     assert "| none euler 4st | 4 | 0% [0, 0]" in md
     assert "| tnr - none | 100 pts [100, 100] *" in md
-    assert "| TNR mildly improves prompt coherence | tnr - none | accuracy | 100 pts [100, 100] | higher |" in md
+    assert (
+        "| TNR mildly improves prompt coherence | euler 4 steps: tnr - none | accuracy | 100 pts [100, 100] | higher |"
+        in md
+    )
+    assert (
+        "| TNR mildly improves prompt coherence | euler 8 steps: tnr - none | accuracy | 100 pts [100, 100] | higher |"
+        in md
+    )
     for plot in report.plots:
         with Image.open(plot) as im:
             assert im.width > 300 and im.height > 300
