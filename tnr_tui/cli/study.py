@@ -24,6 +24,8 @@ def command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this study (written into study.md)."""
     parts = ["tnr-lab", "study", "--model", args.model, "--samples", str(args.samples), "--steps", str(args.steps)]
     parts += ["--budgets", args.budgets, "--solvers", args.solvers, "--threads", str(args.threads)]
+    if args.schedule != "default":
+        parts += ["--schedule", args.schedule]
     if args.scales:
         parts += ["--scales", *args.scales]
     for prompt in args.prompt:
@@ -73,6 +75,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "tnr-cfg=1.5,3,5,7.5); a method left out keeps its default range",
     )
     p.add_argument("--solvers", default="euler,heun,rk4", help="solvers compared (default euler,heun,rk4)")
+    p.add_argument(
+        "--schedule",
+        default="default",
+        help="sigma schedule of every arm (default: the model's own spacing; 'trailing' starts every grid at the "
+        "top noise level, whatever the step count)",
+    )
     p.add_argument("--prompt", action="append", default=[], help="prompts for models without a checker (repeatable)")
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
@@ -97,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from tnr_tui.study import StudyConfig, StudyError
     from tnr_tui.sweep import SweepError, parse_list, parse_scales
 
-    for name in ("device", "dtype", "width", "height"):
+    for name in ("device", "dtype", "width", "height", "schedule"):
         message = validate_field(name, getattr(args, name))
         if message:
             raise UserError(message)
@@ -117,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
             prompts=tuple(args.prompt),
             width=args.width,
             height=args.height,
+            schedule=args.schedule,
         )
     except StudyError as e:
         raise UserError(str(e)) from None
