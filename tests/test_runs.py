@@ -127,3 +127,23 @@ def test_a_queued_run_is_started_in_place(tmp_path, bundle, tiny_sdxl_dir):
     assert outcome.run_id == queued and store.count_runs() == 1
     run = store.get_run(queued)
     assert run.status == "done" and run.origin == "tui" and run.output("image").path == str(tmp_path / "q.png")
+
+
+def test_runs_of_the_embedded_model_store_the_checkers_verdicts(tmp_path, tiny_sdxl_dir, monkeypatch):
+    from engine.toy import check
+
+    # The tiny random model stands in for the embedded one: its pictures are noise, the verdicts still real.
+    monkeypatch.setenv("TNR_LAB_EMBEDDED_MODEL", str(tiny_sdxl_dir))
+    store = open_store(tmp_path / "home")
+    prompt = "a red circle on a blue background"
+    embedded = execute(tiny_request(tiny_sdxl_dir, prompt=prompt, model="embedded"), store)
+    monkeypatch.delenv("TNR_LAB_EMBEDDED_MODEL")  # now the tiny directory is just another model
+    other = execute(tiny_request(tiny_sdxl_dir, prompt=prompt), store)
+
+    verdict = check(embedded.image, prompt)
+    metrics = store.get_run(embedded.run_id).metrics
+    assert metrics["check_colour"] == float(verdict.shape_colour)
+    assert metrics["check_background"] == float(verdict.background)
+    assert metrics["check_shape"] == float(verdict.shape)
+    assert metrics["check_all"] == float(verdict.all)
+    assert not any(k.startswith("check_") for k in store.get_run(other.run_id).metrics)

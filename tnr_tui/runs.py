@@ -82,14 +82,17 @@ def save_latent_file(latent: Any, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _metrics(image: Any) -> dict[str, float] | None:
-    try:
-        from engine.metrics import image_metrics
-    except ImportError:
-        return None
+def _metrics(image: Any, prompt: str, model: str, bundle: Any) -> dict[str, float]:
+    """Image metrics of every run, plus the checker's verdicts (1.0 right, 0.0 wrong) on the embedded model."""
     import numpy as np
 
-    return image_metrics(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    from engine.metrics import image_metrics
+    from tnr_tui.sweep import check_verdicts, is_embedded
+
+    values = image_metrics(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    if is_embedded(model, bundle):
+        values.update({k: float(v) for k, v in check_verdicts(image, prompt).items() if v is not None})
+    return values
 
 
 def execute(
@@ -160,7 +163,7 @@ def execute(
             latent_path = Path(save_latent)
             save_latent_file(result.latent, latent_path)
             outputs.append(OutputFile.of("latent", latent_path))
-        metrics = _metrics(result.image)
+        metrics = _metrics(result.image, resolved.prompt, resolved.model, bundle)
         store.finish_run(run_id, "done", stats=result.stats, metrics=metrics, outputs=outputs, request=resolved_dict)
     except BaseException as e:
         status = "cancelled" if isinstance(e, KeyboardInterrupt) else "failed"
