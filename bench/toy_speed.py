@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"threads={count}: median {statistics.median(sampling):.3f} s per {args.steps}-step cfg image "
             f"(min {min(sampling):.3f}, max {max(sampling):.3f}; wall median {statistics.median(wall):.3f} s; "
-            f"{result.stats['model_evaluations']} model evaluations)"
+            f"{result.stats['model_evaluations']} model evaluations)",
+            flush=True,
         )
     return 0
 
