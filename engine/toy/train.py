@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from engine.models.tiny import sdxl_scheduler_config
 from engine.toy.data import IMAGE_SIZE, all_scenes, grammar_corpus, make_dataset
 
 PROMPT_DROPOUT = 0.12
@@ -191,25 +192,6 @@ def build_models(sizes: Sizes, vocab_size: int, bos: int, eos: int):
         norm_num_groups=sizes.unet_groups,
     )
     return vae, text_encoder, text_encoder_2, unet
-
-
-def sdxl_scheduler_config() -> dict:
-    """SDXL base's EulerDiscreteScheduler configuration."""
-    return {
-        "num_train_timesteps": 1000,
-        "beta_start": 0.00085,
-        "beta_end": 0.012,
-        "beta_schedule": "scaled_linear",
-        "prediction_type": "epsilon",
-        "steps_offset": 1,
-        "timestep_spacing": "leading",
-        "interpolation_type": "linear",
-        "use_karras_sigmas": False,
-        "clip_sample": False,
-        "sample_max_value": 1.0,
-        "set_alpha_to_one": False,
-        "skip_prk_steps": True,
-    }
 
 
 # ---------------------------------------------------------------- training helpers
