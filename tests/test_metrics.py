@@ -108,9 +108,9 @@ def build_tiny_clip(path):
     """A tiny random CLIP model with its processor, saved like a downloaded one (built offline)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-    from engine.models.tiny import _train_clip_bpe
+    from engine.models.tiny import train_clip_bpe
 
-    vocab, merges = _train_clip_bpe()
+    vocab, merges = train_clip_bpe()
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
     text = dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
     vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32)

@@ -8,6 +8,7 @@ The tokenizers are trained on the fly from a small corpus (PITFALLS.md: transfor
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 # Widths: the two text encoders must differ (PITFALLS.md: same widths confuse single-file conversion).
@@ -43,14 +44,19 @@ def sdxl_scheduler_config() -> dict:
     }
 
 
-def _train_clip_bpe(vocab_size: int = 400) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """A CLIP-style BPE (lower-case words, `</w>` end-of-word suffix, byte-level alphabet) on _CORPUS."""
+def train_clip_bpe(
+    corpus: Iterable[str] | None = None, vocab_size: int = 400
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A CLIP-style BPE (lower-case words, `</w>` end-of-word suffix, byte-level alphabet) on `corpus`
+    (default: the fixture's small corpus). Shared by the test fixture and the embedded model's training."""
+    import json
+
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     # CLIP's alphabet: the 256 byte-level symbols, each alone and with `</w>`, so any text tokenizes.
-    alphabet = list(pre_tokenizers.ByteLevel.alphabet())
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         initial_alphabet=alphabet,
@@ -58,11 +64,8 @@ def _train_clip_bpe(vocab_size: int = 400) -> tuple[dict[str, int], list[tuple[s
         special_tokens=[],
         show_progress=False,
     )
-    tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
-    model = tok.to_str()
-    import json
-
-    spec = json.loads(model)["model"]
+    tok.train_from_iterator([_CORPUS] * 4 if corpus is None else corpus, trainer=trainer)
+    spec = json.loads(tok.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in spec["merges"]]
     vocab: dict[str, int] = {}
     for sym in alphabet:
@@ -88,7 +91,7 @@ def build_tiny_sdxl(directory: str | Path, seed: int = 0) -> Path:
     )
 
     directory = Path(directory)
-    vocab, merges = _train_clip_bpe()
+    vocab, merges = train_clip_bpe()
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
     tokenizer_2 = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77, pad_token="!")
     bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from engine.models.tiny import sdxl_scheduler_config
+from engine.models.tiny import sdxl_scheduler_config, train_clip_bpe
 from engine.toy.data import IMAGE_SIZE, all_scenes, grammar_corpus, make_dataset
 
 PROMPT_DROPOUT = 0.12
@@ -92,30 +92,7 @@ def train_grammar_bpe(vocab_size: int = 600) -> tuple[dict[str, int], list[tuple
     The vocabulary starts with the 256 byte-level symbols, alone and with `</w>` (as CLIP's does), so any
     text tokenizes without unknown tokens; words outside the grammar just split into pieces.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tokenizer = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        initial_alphabet=alphabet,
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(grammar_corpus(), trainer=trainer)
-    spec = json.loads(tokenizer.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in spec["merges"]]
-    vocab: dict[str, int] = {}
-    for symbol in alphabet:
-        vocab.setdefault(symbol, len(vocab))
-    for symbol in alphabet:
-        vocab.setdefault(symbol + "</w>", len(vocab))
-    for left, right in merges:
-        vocab.setdefault(left + right, len(vocab))
-    vocab[BOS] = len(vocab)
-    vocab[EOS] = len(vocab)
-    return vocab, merges
+    return train_clip_bpe(grammar_corpus(), vocab_size)
 
 
 def build_tokenizers():
