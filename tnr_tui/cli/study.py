@@ -47,6 +47,20 @@ def set_cpu_threads(bundle: object, threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def add_device_options(p: argparse.ArgumentParser) -> None:
+    """--device, --threads, --dtype and --clip-model, shared by `study` and `sweep`."""
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a busy machine two threads that wait for each other ran 5-30x "
+        "slower than one; 0 keeps torch's default); ignored on a GPU",
+    )
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--clip-model", default=None, metavar="DIR", help="a local CLIP model directory: add a CLIP score")
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "study",
@@ -84,16 +98,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", action="append", default=[], help="prompts for models without a checker (repeatable)")
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (default 1: on a busy machine two threads that wait for each other ran 5-30x "
-        "slower than one; 0 keeps torch's default); ignored on a GPU",
-    )
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--clip-model", default=None, metavar="DIR", help="a local CLIP model directory: add a CLIP score")
+    add_device_options(p)
     p.add_argument("--keep-images", action="store_true", help="also save every image under DIR/images")
     p.add_argument("--out", required=True, metavar="DIR")
     p.set_defaults(func=run)

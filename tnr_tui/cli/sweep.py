@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from tnr_tui.cli import UserError
-from tnr_tui.cli.study import set_cpu_threads
+from tnr_tui.cli.study import add_device_options, set_cpu_threads
 
 DEFAULT_METHODS = "none,tnr,cfg,cfg++,tnr-cfg"
 
@@ -46,16 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--schedule", default="default")
-    p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (default 1: on a busy machine two threads that wait for each other ran 5-30x "
-        "slower than one; 0 keeps torch's default); ignored on a GPU",
-    )
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--clip-model", default=None, metavar="DIR", help="a local CLIP model directory: add a CLIP score")
+    add_device_options(p)
     p.add_argument("--out", required=True, metavar="DIR", help="where the CSV and contact sheets go")
     p.add_argument(
         "--resume",
