@@ -393,3 +393,19 @@ def test_first_frame_imports_no_heavy_library(tmp_path: Path) -> None:
     seconds, loaded = bench.first_frame(str(tmp_path))  # a fresh interpreter
     assert loaded == "-", f"imported before the first frame: {loaded}"
     assert 0 < seconds < 30
+
+
+async def test_schedule_rho_left_blank_means_each_schedules_own_default(
+    tmp_data_dir: Path, tiny_sdxl_dir: Path
+) -> None:
+    app = make_app(tmp_data_dir, tiny_sdxl_dir)
+    async with app.run_test(size=(160, 50)) as pilot:
+        lab = app.lab
+        lab.query_one("#field-prompt", RequestField).input.value = "a red circle"
+        lab.query_one("#schedule", Select).value = "power"
+        await pilot.pause(0.1)
+        assert lab.query_one("#field-schedule_rho").display
+        assert lab.build_request().schedule_rho is None  # the power warp's own rho (1), as in the CLI
+        lab.query_one("#schedule_rho", Input).value = "3"
+        await pilot.pause(0.1)
+        assert lab.build_request().schedule_rho == 3.0

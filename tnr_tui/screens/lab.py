@@ -161,7 +161,9 @@ class LabScreen(Screen):
                     with Horizontal(classes="pair"):
                         yield RequestField("steps", "Steps", "20")
                         yield RequestField("decode_every", "Decode", "5")
-                    yield RequestField("schedule_rho", "rho", "7.0")
+                    yield RequestField(
+                        "schedule_rho", "rho", "", placeholder="auto", blank_is_none=True
+                    )  # None: 7 Karras, 1 power
                 with Vertical(id="panel-guidance", classes="panel") as panel:
                     panel.border_title = "Guidance"
                     with Horizontal(classes="pair"):
