@@ -25,9 +25,12 @@ def test_training_writes_an_sdxl_directory_with_log_summary_and_preview_factors(
     assert index["force_zeros_for_empty_prompt"] is True
     summary = json.loads((tiny_trained / "training.json").read_text())
     assert (summary["vae_steps"], summary["unet_steps"], summary["partial"]) == (3, 4, False)
+    # the decoder polish is part of the recipe: the tiny size's own default count
+    assert summary["decoder_steps"] == toy_train.SIZES["tiny"].decoder_steps == 2
+    assert "--decoder-steps 2 --unet-steps 4" in summary["command"]
     log_lines = (tiny_trained / "training_log.tsv").read_text().splitlines()
     assert log_lines[0].split("\t") == ["stage", "step", "loss", "lr", "seconds"]
-    assert {line.split("\t")[0] for line in log_lines[1:]} == {"vae", "unet"}
+    assert list(dict.fromkeys(line.split("\t")[0] for line in log_lines[1:])) == ["vae", "decoder", "unet"]
     latent_rgb = json.loads((tiny_trained / "latent_rgb.json").read_text())
     assert len(latent_rgb["factors"]) == 4 and all(len(row) == 3 for row in latent_rgb["factors"])
     assert len(latent_rgb["bias"]) == 3
@@ -82,8 +85,11 @@ def test_warmup_cosine_rises_then_falls_to_the_floor() -> None:
 
 def test_bad_arguments_exit_with_a_message(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
-        toy_train.main(["--out", str(tmp_path)])
-    assert "give --minutes" in capsys.readouterr().err
+        toy_train.main(["--seed", "1"])
+    assert "--out is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        toy_train.main(["--out", str(tmp_path), "--unet-steps", "-2"])
+    assert "--unet-steps must be at least 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         toy_train.main(["--out", str(tmp_path), "--minutes", "-1"])
     assert "--minutes must be positive" in capsys.readouterr().err
@@ -96,7 +102,9 @@ def test_same_seed_same_weights(tmp_path: Path) -> None:
             ["--out", str(out), "--seed", "5", "--size", "tiny", "--images", "32"]
             + ["--vae-steps", "2", "--unet-steps", "2"]
         )
-        return (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+        return b"".join(
+            (out / part / "diffusion_pytorch_model.safetensors").read_bytes() for part in ("vae", "unet")
+        )
 
     assert weights(tmp_path / "a") == weights(tmp_path / "b")
 

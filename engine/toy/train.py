@@ -1,16 +1,19 @@
 """Train the embedded toy model from scratch: rendered data, the VAE, then the UNet and both text encoders.
 
-    python -m engine.toy.train --out data/models/shapes-xl --seed 0 --minutes 55
+    python -m engine.toy.train --out DIR --seed 0
 
-writes an ordinary diffusers StableDiffusionXLPipeline directory (float16 safetensors) plus
-`latent_rgb.json` (latent-to-RGB preview factors) and `training_log.tsv` (the loss curve). The conditioning
+is the whole recipe of the committed model (data/models/shapes-xl): render the pictures, train the
+autoencoder, polish its decoder with the encoder frozen, then train the UNet and both text encoders. It writes an
+ordinary diffusers StableDiffusionXLPipeline directory (float16 safetensors) plus `latent_rgb.json`
+(latent-to-RGB preview factors), `training_log.tsv` (the loss curve) and `training.json` (sizes, steps, times). The conditioning
 is exactly SDXL's (diffusers' `encode_prompt`): penultimate hidden states of both text encoders concatenated,
 the second encoder's projected pooled output, time ids `[H, W, 0, 0, H, W]`; prompt dropout replaces both
 embeddings with zeros, which is what the pipeline feeds for an empty negative prompt when
 `force_zeros_for_empty_prompt` is true, so that zero conditioning is CFG's unconditional branch.
 
-With `--minutes` the step counts are derived from the speed of the first steps and printed; passing them back
-with `--vae-steps/--unet-steps` reproduces a run exactly (same seed, same thread count).
+The step counts default to the recipe's (`Sizes`); `--minutes` instead derives the ones not given from the speed
+of the first steps and prints them; passing them back with `--vae-steps/--decoder-steps/--unet-steps` reproduces
+a run exactly (same seed, same thread count).
 """
 
 from __future__ import annotations
@@ -57,6 +60,10 @@ class Sizes:
     images: int = 20000
     vae_batch: int = 16
     unet_batch: int = 64
+    # The recipe's step counts (--vae-steps, --decoder-steps, --unet-steps override them).
+    vae_steps: int = 1400
+    decoder_steps: int = 1500
+    unet_steps: int = 3200
 
 
 SIZES = {
@@ -75,6 +82,9 @@ SIZES = {
         images=64,
         vae_batch=8,
         unet_batch=16,
+        vae_steps=3,
+        decoder_steps=2,
+        unet_steps=4,
     ),
 }
 
@@ -224,7 +234,7 @@ def train_vae(vae, images: np.ndarray, steps: int | None, seconds: float, batch:
     """
     optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
     count = len(images)
-    total = steps or 10**9
+    total = 10**9 if steps is None else steps
     warmup = 50
     bar = tqdm(total=steps, desc="vae", unit="step", dynamic_ncols=True)
     step, start = 0, time.time()
@@ -257,18 +267,33 @@ def train_vae(vae, images: np.ndarray, steps: int | None, seconds: float, batch:
 
 
 def polish_decoder(
-    vae, images: np.ndarray, latents: torch.Tensor, steps: int, batch: int, gen: torch.Generator, loss_log
-) -> None:
-    """More training for the decoder alone, encoder frozen: the latents (and so the trained UNet) stay valid.
+    vae,
+    images: np.ndarray,
+    latents: torch.Tensor,
+    steps: int | None,
+    batch: int,
+    gen: torch.Generator,
+    loss_log,
+    seconds: float = 0.0,
+) -> int:
+    """More training for the decoder alone, encoder frozen: the latents (and so a trained UNet) stay valid.
 
-    A little noise on the latents teaches the decoder to forgive the small errors of sampled latents.
+    A little noise on the latents teaches the decoder to forgive the small errors of sampled latents. With
+    `steps` None the count is derived from `seconds`. Returns the steps taken.
     """
     decoder_params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     optimizer = torch.optim.AdamW(decoder_params, lr=1e-3, weight_decay=0.0)
     vae.train()
-    for step in tqdm(range(steps), desc="decoder", unit="step", dynamic_ncols=True):
+    total = 10**9 if steps is None else steps
+    bar = tqdm(total=steps, desc="decoder", unit="step", dynamic_ncols=True)
+    step, start = 0, time.time()
+    while step < total:
+        if steps is None and step == 20:
+            total = steps_for_budget(time.time() - start, 20, seconds, 40)
+            log(f"decoder: {total} steps fit the budget (rerun with --decoder-steps {total} to reproduce)")
+            bar.total = total
         for group in optimizer.param_groups:
-            group["lr"] = 1e-3 * warmup_cosine(step, steps, 20, floor=0.05)
+            group["lr"] = 1e-3 * warmup_cosine(step, total, 20, floor=0.05)
         index = torch.randint(0, len(images), (batch,), generator=gen)
         x = to_unit(images[index.numpy()])
         z = latents[index]
@@ -283,7 +308,12 @@ def polish_decoder(
         optimizer.step()
         if step % 10 == 0:
             loss_log.add("decoder", step, loss.item(), optimizer.param_groups[0]["lr"])
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.update(1)
+        step += 1
+    bar.close()
     vae.eval()
+    return step
 
 
 def resume_denoiser(directory: Path, seed: int, steps: int, images_count: int, batch: int, threads: int) -> None:
@@ -423,7 +453,7 @@ def train_denoiser(
     size = latents.shape[-1] * 8
     time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32)
     count = len(latents)
-    total = steps or 10**9
+    total = 10**9 if steps is None else steps
     warmup = 100
     bar = tqdm(total=steps, desc="unet", unit="step", dynamic_ncols=True)
     step, start, running = 0, time.time(), None
@@ -521,8 +551,13 @@ def train(
     sizes: Sizes,
     threads: int,
     snapshot_minutes: float = 0.0,
+    decoder_steps: int | None = None,
 ) -> dict:
-    """The whole recipe; returns the summary written to `out/training.json`."""
+    """The whole recipe; returns the summary written to `out/training.json`.
+
+    A step count of None is derived from the `minutes` budget: a fifth for the autoencoder, a tenth for the
+    decoder polish, the rest for the denoiser.
+    """
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -555,10 +590,16 @@ def train(
 
     gen = torch.Generator().manual_seed(seed)
     vae_start = time.time()
-    # A quarter of the budget for the autoencoder: its sharpness bounds what the denoiser can show.
-    vae_done = train_vae(vae, images, vae_steps, 0.25 * budget, sizes.vae_batch, gen, loss_log)
-    vae_seconds = time.time() - vae_start
+    # The autoencoder's sharpness bounds what the denoiser can show: a fifth of the budget, then the polish.
+    vae_done = train_vae(vae, images, vae_steps, 0.2 * budget, sizes.vae_batch, gen, loss_log)
     raw_latents = encode_latents(vae, images)
+    # The decoder alone, encoder frozen, on the final latents; its own generator, so the polish does not depend
+    # on how many numbers the autoencoder stage drew.
+    decoder_gen = torch.Generator().manual_seed(seed + 7919)
+    decoder_done = polish_decoder(
+        vae, images, raw_latents, decoder_steps, sizes.vae_batch, decoder_gen, loss_log, seconds=0.1 * budget
+    )
+    vae_seconds = time.time() - vae_start
     scaling_factor = float(1.0 / raw_latents.std())
     vae.register_to_config(scaling_factor=scaling_factor)
     latents = raw_latents * scaling_factor
@@ -582,15 +623,19 @@ def train(
             "sizes": asdict(sizes),
             "parameters": counts,
             "vae_steps": vae_done,
+            "decoder_steps": decoder_done,
             "unet_steps": unet_steps_done,
-            "vae_minutes": round(vae_seconds / 60, 2),
+            "vae_minutes": round(vae_seconds / 60, 2),  # autoencoder and decoder polish
             "unet_minutes": round((time.time() - unet_start) / 60, 2),
             "total_minutes": round((time.time() - began) / 60, 2),
             "threads": threads,
             "scaling_factor": scaling_factor,
             "reconstruction_checker_accuracy": reconstruction_accuracy,
-            "command": f"python -m engine.toy.train --out {out} --seed {seed} --vae-steps {vae_done} "
-            f"--unet-steps {unet_steps_done} --images {sizes.images} --threads {threads}",
+            # Every count spelled out: the same weights, bit for bit, on the same torch and thread count.
+            "command": f"python -m engine.toy.train --out {out.name} --seed {seed} --vae-steps {vae_done} "
+            f"--decoder-steps {decoder_done} --unet-steps {unet_steps_done} --images {sizes.images} "
+            f"--threads {threads}",
+            "torch": torch.__version__,
         }
         (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
@@ -615,10 +660,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.toy.train", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="directory to write the model to")
     parser.add_argument("--polish-decoder", type=Path, default=None, help="train only the decoder of a model dir")
-    parser.add_argument("--decoder-steps", type=int, default=600, help="steps of --polish-decoder")
+    parser.add_argument(
+        "--decoder-steps", type=int, default=None, help="decoder polish steps (the recipe's, or 600 for --polish-decoder)"
+    )
     parser.add_argument("--resume", type=Path, default=None, help="train the UNet of a model dir --unet-steps more")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--minutes", type=float, default=None, help="total time budget (steps derived from speed)")
+    parser.add_argument(
+        "--minutes", type=float, default=None, help="total time budget: step counts not given are derived from speed"
+    )
     parser.add_argument("--vae-steps", type=int, default=None)
     parser.add_argument("--unet-steps", type=int, default=None)
     parser.add_argument("--images", type=int, default=None, help="rendered training images (default per size)")
@@ -635,7 +684,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.polish_decoder is not None:
         if not (args.polish_decoder / "vae" / "config.json").exists():
             parser.error(f"{args.polish_decoder}: no vae/config.json there (not a trained model directory)")
-        polish_saved_decoder(args.polish_decoder, args.seed, args.decoder_steps, sizes.images, args.threads)
+        steps = 600 if args.decoder_steps is None else args.decoder_steps
+        polish_saved_decoder(args.polish_decoder, args.seed, steps, sizes.images, args.threads)
         return 0
     if args.resume is not None:
         if not (args.resume / "unet" / "config.json").exists() or args.unet_steps is None:
@@ -644,13 +694,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.out is None:
         parser.error("--out is required")
-    if args.minutes is None and (args.vae_steps is None or args.unet_steps is None):
-        parser.error("give --minutes, or both --vae-steps and --unet-steps")
     if args.minutes is not None and args.minutes <= 0:
         parser.error("--minutes must be positive")
+    for name in ("vae_steps", "decoder_steps", "unet_steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be at least 0")
+
+    def steps(name: str) -> int | None:
+        given = getattr(args, name)
+        if given is not None:
+            return given
+        return None if args.minutes is not None else getattr(sizes, name)
+
     train(
-        args.out, args.seed, args.minutes, args.vae_steps, args.unet_steps, sizes, args.threads, args.snapshot_minutes
-    )
+        args.out, args.seed, args.minutes, steps("vae_steps"), steps("unet_steps"), sizes, args.threads,
+        args.snapshot_minutes, decoder_steps=steps("decoder_steps"),
+    )  # fmt: skip
     return 0
 
 
