@@ -102,9 +102,7 @@ def test_same_seed_same_weights(tmp_path: Path) -> None:
             ["--out", str(out), "--seed", "5", "--size", "tiny", "--images", "32"]
             + ["--vae-steps", "2", "--unet-steps", "2"]
         )
-        return b"".join(
-            (out / part / "diffusion_pytorch_model.safetensors").read_bytes() for part in ("vae", "unet")
-        )
+        return b"".join((out / part / "diffusion_pytorch_model.safetensors").read_bytes() for part in ("vae", "unet"))
 
     assert weights(tmp_path / "a") == weights(tmp_path / "b")
 

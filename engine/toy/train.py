@@ -661,7 +661,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="directory to write the model to")
     parser.add_argument("--polish-decoder", type=Path, default=None, help="train only the decoder of a model dir")
     parser.add_argument(
-        "--decoder-steps", type=int, default=None, help="decoder polish steps (the recipe's, or 600 for --polish-decoder)"
+        "--decoder-steps",
+        type=int,
+        default=None,
+        help="decoder polish steps (the recipe's, or 600 for --polish-decoder)",
     )
     parser.add_argument("--resume", type=Path, default=None, help="train the UNet of a model dir --unet-steps more")
     parser.add_argument("--seed", type=int, default=0)
