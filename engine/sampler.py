@@ -68,6 +68,10 @@ def denoised_estimate(x: torch.Tensor, sigma: float, den: torch.Tensor) -> torch
     return x - sigma * den
 
 
+def shorten(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def resolve_request(bundle: Any, request: GenerationRequest) -> GenerationRequest:
     """Fill in the model's native size and check the size against the model's latent factor."""
     height, width = bundle.default_size
@@ -109,6 +113,12 @@ def sample(
         for i, text in enumerate(plan.texts)
     ]
     cond = bundle.encode(list(plan.texts), request.height, request.width, zero_if_empty=zero_if_empty)
+    warnings = [
+        f"{'prompt' if i == plan.conditional_row else 'text'} {shorten(text)!r} is longer than the text encoders' "
+        f"context: its last {len(cut.split())} words are ignored, from {shorten(cut)!r}"
+        for i, (text, cut) in enumerate(zip(plan.texts, bundle.dropped_text(list(plan.texts)), strict=True))
+        if cut
+    ]
     cond_rows: dict[tuple[int, ...], Any] = {}
 
     def conditioning(rows: tuple[int, ...]) -> Any:
@@ -217,5 +227,6 @@ def sample(
         "tnr_factors": tnr_factors if plan.uses_tnr else None,
         "equivalent_cfg_scale": plan.equivalent_cfg_scale,
         "request": request.to_dict(),
+        "warnings": warnings,
     }
     return Result(latent=latent, image=final_image, true_noise=true_noise, stats=stats, request=request)

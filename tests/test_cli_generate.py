@@ -191,3 +191,22 @@ def test_sigma_window_and_rho_flags_reach_the_request(tmp_path, tiny_sdxl_dir, c
     finally:
         store.close()
     assert (request["schedule_rho"], request["guidance_sigma_min"], request["guidance_sigma_max"]) == (3.0, 0.5, 5.0)
+
+
+def test_a_prompt_past_77_tokens_is_a_warning_kept_in_the_history(tmp_path, tiny_sdxl_dir, capsys):
+    prompt = " ".join(["a red circle on a blue background"] * 15 + ["and a green triangle"])
+    rc = main(
+        ["--data-dir", str(tmp_path / "home"), "generate", "--model", str(tiny_sdxl_dir), "--prompt", prompt]
+        + ["--steps", "1", "--out", str(tmp_path / "o.png"), "--json"]
+    )
+    assert rc == 0
+    captured = capsys.readouterr()
+    (warning,) = [line for line in captured.err.splitlines() if line.startswith("warning: ")]
+    assert "longer than the text encoders' context" in warning and "words are ignored" in warning
+    summary = json.loads(captured.out)
+    assert summary["warnings"] == [warning.removeprefix("warning: ")]
+    store = open_store(tmp_path / "home")
+    try:
+        assert store.get_run(summary["run_id"]).stats["warnings"] == summary["warnings"]
+    finally:
+        store.close()

@@ -493,3 +493,12 @@ def test_single_file_without_config_says_what_is_needed(single_file, tmp_path):
     shutil.copy(checkpoint, lonely)
     with pytest.raises(ModelError, match=r"lonely\.safetensors: a single-file checkpoint needs a config directory"):
         load_bundle(str(lonely))
+
+
+def test_dropped_text_names_what_the_encoders_never_see(bundle):
+    long_prompt = " ".join(["a red circle on a blue background"] * 15 + ["and a black square"])
+    short, long = bundle.dropped_text([PROMPT, long_prompt])
+    assert short == ""
+    assert long.endswith("and a black square") and " ".join(long_prompt.split()).endswith(long)
+    kept = len(bundle.tokenizer(long_prompt).input_ids[: bundle.tokenizer.model_max_length])
+    assert kept == 77  # what encode feeds the model: the first 77 tokens, the rest dropped

@@ -70,6 +70,10 @@ class GaussianBundle:
             torch.tensor([0.0 if z else self.text_mean(t) for t, z in zip(texts, zero, strict=True)])
         )
 
+    @staticmethod
+    def dropped_text(texts: list[str]) -> list[str]:
+        return ["" for _ in texts]
+
     def eps(self, x: torch.Tensor, sigma: float, t: float, cond: FakeConditioning) -> torch.Tensor:
         assert x.shape[0] == cond.batch and x.dtype == torch.float32
         self.calls.append((x.clone(), sigma, t, cond.means.clone()))

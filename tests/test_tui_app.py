@@ -89,6 +89,22 @@ async def test_markup_prompt_is_shown_literally(tmp_data_dir: Path, tiny_sdxl_di
         assert app.lab.query_one("#field-steps", RequestField).error == "steps must be a whole number, got '[b]x'"
 
 
+async def test_a_prompt_past_77_tokens_ends_with_a_warning_notification(
+    tmp_data_dir: Path, tiny_sdxl_dir: Path
+) -> None:
+    app = make_app(tmp_data_dir, tiny_sdxl_dir)
+    async with app.run_test(size=(160, 50)) as pilot:
+        app.lab.query_one("#prompt", Input).value = "[b]" + " ".join(["a red circle on a blue background"] * 15)
+        await set_small(app, steps=1)
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: app.ended, what="the run to end")
+        assert app.ended[0].status == "done", app.ended[0].error
+        await pilot.pause(0.1)
+        warnings = [n for n in notifications(app) if n.severity == "warning"]
+        assert len(warnings) == 1 and "'[b]a red circle" in warnings[0].message  # literal, not markup
+        assert not warnings[0].markup
+
+
 async def test_validation_uses_the_request_rules(tmp_data_dir: Path, tiny_sdxl_dir: Path) -> None:
     app = make_app(tmp_data_dir, tiny_sdxl_dir)
     async with app.run_test(size=(160, 50)) as pilot:

@@ -182,6 +182,25 @@ class ModelBundle:
         time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.dtype, device=self.device)
         return Conditioning(prompt_embeds, text_embeds, time_ids.repeat(len(texts), 1), texts)
 
+    def dropped_text(self, texts: list[str]) -> list[str]:
+        """For each text, what the text encoders never see: the words past their context (77 tokens for CLIP).
+
+        `encode` truncates as diffusers does; this says what was cut ("" when nothing was), so callers can warn
+        instead of dropping the end of a long prompt silently.
+        """
+        dropped = []
+        for text in texts:
+            cut = ""
+            for tokenizer in (self.tokenizer, self.tokenizer_2):
+                ids = tokenizer(str(text), truncation=False, verbose=False).input_ids
+                limit = tokenizer.model_max_length
+                if len(ids) > limit:
+                    # The last kept position holds end-of-text; the cut text is between it and the real end.
+                    cut = tokenizer.decode(ids[limit - 1 : -1], skip_special_tokens=True).strip()
+                    break
+            dropped.append(cut)
+        return dropped
+
     # ---- the model -----------------------------------------------------------------------------------
 
     @torch.inference_mode()

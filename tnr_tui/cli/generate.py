@@ -214,6 +214,7 @@ def summary(outcome: Any, store: Any) -> dict[str, Any]:
         "height": outcome.request.height,
         "seed": outcome.request.seed,
         "metrics": outcome.metrics,
+        "warnings": stats.get("warnings", []),
         "history": str(store.db_path),
     }
 
@@ -231,6 +232,8 @@ def run(args: argparse.Namespace) -> int:
         outcome = run_request(request, store, out=out, save_latent=save_latent, origin="cli")
         if outcome.status != "done":
             raise UserError(f"run {outcome.run_id} was {outcome.status}")
+        for warning in outcome.stats.get("warnings", []):
+            print(f"warning: {warning}", file=sys.stderr)
         if args.json:
             print(json.dumps(summary(outcome, store), indent=2))
         else:

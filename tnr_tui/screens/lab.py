@@ -426,6 +426,8 @@ class LabScreen(Screen):
         self.last_result = {"status": message.status, "stats": message.stats, "metrics": message.metrics}
         text = format_result(message.status, message.stats, message.metrics, message.error)
         self.query_one("#result-text", Static).update(text)
+        for warning in message.stats.get("warnings", []):
+            self.notify(warning, severity="warning", markup=False, timeout=10)
         self.query_one("#progress-text", Static).update(message.status)
         if message.image is not None:
             seed = message.request.seed
