@@ -55,6 +55,7 @@ class TnrLabApp(App[int]):
         run_fn: Callable[..., Any] | None = None,
         store_fn: Callable[[Path | None], Any] | None = None,
         autoload: bool = True,
+        threads: int | None = None,
     ) -> None:
         self.image_protocol = prepare_images(image_protocol)  # before run(): it may query the terminal
         super().__init__()
@@ -71,7 +72,12 @@ class TnrLabApp(App[int]):
         self._store_fn = store_fn
         self._store: Any = None
         self.worker = DeviceWorker(
-            self.post_message, data_dir=self.data_dir, load_fn=load_fn, run_fn=run_fn, store_fn=store_fn
+            self.post_message,
+            data_dir=self.data_dir,
+            load_fn=load_fn,
+            run_fn=run_fn,
+            store_fn=store_fn,
+            threads=threads,
         )
         self.job_owner: dict[int, str] = {}
         self.first_frame_at: float | None = None
@@ -232,11 +238,22 @@ class TnrLabApp(App[int]):
 
 
 def run_app(args: Any) -> int:
-    """Entry point from the CLI: args has data_dir, image_protocol, model."""
+    """Entry point from the CLI: args has data_dir, image_protocol, model, threads."""
+    from tnr_tui.cli import UserError
+    from tnr_tui.threads import choose_cpu_threads
+
     protocol = getattr(args, "image_protocol", None) or os.environ.get(ENV_PROTOCOL, "auto")
     data_dir = getattr(args, "data_dir", None)
+    threads = getattr(args, "threads", None)
+    try:
+        choose_cpu_threads(threads)  # a bad --threads or $TNR_LAB_THREADS stops here, not in the worker
+    except ValueError as e:
+        raise UserError(str(e)) from None
     app = TnrLabApp(
-        data_dir=Path(data_dir) if data_dir else None, model=getattr(args, "model", None), image_protocol=protocol
+        data_dir=Path(data_dir) if data_dir else None,
+        model=getattr(args, "model", None),
+        image_protocol=protocol,
+        threads=threads,
     )
     result = app.run()
     return int(result or 0)

@@ -7,6 +7,7 @@ fast sampler cannot flood the event loop. Heavy libraries (torch, diffusers) loa
 
 from __future__ import annotations
 
+import functools
 import itertools
 import queue
 import threading
@@ -109,9 +110,11 @@ LoadFn = Callable[[str, str, str], Any]
 RunFn = Callable[..., Any]
 
 
-def _default_load(ref: str, device: str = "auto", dtype: str = "auto") -> Any:
+def _default_load(ref: str, device: str = "auto", dtype: str = "auto", threads: int | None = None) -> Any:
     from engine.models import load_bundle
+    from tnr_tui.threads import apply_cpu_threads
 
+    apply_cpu_threads(threads)  # here, not at start-up: torch loads after the first frame
     return load_bundle(ref, device=device, dtype=dtype)
 
 
@@ -147,10 +150,11 @@ class DeviceWorker:
         load_fn: LoadFn | None = None,
         run_fn: RunFn | None = None,
         store_fn: Callable[[Path | None], Any] | None = None,
+        threads: int | None = None,
     ) -> None:
         self._post = post
         self._data_dir = data_dir
-        self._load = load_fn or _default_load
+        self._load = load_fn or functools.partial(_default_load, threads=threads)
         self._run = run_fn or _default_run
         self._open_store = store_fn or _default_store
         self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()

@@ -17,6 +17,12 @@ from collections.abc import Sequence
 SUBCOMMANDS = ("generate", "history", "sweep", "study")
 
 
+THREADS_HELP = (
+    "torch CPU threads for the lab and generate (default: 1 on machines with 2 cores or fewer, where two threads "
+    "ran 3-5x slower next to one busy process; else torch's default; 0 = torch's default; env TNR_LAB_THREADS)"
+)
+
+
 class UserError(Exception):
     """An error caused by the user's input or environment; printed without traceback."""
 
@@ -38,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how the TUI draws images (env: TNR_LAB_IMAGE_PROTOCOL)",
     )
     parser.add_argument("--model", default=None, help="model for the TUI (default: the embedded model)")
+    parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         try:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from tnr_tui.cli import UserError
+from tnr_tui.cli import THREADS_HELP, UserError
 
 # CLI flag -> request field, parsed by engine.request.parse_field (one message format for CLI and TUI).
 FIELD_FLAGS = {
@@ -68,6 +68,7 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", help="auto (default), float32, float16, bfloat16")
+    p.add_argument("--threads", type=int, default=argparse.SUPPRESS, help=THREADS_HELP)
     p.add_argument("--out", required=True, help="the PNG to write")
     p.add_argument("--save-latent", dest="save_latent", help="also write the final latent (.safetensors, key 'latent')")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
@@ -226,7 +227,12 @@ def run(args: argparse.Namespace) -> int:
     check_paths(out, save_latent)
 
     from tnr_tui.cli.history import open_history
+    from tnr_tui.threads import apply_cpu_threads
 
+    try:
+        apply_cpu_threads(getattr(args, "threads", None))
+    except ValueError as e:
+        raise UserError(str(e)) from None
     store = open_history(args)
     try:
         outcome = run_request(request, store, out=out, save_latent=save_latent, origin="cli")
