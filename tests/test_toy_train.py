@@ -173,3 +173,15 @@ def test_resuming_trains_the_unet_more_and_keeps_the_autoencoder(tiny_trained: P
     assert any(not torch.equal(unet_before[k], unet_after[k]) for k in unet_before)
     assert vae_file.read_bytes() == vae_before
     assert json.loads((model / "training.json").read_text())["resumed_unet_steps"] == 2
+
+
+def test_minutes_derive_the_step_counts_not_given_and_print_them(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "budget"
+    argv = ["--out", str(out), "--seed", "1", "--size", "tiny", "--images", "16", "--minutes", "0.01"]
+    assert toy_train.main([*argv, "--unet-steps", "3"]) == 0
+    summary = json.loads((out / "training.json").read_text())
+    # each budgeted stage measures its first 20 steps and takes at least 40; the given count stands
+    assert summary["vae_steps"] >= 40 and summary["decoder_steps"] >= 40 and summary["unet_steps"] == 3
+    err = capsys.readouterr().err
+    assert f"rerun with --vae-steps {summary['vae_steps']} to reproduce" in err
+    assert f"rerun with --decoder-steps {summary['decoder_steps']} to reproduce" in err

@@ -209,6 +209,16 @@ def steps_for_budget(measured_seconds: float, measured_steps: int, seconds: floa
     return max(minimum, int(seconds / max(1e-6, measured_seconds / measured_steps)))
 
 
+def budgeted_steps(stage: str, first_20_seconds: float, seconds: float, bar) -> int:
+    """The step count of a stage run by time budget, from the speed of its first 20 steps (printed, so that
+    passing it back reproduces the run)."""
+    total = steps_for_budget(first_20_seconds, 20, seconds, 40)
+    flag = {"vae": "--vae-steps", "decoder": "--decoder-steps", "unet": "--unet-steps"}[stage]
+    log(f"{stage}: {total} steps fit the budget (rerun with {flag} {total} to reproduce)")
+    bar.total = total
+    return total
+
+
 def to_unit(images_uint8: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
@@ -240,9 +250,7 @@ def train_vae(vae, images: np.ndarray, steps: int | None, seconds: float, batch:
     step, start = 0, time.time()
     while step < total:
         if steps is None and step == 20:
-            total = steps_for_budget(time.time() - start, 20, seconds, 40)
-            log(f"vae: {total} steps fit the budget (rerun with --vae-steps {total} to reproduce)")
-            bar.total = total
+            total = budgeted_steps("vae", time.time() - start, seconds, bar)
         for group in optimizer.param_groups:
             group["lr"] = 2e-3 * warmup_cosine(step, total, warmup, floor=0.05)
         index = torch.randint(0, count, (batch,), generator=gen)
@@ -289,9 +297,7 @@ def polish_decoder(
     step, start = 0, time.time()
     while step < total:
         if steps is None and step == 20:
-            total = steps_for_budget(time.time() - start, 20, seconds, 40)
-            log(f"decoder: {total} steps fit the budget (rerun with --decoder-steps {total} to reproduce)")
-            bar.total = total
+            total = budgeted_steps("decoder", time.time() - start, seconds, bar)
         for group in optimizer.param_groups:
             group["lr"] = 1e-3 * warmup_cosine(step, total, 20, floor=0.05)
         index = torch.randint(0, len(images), (batch,), generator=gen)
@@ -463,9 +469,7 @@ def train_denoiser(
             snapshot(ema.shadows, step)
             last_snapshot = time.time()
         if steps is None and step == 20:
-            total = steps_for_budget(time.time() - start, 20, seconds, 40)
-            log(f"unet: {total} steps fit the budget (rerun with --unet-steps {total} to reproduce)")
-            bar.total = total
+            total = budgeted_steps("unet", time.time() - start, seconds, bar)
         for group in optimizer.param_groups:
             group["lr"] = base_lr * warmup_cosine(step, total, warmup)
         index = torch.randint(0, count, (batch,), generator=gen)
