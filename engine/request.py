@@ -29,6 +29,9 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 DTYPES: tuple[str, ...] = ("auto", "float32", "float16", "bfloat16")
 
 MAX_SEED = 2**63 - 1
+# Bounds that keep every value storable (SQLite integers are 64-bit) and every run finite; far above use.
+MAX_STEPS = 10_000  # also the bound of preview_every / decode_every
+MAX_SIZE = 16_384  # pixels per side (SDXL's native size is 1024)
 
 
 class RequestError(ValueError):
@@ -195,12 +198,14 @@ def _size(name: str, value: Any) -> str | None:
         return None
     if not _is_int(value) or value <= 0 or value % 8:
         return f"{name} must be a positive multiple of 8, got {value!r}"
+    if value > MAX_SIZE:
+        return f"{name} must be at most {MAX_SIZE}, got {value!r}"
     return None
 
 
-def _count(name: str, value: Any, minimum: int) -> str | None:
-    if not _is_int(value) or value < minimum:
-        return f"{name} must be a whole number of at least {minimum}, got {value!r}"
+def _count(name: str, value: Any, minimum: int, maximum: int = MAX_STEPS) -> str | None:
+    if not _is_int(value) or not minimum <= value <= maximum:
+        return f"{name} must be a whole number in {minimum}..{maximum}, got {value!r}"
     return None
 
 

@@ -83,7 +83,7 @@ def test_weighted_prompts_build_the_n_prompt_form(tmp_path, tiny_sdxl_dir, capsy
 
 
 BAD_INPUTS = [
-    (["--prompt", "x", "--steps", "0"], "steps must be a whole number of at least 1"),
+    (["--prompt", "x", "--steps", "0"], "steps must be a whole number in 1..10000"),
     (["--prompt", "x", "--steps", "many"], "steps must be a whole number"),
     (["--prompt", "x", "--solver", "dpm"], "unknown solver 'dpm'; choose one of: euler, heun, midpoint, rk4"),
     (["--prompt", "x", "--guidance", "pag"], "unknown guidance method 'pag'"),
