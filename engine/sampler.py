@@ -84,13 +84,41 @@ def resolve_request(bundle: Any, request: GenerationRequest) -> GenerationReques
     return request
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch's CUDA/MPS out-of-memory errors and the CPU allocator's refusal (a RuntimeError)."""
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
 def sample(
     bundle: Any,
     request: GenerationRequest,
     on_step: Callable[[StepEvent], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Result:
-    """Run one request on a loaded model bundle; see the module docstring and docs/CONTRACTS.md."""
+    """Run one request on a loaded model bundle; see the module docstring and docs/CONTRACTS.md.
+
+    Running out of memory is a SamplingError that says so (not the allocator's text).
+    """
+    try:
+        return _sample(bundle, request, on_step, should_stop)
+    except (RuntimeError, MemoryError) as e:
+        if isinstance(e, SamplingError) or not is_out_of_memory(e):
+            raise
+        size = f"{request.width or bundle.default_size[1]}x{request.height or bundle.default_size[0]}"
+        raise SamplingError(
+            f"out of memory on {bundle.device} at {size}: try a smaller size, float16, or another device"
+        ) from None
+
+
+def _sample(
+    bundle: Any,
+    request: GenerationRequest,
+    on_step: Callable[[StepEvent], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> Result:
     started = time.perf_counter()
     request = resolve_request(bundle, request)
     schedule = bundle.schedule

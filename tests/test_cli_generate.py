@@ -67,7 +67,10 @@ def test_generate_writes_png_latent_json_and_lands_in_the_history(tmp_path, tiny
     assert run.status == "done" and run.origin == "cli"
     assert (run.solver, run.guidance, run.scale, run.steps, run.seed) == ("heun", "tnr-cfg", 3.0, 2, 11)
     assert run.request["tnr_power"] == 0.5
-    assert {o.kind: store.resolve(o.path) for o in run.outputs} == {"image": out, "latent": latent}
+    # the history keeps its own files; --out and --save-latent hold the same bytes
+    stored = {o.kind: store.resolve(o.path) for o in run.outputs}
+    assert set(stored) == {"image", "latent"} and all(p.parent.parent == store.outputs_dir for p in stored.values())
+    assert stored["image"].read_bytes() == out.read_bytes() and stored["latent"].read_bytes() == latent.read_bytes()
 
 
 def test_weighted_prompts_build_the_n_prompt_form(tmp_path, tiny_sdxl_dir, capsys):
@@ -210,3 +213,11 @@ def test_a_prompt_past_77_tokens_is_a_warning_kept_in_the_history(tmp_path, tiny
         assert store.get_run(summary["run_id"]).stats["warnings"] == summary["warnings"]
     finally:
         store.close()
+
+
+def test_a_directory_as_save_latent_is_refused_before_sampling(tmp_path, tiny_sdxl_dir, capsys):
+    (tmp_path / "d.safetensors").mkdir()
+    argv = ["--data-dir", str(tmp_path / "home"), "generate", "--model", str(tiny_sdxl_dir), "--prompt", "x"]
+    assert main([*argv, "--out", str(tmp_path / "o.png"), "--save-latent", str(tmp_path / "d.safetensors")]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert not (tmp_path / "home").exists() or not list((tmp_path / "home").rglob("*.png"))

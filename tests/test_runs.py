@@ -59,14 +59,17 @@ def test_execute_records_a_done_run_pointing_at_complete_files(tmp_path, bundle,
     image_path = store.resolve(image.path)
     assert image_path.parent.parent == store.outputs_dir and image_path.name == f"{run.id}.png"
     assert image.sha256 == sha256_file(image_path) and image.size == image_path.stat().st_size
-    assert latent.sha256 == sha256_file(latent_path)
+    assert latent.sha256 == sha256_file(latent_path) == sha256_file(store.resolve(latent.path))
+    assert store.resolve(latent.path).parent.parent == store.outputs_dir  # the history's own copy
     saved = load_file(str(latent_path))
     assert list(saved) == ["latent"] and torch.equal(saved["latent"], outcome.result.latent)
     with Image.open(image_path) as im:
         assert im.size == (64, 64)
         assert json.loads(im.text["tnr-lab"])["request"] == run.request
         assert im.text["parameters"].startswith("a red circle\nNegative prompt: blue\nSteps: 3, Sampler: Euler")
-    assert [p.name for p in image_path.parent.iterdir()] == [image_path.name]  # no temporary files
+    # no temporary files, here or beside the user's latent
+    assert sorted(p.name for p in image_path.parent.iterdir()) == [f"{run.id}.png", f"{run.id}.safetensors"]
+    assert [p.name for p in latent_path.parent.iterdir() if p.name.startswith(".")] == []
 
 
 def test_should_stop_records_a_cancelled_run_without_files(tmp_path, bundle, tiny_sdxl_dir):
@@ -126,7 +129,31 @@ def test_a_queued_run_is_started_in_place(tmp_path, bundle, tiny_sdxl_dir):
     outcome = execute(request, store, bundle=bundle, run_id=queued, out=tmp_path / "q.png")
     assert outcome.run_id == queued and store.count_runs() == 1
     run = store.get_run(queued)
-    assert run.status == "done" and run.origin == "tui" and run.output("image").path == str(tmp_path / "q.png")
+    assert run.status == "done" and run.origin == "tui"
+    assert sha256_file(store.resolve(run.output("image").path)) == sha256_file(tmp_path / "q.png")
+
+
+def test_overwriting_an_out_path_later_loses_nothing_the_history_recorded(tmp_path, bundle, tiny_sdxl_dir):
+    store = open_store(tmp_path / "home")
+    out = tmp_path / "same.png"
+    first = execute(tiny_request(tiny_sdxl_dir, steps=1, seed=1), store, bundle=bundle, out=out)
+    first_bytes = out.read_bytes()
+    second = execute(tiny_request(tiny_sdxl_dir, steps=1, seed=2), store, bundle=bundle, out=out)
+    assert out.read_bytes() != first_bytes  # the user's file is the latest run's
+    for outcome in (first, second):
+        image = store.get_run(outcome.run_id).output("image")
+        assert sha256_file(store.resolve(image.path)) == image.sha256  # each run keeps its own picture
+    assert store.resolve(store.get_run(first.run_id).output("image").path).read_bytes() == first_bytes
+
+
+def test_an_unwritable_latent_path_is_an_os_error_naming_it(tmp_path, bundle, tiny_sdxl_dir):
+    store = open_store(tmp_path / "home")
+    target = tmp_path / "blocked" / "l.safetensors"
+    (tmp_path / "blocked").write_text("a file where a directory should be")
+    with pytest.raises(OSError) as caught:
+        execute(tiny_request(tiny_sdxl_dir, steps=1), store, bundle=bundle, save_latent=target)
+    assert caught.value.filename is not None and ".tmp" not in str(caught.value.filename)
+    assert store.list_runs()[0].status == "failed"
 
 
 def test_runs_of_the_embedded_model_store_the_checkers_verdicts(tmp_path, tiny_sdxl_dir, monkeypatch):

@@ -249,6 +249,20 @@ def test_non_finite_latent_names_the_step() -> None:
         sample(bundle, request(solver="heun"))
 
 
+def test_running_out_of_memory_is_a_sampling_error_that_says_so(monkeypatch) -> None:
+    bundle = GaussianBundle()
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: 1600 GB")
+
+    monkeypatch.setattr(bundle, "eps", refuse)
+    with pytest.raises(SamplingError, match=r"^out of memory on cpu at 16x16: try a smaller size"):
+        sample(bundle, request(width=16, height=16))
+    monkeypatch.setattr(bundle, "eps", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors pass through unchanged
+        sample(bundle, request())
+
+
 def test_events_previews_and_decodes() -> None:
     bundle = GaussianBundle()
     events: list[StepEvent] = []

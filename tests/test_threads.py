@@ -32,6 +32,8 @@ def test_bad_thread_counts_are_refused_with_a_message() -> None:
         threads.choose_cpu_threads(-1, {})
     with pytest.raises(ValueError, match="TNR_LAB_THREADS must be a whole number"):
         threads.choose_cpu_threads(None, {"TNR_LAB_THREADS": "many"})
+    with pytest.raises(ValueError, match=r"threads must be at most \d+ on this machine"):
+        threads.choose_cpu_threads(100_000, {})
 
 
 def test_generate_threads_flag_sets_torch_and_bad_values_are_one_line(tmp_path, tiny_sdxl_dir, capsys) -> None:

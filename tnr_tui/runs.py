@@ -10,8 +10,10 @@ it at the files. A crash at any point leaves a run that the next `open_store` ma
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,10 +78,43 @@ def save_latent_file(latent: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        save_file({"latent": latent.detach().to("cpu").contiguous()}, str(tmp))
+        try:
+            save_file({"latent": latent.detach().to("cpu").contiguous()}, str(tmp))
+        except OSError:
+            raise
+        except Exception as e:  # safetensors reports I/O failures as its own SafetensorError
+            raise OSError(
+                errno.EIO, str(e).strip().splitlines()[0] if str(e).strip() else "I/O error", str(path)
+            ) from e
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def place_copy(source: Path, destination: Path) -> None:
+    """Put `source`'s content at `destination` (atomically): a hard link where the filesystem allows, else a copy.
+
+    The history keeps its own file of every output; `--out` paths are the user's copies, so overwriting one
+    later never changes what the history recorded (our writers replace files by renaming, which leaves the
+    history's link alone).
+    """
+    destination = Path(destination)
+    tmp = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, destination)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(destination)) from e  # name the user's path, not the temp
+    finally:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def _metrics(image: Any, prompt: str, model: str, bundle: Any) -> dict[str, float]:
@@ -112,8 +147,9 @@ def execute(
     """Sample `request` (a GenerationRequest) and record it in `store`.
 
     - `bundle`: a loaded ModelBundle to use; None loads `request.model` on `request.device`/`request.dtype`.
-    - `out`: where the PNG goes; None puts it under `<data dir>/outputs/<date>/<run id>.png`.
-    - `save_latent`: also write the final latent (safetensors, key `latent`).
+    - The PNG always goes to `<data dir>/outputs/<date>/<run id>.png` (the history's own file); `out` also
+      puts it there (a hard link or a copy), so overwriting `out` later loses nothing the history recorded.
+    - `save_latent`: also write the final latent (safetensors, key `latent`), kept the same way.
     - `origin`: who ran it (`cli`, `tui`, `sweep`, `rerun`); `parent_id`: the run this one re-runs.
     - `run_id`: start a run already recorded as `queued` (the TUI's queue) instead of creating one.
     - `on_model_loaded(bundle)`: called once the model is loaded, before sampling (progress displays).
@@ -154,15 +190,22 @@ def execute(
         resolved_dict = resolved.to_dict()
         from tnr_tui.history.png import png_info, write_png
 
-        image_path = Path(out) if out is not None else store.new_output_path(run_id, ".png")
+        # The history's own files under its data dir; `out` / `save_latent` get the user's copies.
+        stored_image = store.new_output_path(run_id, ".png")
         info = png_info(resolved_dict, model_name=bundle.name, model_hash=bundle.identity, run_id=run_id)
-        write_png(result.image, image_path, info)
-        outputs = [OutputFile.of("image", image_path)]
+        write_png(result.image, stored_image, info)
+        outputs = [OutputFile.of("image", stored_image)]
+        image_path = stored_image
+        if out is not None:
+            image_path = Path(out)
+            place_copy(stored_image, image_path)
         latent_path = None
         if save_latent is not None:
+            stored_latent = store.new_output_path(run_id, ".safetensors")
+            save_latent_file(result.latent, stored_latent)
+            outputs.append(OutputFile.of("latent", stored_latent))
             latent_path = Path(save_latent)
-            save_latent_file(result.latent, latent_path)
-            outputs.append(OutputFile.of("latent", latent_path))
+            place_copy(stored_latent, latent_path)
         metrics = _metrics(result.image, resolved.prompt, resolved.model, bundle)
         store.finish_run(run_id, "done", stats=result.stats, metrics=metrics, outputs=outputs, request=resolved_dict)
     except BaseException as e:

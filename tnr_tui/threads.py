@@ -36,6 +36,11 @@ def choose_cpu_threads(requested: int | None = None, environ: dict[str, str] | N
     if requested is not None:
         if requested < 0:
             raise ValueError(f"threads must be 0 (torch's default) or more, got {requested}")
+        limit = max(8, 4 * usable_cores())  # OpenMP crashed outright at 100 000 threads
+        if requested > limit:
+            raise ValueError(
+                f"threads must be at most {limit} on this machine ({usable_cores()} cores), got {requested}"
+            )
         return requested or None
     if env.get("OMP_NUM_THREADS", "").strip():
         return None

@@ -196,7 +196,7 @@ class ModelBundle:
                 limit = tokenizer.model_max_length
                 if len(ids) > limit:
                     # The last kept position holds end-of-text; the cut text is between it and the real end.
-                    cut = tokenizer.decode(ids[limit - 1 : -1], skip_special_tokens=True).strip()
+                    cut = tokenizer.decode(ids[limit - 1 : -1], skip_special_tokens=True).strip(" \ufffd")
                     break
             dropped.append(cut)
         return dropped

@@ -117,6 +117,8 @@ def check_paths(out: Path, save_latent: Path | None) -> None:
         raise UserError(f"--out {out} is a directory")
     if save_latent is not None and save_latent.suffix.lower() != ".safetensors":
         raise UserError(f"--save-latent must name a .safetensors file, got {str(save_latent)!r}")
+    if save_latent is not None and save_latent.is_dir():
+        raise UserError(f"--save-latent {save_latent} is a directory")
     for path in (out, save_latent):
         if path is None:
             continue
