@@ -195,3 +195,12 @@ def test_study_cli_rejects_bad_budgets(tmp_path: Path, capsys: pytest.CaptureFix
 
     assert main(["study", "--budgets", "0,x", "--out", str(tmp_path)]) == 2
     assert "budgets" in capsys.readouterr().err
+
+
+def test_study_refuses_a_file_as_out_before_loading_a_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tnr_tui.cli import main
+
+    blocker = tmp_path / "taken"
+    blocker.write_text("x")
+    assert main(["study", "--model", str(tmp_path / "no-model"), "--out", str(blocker)]) == 2
+    assert f"--out {blocker} exists and is not a directory" in capsys.readouterr().err

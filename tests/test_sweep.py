@@ -291,3 +291,20 @@ def test_resume_on_new_weights_runs_the_cells_again(tiny_sdxl_dir, tmp_path, cap
     # and without --resume the new weights get a sweep id of their own
     assert main(sweep_argv(home, retrained, out, "1")) == 0
     assert sweep_id not in capsys.readouterr().out
+
+
+def test_a_file_as_out_and_a_corrupt_history_are_one_line_errors(tiny_sdxl_dir, tmp_path, capsys) -> None:
+    from tnr_tui.cli import main
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    assert main(sweep_argv(tmp_path / "home", tiny_sdxl_dir, blocker)) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+    bad_home = tmp_path / "bad-home"
+    bad_home.mkdir()
+    (bad_home / "history.sqlite").write_bytes(b"this is not a database" * 100)
+    assert main(sweep_argv(bad_home, tiny_sdxl_dir, tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tnr-lab: error: ") and "Traceback" not in err
+    assert main(sweep_argv(tmp_path / "home", tiny_sdxl_dir, tmp_path / "o2", "1", "--steps", "0")) == 2
+    assert "steps must be a whole number in 1..10000" in capsys.readouterr().err

@@ -47,6 +47,19 @@ def set_cpu_threads(bundle: object, threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def prepare_out_dir(out: str) -> Path:
+    """The --out folder of a sweep or study, created now: a file in its place or no permission is a user error
+    before any model loads."""
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --out {path}: {e.strerror or e}") from None
+    return path
+
+
 def add_device_options(p: argparse.ArgumentParser) -> None:
     """--device, --threads, --dtype and --clip-model, shared by `study` and `sweep`."""
     p.add_argument("--device", default="auto")
@@ -138,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.models import ModelError, load_bundle
     from tnr_tui.study import run_study
 
+    out = prepare_out_dir(args.out)
     try:
         bundle = load_bundle(cfg.model, device=args.device, dtype=args.dtype)
     except ModelError as e:
@@ -147,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = run_study(
             cfg,
-            Path(args.out),
+            out,
             bundle=bundle,
             keep_images=args.keep_images,
             clip_model=clip_model,

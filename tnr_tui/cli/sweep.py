@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from tnr_tui.cli import UserError
-from tnr_tui.cli.study import add_device_options, set_cpu_threads
+from tnr_tui.cli.study import add_device_options, prepare_out_dir, set_cpu_threads
 
 DEFAULT_METHODS = "none,tnr,cfg,cfg++,tnr-cfg"
 
@@ -58,7 +58,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def build_spec(args: argparse.Namespace):  # -> SweepSpec (kept lazy-typed: importing sweep is cheap anyway)
-    from engine.request import GUIDANCE_METHODS, SCHEDULES, SOLVERS
+    from engine.request import GUIDANCE_METHODS, SCHEDULES, SOLVERS, validate_field
     from tnr_tui.sweep import SweepError, SweepSpec, parse_list, parse_scales, parse_seeds
 
     out = Path(args.out)
@@ -78,10 +78,10 @@ def build_spec(args: argparse.Namespace):  # -> SweepSpec (kept lazy-typed: impo
         return spec
     if args.schedule not in SCHEDULES:
         raise UserError(f"unknown schedule {args.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
-    for name in ("width", "height"):
-        v = getattr(args, name)
-        if v is not None and (v <= 0 or v % 8):
-            raise UserError(f"{name} must be a positive multiple of 8, got {v}")
+    for name in ("width", "height", "steps"):
+        message = validate_field(name, getattr(args, name)) if getattr(args, name) is not None else None
+        if message:
+            raise UserError(message)
     try:
         return SweepSpec(
             prompts=tuple(args.prompt),
@@ -111,10 +111,11 @@ def run(args: argparse.Namespace) -> int:
     spec = build_spec(args)
 
     from engine.models import ModelError, load_bundle
-    from tnr_tui.history import open_store
+    from tnr_tui.cli.history import open_history
     from tnr_tui.sweep import SweepError, run_sweep
 
-    store = open_store(Path(args.data_dir) if args.data_dir else None)
+    out = prepare_out_dir(args.out)
+    store = open_history(args)
     try:
         bundle = load_bundle(spec.model, device=args.device, dtype=args.dtype)
     except ModelError as e:
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = run_sweep(
             spec,
-            Path(args.out),
+            out,
             store,
             sweep_id=args.resume,
             bundle=bundle,
