@@ -105,6 +105,32 @@ async def test_a_prompt_past_77_tokens_ends_with_a_warning_notification(
         assert not warnings[0].markup
 
 
+@pytest.mark.parametrize("damage", ["corrupt", "file"])
+async def test_an_unopenable_history_is_a_notification_not_a_crash(tmp_path: Path, tiny_sdxl_dir: Path, damage) -> None:
+    if damage == "corrupt":
+        data_dir = tmp_path / "home"
+        data_dir.mkdir()
+        (data_dir / "history.sqlite").write_bytes(b"not a database at all " * 200)
+    else:
+        data_dir = tmp_path / "a-file"
+        data_dir.write_text("the data dir is a file")
+    app = make_app(data_dir, tiny_sdxl_dir)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.press(*"a red circle")
+        await pilot.press("ctrl+r")
+        await pilot.pause(0.2)
+        errors = [n for n in notifications(app) if n.severity == "error"]
+        assert errors and errors[-1].title == "Not run" and "history cannot be opened" in errors[-1].message
+        assert app.worker.pending == 0 and not app.ended  # nothing runs unrecorded
+        await pilot.press("f3")
+        await pilot.pause(0.2)
+        assert [n for n in notifications(app) if n.title == "History"]
+        await pilot.press("f2")
+        await pilot.pause(0.1)
+        assert app.lab.query_one("#prompt", Input).value == "a red circle"  # the typed prompt is kept
+    assert app.return_code in (0, None)
+
+
 async def test_validation_uses_the_request_rules(tmp_data_dir: Path, tiny_sdxl_dir: Path) -> None:
     app = make_app(tmp_data_dir, tiny_sdxl_dir)
     async with app.run_test(size=(160, 50)) as pilot:

@@ -28,6 +28,10 @@ from tnr_tui.worker import DeviceWorker, ModelState, RunEnded, RunPreview, RunPr
 KEYMAP_FILE = "keymap.json"  # {"binding id": "keys"}, e.g. {"lab.run": "ctrl+g"}, in the data directory
 
 
+class HistoryUnavailable(Exception):
+    """The history could not be opened; the message says why."""
+
+
 class TnrLabApp(App[int]):
     """The lab: Lab, History and Compare screens over one device worker."""
 
@@ -131,14 +135,23 @@ class TnrLabApp(App[int]):
 
     @property
     def store(self) -> Any:
-        """The UI thread's handle on the history (the worker has its own)."""
-        if self._store is None:
-            if self._store_fn is not None:
-                self._store = self._store_fn(self.data_dir)
-            else:
-                from tnr_tui.history import open_store
+        """The UI thread's handle on the history (the worker has its own).
 
-                self._store = open_store(self.data_dir)
+        A history that cannot be opened (corrupt, newer, a file where the data dir should be ...) raises
+        HistoryUnavailable with the reason; callers turn it into a notification, never a crash.
+        """
+        if self._store is None:
+            try:
+                if self._store_fn is not None:
+                    self._store = self._store_fn(self.data_dir)
+                else:
+                    from tnr_tui.history import open_store
+
+                    self._store = open_store(self.data_dir)
+            except Exception as exc:  # HistoryError, OSError, SQLAlchemy's errors: the message is what matters
+                from tnr_tui.worker import describe_error
+
+                raise HistoryUnavailable(f"the history cannot be opened: {describe_error(exc)}") from exc
         return self._store
 
     async def action_quit(self) -> None:
@@ -155,10 +168,22 @@ class TnrLabApp(App[int]):
     def lab(self) -> LabScreen:
         return self.lab_screen
 
-    def submit(self, request: GenerationRequest, owner: str = "lab", parent_id: str | None = None) -> int:
-        """Queue a run: its history row is written now (`queued`), so it shows in the History at once."""
+    def submit(self, request: GenerationRequest, owner: str = "lab", parent_id: str | None = None) -> int | None:
+        """Queue a run: its history row is written now (`queued`), so it shows in the History at once.
+
+        None (and an error notification) when the history cannot record it: nothing runs unrecorded.
+        """
         origin = "rerun" if parent_id else "tui"
-        run_id = self.store.create_run(request, status="queued", origin=origin, parent_id=parent_id)
+        try:
+            run_id = self.store.create_run(request, status="queued", origin=origin, parent_id=parent_id)
+        except Exception as exc:
+            from tnr_tui.worker import describe_error
+
+            message = (
+                str(exc) if isinstance(exc, HistoryUnavailable) else f"cannot record the run: {describe_error(exc)}"
+            )
+            self.notify(message, title="Not run", severity="error", markup=False, timeout=10)
+            return None
         job_id = self.worker.submit(request, run_id=run_id, origin=origin, parent_id=parent_id)
         self.job_owner[job_id] = owner
         return job_id

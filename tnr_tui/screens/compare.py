@@ -148,9 +148,12 @@ class CompareScreen(Screen):
         tiles = []
         for row in rows:
             for cell in row:
+                job_id = app.submit(cell.request, owner="compare")
+                if job_id is None:  # the history refused it; the app has said why
+                    return
                 tile = Picture(f"{cell.label}\nqueued", classes="compare-tile")
                 tiles.append(tile)
-                self.cells[app.submit(cell.request, owner="compare")] = tile
+                self.cells[job_id] = tile
                 tile.label = cell.label  # type: ignore[attr-defined]
         box.mount(grid)
         grid.mount_all(tiles)

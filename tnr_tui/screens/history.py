@@ -178,7 +178,15 @@ class HistoryScreen(Screen):
         if self._exhausted:
             return 0
         app: Any = self.app
-        runs = app.store.list_runs(self.filters(), after=self._last_id, limit=PAGE_SIZE)
+        try:
+            runs = app.store.list_runs(self.filters(), after=self._last_id, limit=PAGE_SIZE)
+        except Exception as exc:  # HistoryUnavailable or a database error: say so, show what is loaded
+            from tnr_tui.worker import describe_error
+
+            self._exhausted = True
+            self.notify(str(exc) if type(exc).__name__ == "HistoryUnavailable" else describe_error(exc),
+                        title="History", severity="error", markup=False, timeout=10)  # fmt: skip
+            return 0
         table = self.query_one("#runs", DataTable)
         for run in runs:
             self._runs[run.id] = run
@@ -296,8 +304,8 @@ class HistoryScreen(Screen):
         if request is None:
             return
         app: Any = self.app
-        app.submit(request, owner="history", parent_id=run.id)
-        self.notify(f"re-running {run.id[-8:]}", markup=False)
+        if app.submit(request, owner="history", parent_id=run.id) is not None:
+            self.notify(f"re-running {run.id[-8:]}", markup=False)
 
     def action_load(self) -> None:
         run = self.selected_run()

@@ -377,7 +377,10 @@ class LabScreen(Screen):
         except RequestError as exc:
             self.notify(str(exc), title="Cannot run", severity="error", markup=False)
             return
-        self.job_ids.add(app.submit(request, owner="lab"))
+        job_id = app.submit(request, owner="lab")
+        if job_id is None:
+            return
+        self.job_ids.add(job_id)
         self.query_one("#progress-text", Static).update("queued")
 
     def action_cancel(self) -> None:
