@@ -311,8 +311,36 @@ def test_broken_config_is_named(tiny_sdxl_dir, tmp_path):
 def test_hub_id_offline_without_cache_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(ModelError, match=r"someone/some-model: cannot get the model from the hub \(HF_HUB_OFFLINE"):
+    with pytest.raises(ModelError, match=r"someone/some-model: no such local .* from the hub \(HF_HUB_OFFLINE"):
         load_bundle("someone/some-model")
+
+
+def test_an_unreachable_hub_fails_at_once_with_a_clear_error(monkeypatch, tmp_path):
+    import time
+
+    from engine.models import loading
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=2.0: False)
+    started = time.perf_counter()
+    with pytest.raises(ModelError, match=r"models/sdxl: .*\(the hub cannot be reached from here"):
+        load_bundle("models/sdxl")  # a mistyped relative path looks like a hub id
+    assert time.perf_counter() - started < 5  # no network retries
+
+
+def test_hub_reachable_answers_false_for_a_closed_port(monkeypatch):
+    import socket
+
+    from engine.models.loading import hub_reachable
+
+    with socket.socket() as server:  # a port that is bound but not listening refuses connections
+        server.bind(("127.0.0.1", 0))
+        port = server.getsockname()[1]
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        assert hub_reachable(timeout=1.0) is False
+        server.listen()
+        assert hub_reachable(timeout=1.0) is True
 
 
 def test_bad_device_and_dtype_are_refused(tiny_sdxl_dir):

@@ -205,10 +205,28 @@ def _looks_like_hub_id(ref: str) -> bool:
     return len(parts) == 2 and all(parts) and not ref.startswith((".", "/", "~")) and "\\" not in ref
 
 
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the hub's host ($HF_ENDPOINT or huggingface.co) accepts a connection within `timeout` seconds.
+
+    Asked before any download: without it an unreachable hub costs ~30 s of retries (huggingface_hub's).
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _load_hub(ref: str, dev: torch.device, dt: torch.dtype) -> ModelBundle:
     from huggingface_hub import HfApi, snapshot_download
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    offline_env = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    offline = offline_env or not hub_reachable()
     try:
         # Only the component folders' configs, tokenizers and safetensors (never the root single-file
         # checkpoints or pickled weights that some repositories also carry), and of the weights only one
@@ -224,8 +242,15 @@ def _load_hub(ref: str, dev: torch.device, dt: torch.dtype) -> ModelBundle:
                 patterns += plain or weights
         local = snapshot_download(ref, local_files_only=offline, allow_patterns=patterns)
     except Exception as exc:  # network, missing repo, offline without a cache
-        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else _first_line(exc)
-        raise ModelError(f"{ref}: cannot get the model from the hub ({why})") from exc
+        if offline_env:
+            why = "HF_HUB_OFFLINE is set and it is not in the local cache"
+        elif offline:
+            why = "the hub cannot be reached from here and it is not in the local cache"
+        else:
+            why = _first_line(exc)
+        raise ModelError(
+            f"{ref}: no such local directory or file, and cannot get the model from the hub ({why})"
+        ) from exc
     return _load_directory(ref, Path(local), dev, dt)
 
 
