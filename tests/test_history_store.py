@@ -78,6 +78,27 @@ def test_data_dir_comes_from_argument_then_env(tmp_path, monkeypatch):
         assert store.db_path == tmp_path / "arg-home" / DB_NAME
 
 
+def test_empty_data_dir_is_an_error_and_an_empty_env_is_unset(tmp_path, monkeypatch):
+    import platformdirs
+
+    monkeypatch.setenv("TNR_LAB_HOME", str(tmp_path / "env-home"))
+    for empty in ("", "  "):
+        with pytest.raises(HistoryError, match="--data-dir is empty"):
+            open_store(empty)
+    assert not (tmp_path / "env-home").exists()  # nothing fell back to the environment's directory
+    monkeypatch.setenv("TNR_LAB_HOME", "")
+    monkeypatch.setattr(platformdirs, "user_data_dir", lambda *a, **k: str(tmp_path / "user-data"))
+    with open_store() as store:
+        assert store.data_dir == tmp_path / "user-data"
+
+
+def test_history_file_that_is_a_directory_is_a_message(tmp_path):
+    (tmp_path / DB_NAME).mkdir()
+    with pytest.raises(HistoryError, match="is a directory, not a SQLite file"):
+        open_store(tmp_path)
+    assert (tmp_path / DB_NAME).is_dir() and list((tmp_path / DB_NAME).iterdir()) == []
+
+
 def test_migrated_schema_equals_the_orm_models(tmp_path):
     with open_store(tmp_path) as store:
         insp = inspect(store.engine)
@@ -228,6 +249,11 @@ def test_filters_select_exactly_the_matching_runs(tmp_path):
         assert store.count_runs(RunFilter(guidance="cfg")) == 1
         with pytest.raises(ValueError, match="unknown status 'finished'"):
             RunFilter(status="finished")
+        # A misspelt method or solver would match nothing and read as "no runs": it is refused by name.
+        with pytest.raises(ValueError, match="unknown guidance method 'foo'; choose one of: none, cfg"):
+            RunFilter(guidance="foo")
+        with pytest.raises(ValueError, match="unknown solver 'Heun'; choose one of: euler, heun"):
+            RunFilter(solver="Heun")
 
 
 def test_find_run_by_prefix_and_unknown_id_message(tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tnr_tui.history.errors import HistoryError
+
 DB_NAME = "history.sqlite"
 OUTPUTS = "outputs"
 
@@ -35,11 +37,17 @@ NETWORK_FS_TYPES = frozenset(
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The argument, else $TNR_LAB_HOME, else platformdirs' user data dir for tnr-lab."""
-    if data_dir:
+    """The argument, else $TNR_LAB_HOME, else platformdirs' user data dir for tnr-lab.
+
+    An empty argument is an error (HistoryError), not "use the default": `--data-dir "$UNSET_VAR"` must not
+    quietly write into the user's real history. An empty or blank $TNR_LAB_HOME counts as unset.
+    """
+    if data_dir is not None:
+        if not os.fspath(data_dir).strip():
+            raise HistoryError("--data-dir is empty; give a directory (or leave the option out for the default)")
         return Path(data_dir).expanduser()
-    env = os.environ.get("TNR_LAB_HOME")
-    if env:
+    env = os.environ.get("TNR_LAB_HOME", "")
+    if env.strip():
         return Path(env).expanduser()
     import platformdirs
 

@@ -28,8 +28,16 @@ class RunFilter:
     model: str | None = None
 
     def __post_init__(self) -> None:
-        if self.status is not None and self.status not in RUN_STATUSES:
-            raise FilterError(f"unknown status {self.status!r}; choose one of: {', '.join(RUN_STATUSES)}")
+        from engine.request import GUIDANCE_METHODS, SOLVERS  # torch-free
+
+        # A misspelt value would match nothing and read as "no runs": refuse it by name instead.
+        for what, value, choices in (
+            ("status", self.status, RUN_STATUSES),
+            ("guidance method", self.guidance, GUIDANCE_METHODS),
+            ("solver", self.solver, SOLVERS),
+        ):
+            if value is not None and value not in choices:
+                raise FilterError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
         if self.since and self.until and self.since >= self.until:
             raise FilterError("date range is empty: the start is not before the end")
 

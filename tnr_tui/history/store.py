@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import sqlite3
+import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from sqlalchemy import Engine, create_engine, event, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from tnr_tui.history import migrations
+from tnr_tui.history.errors import HistoryError
 from tnr_tui.history.ids import new_run_id
 from tnr_tui.history.models import LIVE_STATUSES, OUTPUT_KINDS, RUN_STATUSES, Output, Run, utcnow
 from tnr_tui.history.paths import DB_NAME, OUTPUTS, filesystem_type, is_network_fs, resolve_data_dir
@@ -30,10 +32,6 @@ from tnr_tui.history.queries import RunFilter
 
 BUSY_TIMEOUT_S = 30.0
 SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-class HistoryError(Exception):
-    """The history cannot be used as asked; the message is for the user as is."""
 
 
 @dataclass(frozen=True)
@@ -86,13 +84,25 @@ def _index_columns(request: dict[str, Any]) -> dict[str, Any]:
 def _check_file(db_path: Path) -> None:
     """Refuse a file that is not SQLite, reading it only (a corrupt history is never modified)."""
     try:
-        size = db_path.stat().st_size
+        st = db_path.stat()
     except FileNotFoundError:
         return
-    if size == 0:
+    except OSError as e:
+        raise HistoryError(f"cannot read the history file {db_path}: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise HistoryError(
+            f"the history file {db_path} is a directory, not a SQLite file; it was left untouched "
+            "(move it away, or point --data-dir elsewhere)"
+        )
+    if not stat.S_ISREG(st.st_mode):
+        raise HistoryError(f"the history file {db_path} is not a regular file; it was left untouched")
+    if st.st_size == 0:
         return
-    with open(db_path, "rb") as f:
-        header = f.read(100)
+    try:
+        with open(db_path, "rb") as f:
+            header = f.read(100)
+    except OSError as e:
+        raise HistoryError(f"cannot read the history file {db_path}: {e.strerror or e}") from None
     if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
         raise HistoryError(
             f"history file {db_path} is corrupt or not a SQLite database; it was left untouched "
@@ -375,56 +385,73 @@ class Store:
     def insert_records(self, records: Iterable[dict[str, Any]]) -> tuple[int, int]:
         """Insert whole run records (Run.to_dict() form) in ONE transaction; ids already present are skipped.
 
-        Returns (added, skipped). Any error rolls everything back.
+        Returns (added, skipped). Any error rolls everything back; a value the file cannot hold is a
+        HistoryError naming the run (transfer.py checks records first; this is the net under it).
         """
+        from sqlalchemy.exc import IntegrityError, InterfaceError
+
         from tnr_tui.history.models import parse_iso
 
         added = skipped = 0
-        with self._write() as session, session.begin():
-            for rec in records:
-                if session.get(Run, rec["id"]) is not None:
-                    skipped += 1
-                    continue
-                request = rec["request"]
-                run = Run(
-                    id=rec["id"],
-                    created_at=parse_iso(rec.get("created_at")) or utcnow(),
-                    started_at=parse_iso(rec.get("started_at")),
-                    finished_at=parse_iso(rec.get("finished_at")),
-                    status=rec.get("status", "done"),
-                    request_json=json.dumps(request, sort_keys=True),
-                    model_path=rec.get("model_path"),
-                    model_name=rec.get("model_name"),
-                    model_identity=rec.get("model_identity"),
-                    seconds=rec.get("seconds"),
-                    seconds_per_step=rec.get("seconds_per_step"),
-                    model_evaluations=rec.get("model_evaluations"),
-                    metrics=rec.get("metrics"),
-                    stats=rec.get("stats"),
-                    device=rec.get("device"),
-                    dtype=rec.get("dtype"),
-                    versions=rec.get("versions"),
-                    error=rec.get("error"),
-                    favourite=bool(rec.get("favourite", False)),
-                    notes=rec.get("notes") or "",
-                    pid=rec.get("pid"),
-                    host=rec.get("host"),
-                    origin=rec.get("origin") or "import",
-                    parent_id=rec.get("parent_id"),
-                    **_index_columns(request),
-                )
-                if run.status not in RUN_STATUSES:
-                    raise HistoryError(f"run {run.id}: unknown status {run.status!r}")
-                session.add(run)
-                for out in rec.get("outputs") or ():
-                    session.add(
-                        Output(
-                            run_id=run.id, kind=out["kind"], path=out["path"], sha256=out["sha256"], size=out["size"]
-                        )
+        current = None
+        try:
+            with self._write() as session, session.begin():
+                for rec in records:
+                    current = rec.get("id")
+                    if session.get(Run, rec["id"]) is not None:
+                        skipped += 1
+                        continue
+                    request = rec["request"]
+                    run = Run(
+                        id=rec["id"],
+                        created_at=parse_iso(rec.get("created_at")) or utcnow(),
+                        started_at=parse_iso(rec.get("started_at")),
+                        finished_at=parse_iso(rec.get("finished_at")),
+                        status=rec.get("status", "done"),
+                        request_json=json.dumps(request, sort_keys=True),
+                        model_path=rec.get("model_path"),
+                        model_name=rec.get("model_name"),
+                        model_identity=rec.get("model_identity"),
+                        seconds=rec.get("seconds"),
+                        seconds_per_step=rec.get("seconds_per_step"),
+                        model_evaluations=rec.get("model_evaluations"),
+                        metrics=rec.get("metrics"),
+                        stats=rec.get("stats"),
+                        device=rec.get("device"),
+                        dtype=rec.get("dtype"),
+                        versions=rec.get("versions"),
+                        error=rec.get("error"),
+                        favourite=bool(rec.get("favourite", False)),
+                        notes=rec.get("notes") or "",
+                        pid=rec.get("pid"),
+                        host=rec.get("host"),
+                        origin=rec.get("origin") or "import",
+                        parent_id=rec.get("parent_id"),
+                        **_index_columns(request),
                     )
-                added += 1
-                if added % 1000 == 0:
-                    session.flush()
+                    if run.status not in RUN_STATUSES:
+                        raise HistoryError(f"run {run.id}: unknown status {run.status!r}")
+                    session.add(run)
+                    for out in rec.get("outputs") or ():
+                        session.add(
+                            Output(
+                                run_id=run.id,
+                                kind=out["kind"],
+                                path=out["path"],
+                                sha256=out["sha256"],
+                                size=out["size"],
+                            )
+                        )
+                    added += 1
+                    if added % 1000 == 0:
+                        session.flush()
+        except (OverflowError, ValueError, TypeError, KeyError, AttributeError, InterfaceError, IntegrityError) as e:
+            # Rolled back already (the `with` above). Autoflush may have failed on an earlier run than `current`.
+            detail = str(getattr(e, "orig", None) or e).splitlines()
+            reason = detail[0] if detail else type(e).__name__
+            raise HistoryError(
+                f"cannot store the import (near run {current}): {reason}; nothing was imported"
+            ) from None
         return added, skipped
 
 
@@ -466,7 +493,10 @@ def _pid_alive(pid: int) -> bool:
 
 def _file_state(db_path: Path) -> int:
     """The file's schema version; HistoryError for a file that is not (or no longer) a sound SQLite file."""
-    conn = sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    try:
+        conn = sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    except sqlite3.Error as e:
+        raise HistoryError(f"cannot open the history file {db_path}: {e}") from None
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -500,7 +530,7 @@ def open_store(
     `warn` receives one-line warnings (network filesystem); they are also kept in `store.warnings`.
     `recover` marks runs whose process is gone as interrupted.
     """
-    directory = resolve_data_dir(data_dir)
+    directory = resolve_data_dir(data_dir)  # HistoryError for an empty --data-dir
     try:
         (directory / OUTPUTS).mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -523,7 +553,10 @@ def open_store(
         if warn is not None:
             warn(message)
 
-    conn = sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    try:
+        conn = sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    except sqlite3.Error as e:
+        raise HistoryError(f"cannot open the history file {db_path}: {e}") from None
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         mode = conn.execute(f"PRAGMA journal_mode = {journal_mode}").fetchone()[0]
