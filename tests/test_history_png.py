@@ -151,3 +151,51 @@ def test_png_without_parameters_and_non_png_are_refused(tmp_path):
         request_from_png(junk)
     with pytest.raises(PngMetadataError, match="no such file"):
         request_from_png(tmp_path / "missing.png")
+
+
+def a1111_png(tmp_path, parameters, name="x.png", tnr_chunk=None):
+    info = PngInfo()
+    if parameters is not None:
+        info.add_text("parameters", parameters)
+    if tnr_chunk is not None:
+        info.add_text("tnr-lab", tnr_chunk)
+    path = tmp_path / name
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    return path
+
+
+def test_a1111_integers_are_read_exactly_not_through_a_float(tmp_path):
+    big = 10**26
+    path = a1111_png(tmp_path, f"p\nSteps: 99999999999999999999999, Sampler: Euler, CFG scale: 4, Seed: {big}")
+    request, _, _ = request_from_png(path)
+    assert request["steps"] == 99999999999999999999999 and request["seed"] == big  # the request check refuses them
+    path = a1111_png(tmp_path, "p\nSteps: 20.0, Sampler: Euler, CFG scale: 4, Seed: 123456789012345678")
+    assert request_from_png(path)[0]["seed"] == 123456789012345678 and request_from_png(path)[0]["steps"] == 20
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ("Steps: many, Seed: 1", "Steps 'many' in the parameters text is not a whole number"),
+        ("Steps: 12.5, Seed: 1", "Steps '12.5' in the parameters text is not a whole number"),
+        ("Steps: 1e400, Seed: 1", "Steps '1e400' in the parameters text is not a whole number"),
+        ("Steps: 5, Seed: 1, CFG scale: inf", "CFG scale 'inf' in the parameters text is not a finite number"),
+    ],
+)
+def test_a1111_numbers_that_are_not_numbers_are_a_message(tmp_path, fields, message):
+    with pytest.raises(PngMetadataError, match=message):
+        request_from_png(a1111_png(tmp_path, f"p\n{fields}"))
+
+
+def test_a_damaged_tnr_lab_chunk_is_named_as_such(tmp_path):
+    path = a1111_png(tmp_path, None, tnr_chunk="{not json")
+    with pytest.raises(PngMetadataError, match="its 'tnr-lab' chunk is not valid JSON"):
+        request_from_png(path)
+    path = a1111_png(tmp_path, None, tnr_chunk='{"run_id": "X"}', name="y.png")
+    with pytest.raises(PngMetadataError, match="its 'tnr-lab' chunk holds no request object"):
+        request_from_png(path)
+    # With A1111 text beside it, that text is used and the notes say why.
+    path = a1111_png(tmp_path, "p\nSteps: 5, Sampler: Euler, CFG scale: 4, Seed: 1", "z.png", tnr_chunk="{not json")
+    request, source, notes = request_from_png(path)
+    assert (source, request["steps"]) == ("a1111", 5)
+    assert "'tnr-lab' chunk is not valid JSON" in notes[0]

@@ -9,6 +9,7 @@ are written as JSON strings, as A1111 does.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -148,10 +149,27 @@ def request_from_a1111(text: str) -> tuple[dict[str, Any], list[str]]:
     request: dict[str, Any] = {"prompt": parsed["prompt"], "negative_prompt": parsed["negative_prompt"]}
 
     def number(key: str, kind: type) -> Any:
-        try:
-            return kind(float(fields[key])) if kind is int else kind(fields[key])
-        except (KeyError, ValueError):
+        """The field as an int (exactly: never through a float) or a float; absent -> None."""
+        if key not in fields:
             return None
+        text = str(fields[key]).strip()
+        if kind is int:
+            if re.fullmatch(r"[+-]?\d+", text):
+                return int(text)
+            try:
+                value = float(text)
+            except ValueError:
+                value = math.nan
+            if math.isfinite(value) and value.is_integer() and abs(value) < 2**53:
+                return int(value)  # "20.0"
+            raise PngMetadataError(f"{key} {text!r} in the parameters text is not a whole number")
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise PngMetadataError(f"{key} {text!r} in the parameters text is not a finite number")
+        return value
 
     if (steps := number("Steps", int)) is not None:
         request["steps"] = steps
@@ -209,13 +227,25 @@ def read_png_text(path: Path) -> dict[str, str]:
 def request_from_png(path: Path) -> tuple[dict[str, Any], str, list[str]]:
     """(request dict, source "tnr-lab" or "a1111", notes) from a PNG's text chunks."""
     text = read_png_text(path)
+    damage = None
     if TNR_CHUNK in text:
         try:
             payload = json.loads(text[TNR_CHUNK])
-            return dict(payload["request"]), "tnr-lab", []
-        except (json.JSONDecodeError, KeyError, TypeError):
-            pass  # damaged: fall back to A1111's text
+        except json.JSONDecodeError as e:
+            damage = f"its '{TNR_CHUNK}' chunk is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
+        else:
+            request = payload.get("request") if isinstance(payload, dict) else None
+            if isinstance(request, dict):
+                return dict(request), "tnr-lab", []
+            damage = f"its '{TNR_CHUNK}' chunk holds no request object"
     if A1111_CHUNK in text:
-        request, notes = request_from_a1111(text[A1111_CHUNK])
+        try:
+            request, notes = request_from_a1111(text[A1111_CHUNK])
+        except PngMetadataError as e:
+            raise PngMetadataError(f"{path}: {e}" + (f"; and {damage}" if damage else "")) from None
+        if damage:
+            notes = [f"{damage}; read the A1111 'parameters' text instead", *notes]
         return request, "a1111", notes
+    if damage:
+        raise PngMetadataError(f"{path}: {damage}")
     raise PngMetadataError(f"{path}: no generation parameters (neither a 'tnr-lab' nor a 'parameters' chunk)")
