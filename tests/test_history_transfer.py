@@ -186,3 +186,124 @@ def test_import_of_a_missing_or_binary_file_says_so(tmp_path):
     blob.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(HistoryError, match="neither a zip nor a UTF-8 JSONL file"):
         import_runs(dst, blob)
+
+
+RECORD_ID = "01HZZZZZZZZZZZZZZZZZZZZZZZ"
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"request": {"prompt": "x", "steps": 10**20}}, "line 3: run 01HZ.* invalid request: steps must be"),
+        ({"created_at": "garbage"}, "line 3: run 01HZ.*: created_at 'garbage' is not an ISO time"),
+        ({"finished_at": 17}, "line 3: run 01HZ.*: finished_at 17 is not an ISO time"),
+        ({"pid": 10**30}, "line 3: run 01HZ.*: pid must be a whole number"),
+        ({"model_evaluations": 1.5}, "line 3: run 01HZ.*: model_evaluations must be a whole number"),
+        ({"seconds": 10**400}, "line 3: run 01HZ.*: seconds must be a finite number"),
+        ({"notes": {"a": 1}}, "line 3: run 01HZ.*: notes must be text"),
+        ({"metrics": {"contrast": "high"}}, "line 3: run 01HZ.*: metric 'contrast' must be a finite number"),
+        ({"request": {"prompt": "x", "tags": 5}}, "line 3: run 01HZ.* invalid request"),
+    ],
+)
+def test_values_the_store_cannot_hold_are_a_message_naming_the_line(tmp_path, change, message):
+    src, _ = make_history(tmp_path / "a", n=2)
+    good = tmp_path / "good.jsonl"
+    export_runs(src, "jsonl", good)
+    record = {**json.loads(good.read_text().splitlines()[0]), "id": RECORD_ID, "outputs": [], **change}
+    dst = open_store(tmp_path / "b")
+    with pytest.raises(HistoryError, match=message):
+        import_runs(dst, jsonl_with(tmp_path, src, json.dumps(record)))
+    assert dst.count_runs() == 0
+
+
+@pytest.mark.parametrize(
+    "output,message",
+    [
+        ({"size": 10**30}, "size must be a whole number"),
+        ({"kind": "movie"}, "unknown kind 'movie'"),
+        ({"sha256": "abc"}, "malformed sha256"),
+    ],
+)
+def test_bad_output_entries_are_a_message(tmp_path, output, message):
+    src, _ = make_history(tmp_path / "a", n=1)
+    good = tmp_path / "good.jsonl"
+    export_runs(src, "jsonl", good)
+    record = json.loads(good.read_text())
+    record["outputs"][0].update(output)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(record) + "\n")
+    dst = open_store(tmp_path / "b")
+    with pytest.raises(HistoryError, match=message):
+        import_runs(dst, bad)
+    assert dst.count_runs() == 0
+
+
+def rewrite_zip(good, bad, damage):
+    """Copy a zip byte for byte, then let `damage(data, offset_of_member)` change the raw bytes."""
+    data = bytearray(good.read_bytes())
+    with zipfile.ZipFile(good) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+    damage(data, infos)
+    bad.write_bytes(bytes(data))
+
+
+def member_data_offset(data, info):
+    # Local header: 30 bytes, then the name and the extra field, then the member's (compressed) data.
+    name_len = int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little")
+    extra_len = int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")
+    return info.header_offset + 30 + name_len + extra_len
+
+
+@pytest.mark.parametrize("target", ["runs.jsonl", "image"])
+def test_a_damaged_zip_is_one_message_and_imports_nothing(tmp_path, target):
+    src, ids = make_history(tmp_path / "a", n=2)
+    good = tmp_path / "good.zip"
+    export_runs(src, "zip", good)
+    name = "runs.jsonl" if target == "runs.jsonl" else f"files/{ids[0]}/image.png"
+
+    def damage(data, infos):
+        info = infos[name]
+        start = member_data_offset(data, info)
+        for i in range(start + info.compress_size // 3, start + info.compress_size // 3 + 8):
+            data[i] ^= 0xFF
+
+    bad = tmp_path / "bad.zip"
+    rewrite_zip(good, bad, damage)
+    dst = open_store(tmp_path / "b")
+    with pytest.raises(HistoryError, match=r"bad\.zip: the zip is damaged \(.+\); nothing was imported"):
+        import_runs(dst, bad)
+    assert dst.count_runs() == 0
+    assert list(dst.outputs_dir.rglob("*")) == []  # no file, no temporary file, no folder left
+
+
+def test_zip_export_leaves_out_files_changed_or_missing_since_the_run(tmp_path):
+    src, ids = make_history(tmp_path / "a", n=3)
+    changed = src.resolve(src.get_run(ids[0]).output("image").path)
+    Image.new("RGB", (8, 8), (0, 255, 0)).save(changed)  # edited after the run
+    missing = src.resolve(src.get_run(ids[1]).output("image").path)
+    missing.unlink()
+    warnings = []
+    out = tmp_path / "runs.zip"
+    assert export_runs(src, "zip", out, warn=warnings.append) == 3
+    assert len(warnings) == 2
+    assert any(ids[0] in w and str(changed) in w and "sha256 differs" in w for w in warnings)
+    assert any(ids[1] in w and "is missing" in w for w in warnings)
+    with zipfile.ZipFile(out) as zf:
+        assert sorted(zf.namelist()) == sorted(["runs.jsonl", f"files/{ids[2]}/image.png"])
+    dst = open_store(tmp_path / "b")
+    report = import_runs(dst, out)  # importable: nothing in it fails the sha256 check
+    assert (report.added, report.files) == (3, 1)
+    assert dst.get_run(ids[0]).outputs == [] and len(dst.get_run(ids[2]).outputs) == 1
+
+
+def test_exports_of_a_relative_data_dir_find_the_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    src, ids = make_history("a", n=1)  # a relative data directory, as `--data-dir a` gives
+    warnings = []
+    assert export_runs(src, "zip", tmp_path / "runs.zip", warn=warnings.append) == 1
+    assert warnings == []
+    with zipfile.ZipFile(tmp_path / "runs.zip") as zf:
+        assert f"files/{ids[0]}/image.png" in zf.namelist()
+    export_runs(src, "jsonl", tmp_path / "runs.jsonl")
+    (path,) = [out["path"] for out in json.loads((tmp_path / "runs.jsonl").read_text())["outputs"]]
+    assert path == str(tmp_path / "a" / src.get_run(ids[0]).output("image").path)  # absolute
