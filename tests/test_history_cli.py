@@ -63,6 +63,10 @@ def test_list_pages_with_after(home, capsys):
         (["list", "--limit", "0"], "--limit must be at least 1"),
         (["list", "--since", "yesterday"], "--since expects a date"),
         (["import", "/nonexistent/file.jsonl"], "no such file"),
+        (["list", "--limit", "99999999999999999999999"], "--limit must be at least 1 and at most 100000"),
+        (["list", "--limit", "100001"], "--limit must be at least 1 and at most 100000"),
+        (["list", "--guidance", "foo"], "unknown guidance method 'foo'"),
+        (["list", "--solver", "foo"], "unknown solver 'foo'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(home, capsys, args, message):
@@ -112,7 +116,7 @@ def test_import_png_records_a_run_once_and_reports_bad_files(home, tmp_path, cap
     Image.new("RGB", (64, 64), "white").save(png, pnginfo=info)
     plain = tmp_path / "plain.png"
     Image.new("RGB", (8, 8)).save(plain)
-    assert cli(home, "import-png", str(png), str(plain), "--json") == 1  # one file had no parameters
+    assert cli(home, "import-png", str(png), str(plain), "--json") == 2  # one file had no parameters
     captured = capsys.readouterr()
     (entry,) = json.loads(captured.out)
     assert entry["new"] and entry["source"] == "a1111"
@@ -184,3 +188,86 @@ def test_list_shows_files_of_the_run(home, tmp_path, capsys):
     store.add_output(run_id, OutputFile.of("image", img))
     assert cli(home, "list", "--json", "--limit", "1") == 0
     assert json.loads(capsys.readouterr().out)[0]["image"] == str(img)
+
+
+def one_error_line(err, message):
+    assert err.startswith("tnr-lab: error: ") and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc (a directory nothing can be made in)")
+def test_export_to_an_unwritable_place_is_one_line(home, capsys):
+    for fmt in ("csv", "jsonl", "zip"):
+        assert cli(home, "export", "--format", fmt, "--out", f"/proc/x.{fmt}") == 2
+        one_error_line(capsys.readouterr().err, f"cannot export to /proc/x.{fmt}: ")
+
+
+def test_empty_data_dir_is_an_error_not_the_default_history(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TNR_LAB_HOME", str(tmp_path / "env-home"))
+    assert main(["--data-dir", "", "history", "list"]) == 2
+    one_error_line(capsys.readouterr().err, "--data-dir is empty")
+    assert main(["history", "--data-dir", "", "list"]) == 2
+    one_error_line(capsys.readouterr().err, "--data-dir is empty")
+    assert not (tmp_path / "env-home").exists()
+
+
+def test_history_file_that_is_a_directory_is_one_line(tmp_path, capsys):
+    (tmp_path / "history.sqlite").mkdir()
+    assert main(["--data-dir", str(tmp_path), "history", "list"]) == 2
+    one_error_line(capsys.readouterr().err, "history.sqlite is a directory, not a SQLite file")
+
+
+def test_no_runs_yet_only_for_an_empty_history(home, tmp_path, capsys):
+    assert cli(home, "list", "--sweep", "nope") == 0
+    assert capsys.readouterr().out == "no runs match\n"
+    assert cli(home, "list", "--guidance", "tnr") == 0
+    assert capsys.readouterr().out == "no runs match\n"
+    assert cli(tmp_path / "empty", "list") == 0
+    assert capsys.readouterr().out == "no runs yet\n"
+    assert cli(tmp_path / "empty", "list", "--status", "done") == 0
+    assert capsys.readouterr().out == "no runs yet\n"
+
+
+def test_import_png_reports_each_bad_file_on_one_line_and_goes_on(home, tmp_path, capsys):
+    def png(name, color, **chunks):
+        info = PngInfo()
+        for key, text in chunks.items():
+            info.add_text(key.replace("_", "-"), text)
+        path = tmp_path / name
+        Image.new("RGB", (8, 8), color).save(path, pnginfo=info)
+        return path
+
+    fields = "Sampler: Euler, CFG scale: 6, Size: 64x64"
+    steps = png("steps.png", "red", parameters=f"a\nSteps: 99999999999999999999999, {fields}, Seed: 1")
+    seed = png("seed.png", "green", parameters=f"a\nSteps: 4, {fields}, Seed: 100000000000000000000000000")
+    size = png("size.png", "yellow", parameters="a\nSteps: 4, Sampler: Euler, Seed: 1, Size: 99999992x64")
+    damaged = png("damaged.png", "blue", tnr_lab="{not json")
+    good = png("good.png", "white", parameters=f"a cat\nSteps: 12, {fields}, Seed: 9")
+    assert cli(home, "import-png", str(steps), str(seed), str(size), str(damaged), str(good), "--json") == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 4 and all(line.startswith("tnr-lab: error: ") for line in lines)
+    assert f"{steps}: steps must be a whole number in 1..10000, got 99999999999999999999999" in lines[0]
+    assert f"{seed}: seed must be a whole number" in lines[1] and "100000000000000000000000000" in lines[1]
+    assert f"{size}: width must be at most 16384" in lines[2]
+    assert f"{damaged}: its 'tnr-lab' chunk is not valid JSON" in lines[3]
+    (entry,) = json.loads(captured.out)  # the file after the bad ones was imported
+    assert entry["file"] == str(good) and entry["new"]
+    assert open_store(home).count_runs() == 4
+
+
+def test_rerun_refuses_an_out_that_is_the_stored_image(home, tmp_path, capsys, monkeypatch):
+    store = open_store(home)
+    run_id = store.list_runs(limit=1)[0].id
+    img = store.outputs_dir / "stored.png"
+    Image.new("RGB", (8, 8), "red").save(img)
+    store.add_output(run_id, OutputFile.of("image", img))
+    before = img.read_bytes()
+    link = tmp_path / "link.png"
+    link.symlink_to(img)
+    hard = tmp_path / "hard.png"
+    hard.hardlink_to(img)
+    monkeypatch.chdir(img.parent)
+    for out in (str(img), "stored.png", f"../outputs/./{img.name}", str(link), str(hard)):
+        assert cli(home, "rerun", run_id[:12], "--out", out) == 2
+        one_error_line(capsys.readouterr().err, f"is the stored image of run {run_id}")
+    assert img.read_bytes() == before and store.count_runs() == 3  # nothing ran

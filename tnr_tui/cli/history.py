@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 from tnr_tui.cli import UserError
 
 RUN_STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
+MAX_LIMIT = 100_000  # runs per `list` page
 
 
 def add_parser(subparsers: Any) -> None:
@@ -27,7 +29,7 @@ def add_parser(subparsers: Any) -> None:
 
     q = sub.add_parser("list", help="list runs, newest first")
     _filter_flags(q)
-    q.add_argument("--limit", default="50", help="how many runs (default 50)")
+    q.add_argument("--limit", default="50", help=f"how many runs, 1..{MAX_LIMIT} (default 50)")
     q.add_argument("--after", help="continue after this run id (the last id of the previous page)")
     q.add_argument("--json", action="store_true", help="a JSON array on stdout")
     data_dir_flag(q)
@@ -128,8 +130,21 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     except DatabaseError as e:
         raise UserError(f"the history file {store.db_path} is damaged: {str(e.orig).splitlines()[0]}") from None
+    except OSError as e:
+        raise UserError(_os_message(e)) from None
     finally:
         store.close()
+
+
+def _os_message(e: OSError) -> str:
+    """One line for a failed file operation: the path and the system's reason."""
+    reason = e.strerror or str(e) or type(e).__name__
+    names = [str(n) for n in (e.filename, e.filename2) if n is not None]
+    return f"{' -> '.join(names)}: {reason}" if names else reason
+
+
+def _warning(message: str) -> None:
+    print(f"tnr-lab: warning: {message}", file=sys.stderr)
 
 
 # ---- list / show -------------------------------------------------------------------------------------
@@ -144,9 +159,10 @@ def cmd_list(args: argparse.Namespace, store: Any) -> int:
         limit = int(args.limit)
     except ValueError:
         raise UserError(f"--limit must be a whole number, got {args.limit!r}") from None
-    if limit < 1:
-        raise UserError(f"--limit must be at least 1, got {limit}")
-    runs = store.list_runs(filters_of(args), after=args.after.upper() if args.after else None, limit=limit)
+    if not 1 <= limit <= MAX_LIMIT:
+        raise UserError(f"--limit must be at least 1 and at most {MAX_LIMIT}, got {limit}")
+    filters = filters_of(args)
+    runs = store.list_runs(filters, after=args.after.upper() if args.after else None, limit=limit)
     if args.json:
         rows = []
         for r in runs:
@@ -180,7 +196,8 @@ def cmd_list(args: argparse.Namespace, store: Any) -> int:
         print(json.dumps(rows, indent=1))
         return 0
     if not runs:
-        print("no runs" + (" match" if args.search or args.status else " yet"))
+        # "yet" only for an empty history: with filters or --after, runs may well exist.
+        print("no runs yet" if store.count_runs() == 0 else "no runs match")
         return 0
     print(f"{'id':26}  {'created (UTC)':19}  {'status':11}  {'guidance':8} {'scale':>5} {'steps':>5}  prompt")
     for r in runs:
@@ -242,7 +259,8 @@ def cmd_export(args: argparse.Namespace, store: Any) -> int:
     from tnr_tui.history.transfer import export_runs
 
     out = Path(args.out).expanduser()
-    count = export_runs(store, args.format, out, filters_of(args), force=args.force)
+    # A file that is gone or changed since its run is left out of a zip, one warning line each.
+    count = export_runs(store, args.format, out, filters_of(args), force=args.force, warn=_warning)
     print(f"exported {count} run{'s' if count != 1 else ''} to {out}")
     return 0
 
@@ -284,6 +302,26 @@ def image_drift(stored: Path, new: Path) -> dict[str, Any]:
     }
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    if os.path.abspath(a) == os.path.abspath(b) or os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links, bind mounts
+    except OSError:
+        return False
+
+
+def _refuse_stored_output(store: Any, run: Any, out: Path) -> None:
+    """--out must not overwrite a file of the run being re-run: that would lose it and compare it with itself."""
+    for output in run.outputs:
+        stored = store.resolve(output.path)
+        if _same_file(out, stored):
+            raise UserError(
+                f"--out {out} is the stored {output.kind} of run {run.id}; re-running would overwrite it "
+                "and compare the new image with itself. Choose another path"
+            )
+
+
 def cmd_rerun(args: argparse.Namespace, store: Any) -> int:
     from engine.request import GenerationRequest, RequestError
     from tnr_tui.cli.generate import check_paths, run_request
@@ -292,11 +330,12 @@ def cmd_rerun(args: argparse.Namespace, store: Any) -> int:
     old = store.find_run(args.id)
     try:
         request = GenerationRequest.from_dict(old.request)
-    except RequestError as e:
+    except (RequestError, TypeError) as e:
         raise UserError(f"run {old.id} holds a request this version cannot run: {e}") from None
     out = Path(args.out).expanduser() if args.out else None
     if out is not None:
         check_paths(out, None)
+        _refuse_stored_output(store, old, out)
     outcome = run_request(request, store, out=out, save_latent=None, origin="rerun", parent_id=old.id)
     if outcome.status != "done":
         raise UserError(f"re-run {outcome.run_id} was {outcome.status}")
@@ -344,13 +383,16 @@ def cmd_import_png(args: argparse.Namespace, store: Any) -> int:
         path = Path(name).expanduser()
         try:
             request_dict, source, notes = request_from_png(path)
+            # Values a run cannot have (steps past 10 000, a 20-digit seed ...) are RequestErrors here, one
+            # line for this file; the next files are still imported.
             request = GenerationRequest.from_dict(request_dict)
-        except (PngMetadataError, RequestError) as e:
-            message = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
+            image = OutputFile.of("image", path.resolve())
+        except (PngMetadataError, RequestError, TypeError, ValueError, OSError) as e:
+            text = _os_message(e) if isinstance(e, OSError) else str(e)
+            message = text if text.startswith(str(path)) else f"{path}: {text}"
             print(f"tnr-lab: error: {message}", file=sys.stderr)
             failures += 1
             continue
-        image = OutputFile.of("image", path.resolve())
         existing = store.run_with_output(image.sha256)
         if existing is not None:
             results.append({"file": str(path), "run_id": existing, "source": source, "new": False, "notes": notes})
@@ -368,4 +410,4 @@ def cmd_import_png(args: argparse.Namespace, store: Any) -> int:
             print(f"{r['file']}: {verb} {r['run_id']} ({r['source']} metadata)")
             for note in r["notes"]:
                 print(f"  note: {note}")
-    return 1 if failures else 0
+    return 2 if failures else 0  # each failed file had its one error line
