@@ -76,6 +76,10 @@ class GenerationRequest:
 
     def __post_init__(self) -> None:
         # Normalise the prompts given as lists/dicts (JSON) into WeightedPrompt tuples.
+        if not isinstance(self.prompts, (list, tuple)):
+            raise RequestError(f"prompts must be a list of (text, scale) pairs, got {self.prompts!r}")
+        if not isinstance(self.tags, dict):
+            raise RequestError(f"tags must map text to text, got {self.tags!r}")
         norm = []
         for p in self.prompts:
             if isinstance(p, WeightedPrompt):

@@ -128,3 +128,17 @@ def test_model_evaluations_upper_bound() -> None:
     three = (WeightedPrompt("a", 1.0), WeightedPrompt("b", 1.0), WeightedPrompt("c", 1.0))
     assert GenerationRequest(prompt="x", prompts=three, guidance="cfg", steps=4).model_evaluations == 12
     assert GenerationRequest(prompt="x", scale=None, guidance="cfg++").effective_scale == 0.8
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"prompt": "x", "tags": 5}, "tags must map text to text, got 5"),
+        ({"prompt": "x", "prompts": 5}, "prompts must be a list of (text, scale) pairs, got 5"),
+        ({"prompt": "x", "prompts": "ab"}, "prompts must be a list of (text, scale) pairs, got 'ab'"),
+    ],
+)
+def test_from_dict_refuses_odd_field_types_with_a_request_error(data, message) -> None:
+    with pytest.raises(RequestError) as caught:
+        GenerationRequest.from_dict(data)
+    assert str(caught.value) == message

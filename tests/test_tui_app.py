@@ -451,3 +451,10 @@ async def test_schedule_rho_left_blank_means_each_schedules_own_default(
         lab.query_one("#schedule_rho", Input).value = "3"
         await pilot.pause(0.1)
         assert lab.build_request().schedule_rho == 3.0
+
+
+def test_the_lab_refuses_an_empty_data_dir(capsys) -> None:
+    from tnr_tui.cli import main
+
+    assert main(["--data-dir", ""]) == 2
+    assert "--data-dir is empty" in capsys.readouterr().err

@@ -269,6 +269,8 @@ def run_app(args: Any) -> int:
 
     protocol = getattr(args, "image_protocol", None) or os.environ.get(ENV_PROTOCOL, "auto")
     data_dir = getattr(args, "data_dir", None)
+    if data_dir is not None and not str(data_dir).strip():
+        raise UserError("--data-dir is empty; give a directory (or leave it out for the default)")
     threads = getattr(args, "threads", None)
     try:
         choose_cpu_threads(threads)  # a bad --threads or $TNR_LAB_THREADS stops here, not in the worker
