@@ -26,7 +26,7 @@ from engine.toy.data import Scene, all_scenes
 SEARCH_SETTINGS: dict[str, list[dict[str, float]]] = {
     "none": [{}],
     "cfg": [{"scale": g} for g in (1.5, 3.0, 4.5, 6.0, 8.0)],
-    "tnr": [{"tnr_power": p} for p in (0.1, 0.25, 0.5, 1.0)],
+    "tnr": [{"tnr_power": p} for p in (0.25, 0.5, 1.0, 2.0, 4.0)],
     "tnr-cfg": [{"scale": g} for g in (1.5, 3.0, 4.5, 6.0)],
     "cfg++": [{"scale": g} for g in (0.2, 0.4, 0.6, 0.8)],  # the CFG++ paper keeps lambda in [0, 1]
 }
