@@ -26,7 +26,7 @@ async def capture(prompt: str, guidance: str, data_dir: Path) -> Path:
     app = TnrLabApp(data_dir=data_dir, image_protocol="halfcell")
     async with app.run_test(size=(120, 40)) as pilot:
         deadline = time.monotonic() + 300
-        while "loaded" not in str(app.lab.query_one("#model-state").content):
+        while ": loaded" not in str(app.lab.query_one("#model-state").content):  # not "not loaded"
             if time.monotonic() > deadline or "failed" in str(app.lab.query_one("#model-state").content):
                 raise SystemExit("the embedded model did not load")
             await pilot.pause(0.1)

@@ -73,9 +73,13 @@ def shorten(text: str, limit: int = 40) -> str:
 
 
 def resolve_request(bundle: Any, request: GenerationRequest) -> GenerationRequest:
-    """Fill in the model's native size and check the size against the model's latent factor."""
+    """Fill in the model's native size and its default scale (when the request has none and the model names
+    one for the method), and check the size against the model's latent factor."""
     height, width = bundle.default_size
     request = request.replace(width=request.width or width, height=request.height or height)
+    model_scale = getattr(bundle, "default_scales", {}).get(request.guidance)
+    if request.scale is None and model_scale is not None and not request.prompts:
+        request = request.replace(scale=model_scale)
     factor = bundle.vae_scale_factor
     for name in ("width", "height"):
         value = getattr(request, name)

@@ -530,3 +530,19 @@ def test_dropped_text_names_what_the_encoders_never_see(bundle):
     assert long.endswith("and a black square") and " ".join(long_prompt.split()).endswith(long)
     kept = len(bundle.tokenizer(long_prompt).input_ids[: bundle.tokenizer.model_max_length])
     assert kept == 77  # what encode feeds the model: the first 77 tokens, the rest dropped
+
+
+def test_default_scales_come_from_tnr_lab_json_beside_the_model(tiny_sdxl_dir, tmp_path):
+    assert load_bundle(str(tiny_sdxl_dir)).default_scales == {}
+    model = copy_model(tiny_sdxl_dir, tmp_path / "with-defaults")
+    (model / "tnr_lab.json").write_text('{"default_scales": {"cfg": 2.5, "cfg++": 1}}')
+    assert load_bundle(str(model)).default_scales == {"cfg": 2.5, "cfg++": 1.0}
+    for text, message in [
+        ('{"default_scales": {"pag": 2}}', "unknown guidance method 'pag'"),
+        ('{"default_scales": {"cfg": "high"}}', "the default scale of cfg must be a finite number, got 'high'"),
+        ('{"default_scales": [3]}', "expected {'default_scales'"),
+        ("{nope", "not valid JSON"),
+    ]:
+        (model / "tnr_lab.json").write_text(text)
+        with pytest.raises(ModelError, match=re.escape(message)):
+            load_bundle(str(model))

@@ -317,3 +317,15 @@ def test_size_must_fit_the_model_factor() -> None:
     bundle.vae_scale_factor = 16
     with pytest.raises(RequestError, match="width must be a multiple of 16 for this model, got 40"):
         sample(bundle, request(width=40, height=32))
+
+
+def test_a_request_without_a_scale_takes_the_models_default_scale() -> None:
+    bundle = GaussianBundle()
+    bundle.default_scales = {"cfg": 2.0}
+    model_default = sample(bundle, request(guidance="cfg"))
+    assert model_default.request.scale == 2.0 and model_default.stats["request"]["scale"] == 2.0
+    explicit = sample(GaussianBundle(), request(guidance="cfg", scale=2.0))
+    assert torch.equal(model_default.latent, explicit.latent)
+    assert sample(bundle, request(guidance="cfg", scale=4.0)).request.scale == 4.0  # a given scale wins
+    assert sample(bundle, request(guidance="cfg++")).request.scale is None  # not listed: DEFAULT_SCALE
+    assert sample(GaussianBundle(), request(guidance="cfg")).request.scale is None  # no defaults at all

@@ -100,6 +100,16 @@ def test_tnr_lab_generate_writes_the_picture_of_the_prompt(tmp_path: Path) -> No
     assert completed.returncode == 0, completed.stderr[-2000:]
     from PIL import Image
 
+    from tnr_tui.history import open_store
+
+    with open_store(tmp_path / "home") as store:
+        assert store.list_runs()[0].request["scale"] == BEST_CFG  # no --scale: the model's default
+
     image = Image.open(out)
     assert image.size == (64, 64)
     assert check(image, "a red circle on a blue background").all
+
+
+def test_the_committed_default_scales_are_the_measured_best(bundle) -> None:
+    # docs/embedded-model-eval.md: each method's best scale on the 48 search pairs
+    assert bundle.default_scales == {"cfg": BEST_CFG, "cfg++": 0.6, "tnr-cfg": 1.5}

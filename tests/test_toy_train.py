@@ -119,6 +119,12 @@ def test_evaluate_searches_scales_and_writes_the_table(tiny_trained: Path, tmp_p
     assert [c["evaluations_per_image"] for c in payload["final"]] == [2, 4]
     assert all(c["images"] == 2 for c in payload["final"])
     assert "| cfg | scale" in out.read_text()
+    defaults = tmp_path / "tnr_lab.json"
+    defaults.write_text('{"default_scales": {"cfg++": 0.6}, "note": "kept"}')
+    assert evaluate.main([*argv, "--out", str(out), "--write-defaults", str(defaults)]) == 0
+    written = json.loads(defaults.read_text())
+    best_cfg = payload["final"][1]["setting"]["scale"]
+    assert written == {"default_scales": {"cfg": best_cfg, "cfg++": 0.6}, "note": "kept"}  # merged, not replaced
 
 
 def test_evaluate_refuses_unknown_methods_and_missing_models(capsys: pytest.CaptureFixture[str]) -> None:

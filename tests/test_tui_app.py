@@ -458,3 +458,30 @@ def test_the_lab_refuses_an_empty_data_dir(capsys) -> None:
 
     assert main(["--data-dir", ""]) == 2
     assert "--data-dir is empty" in capsys.readouterr().err
+
+
+async def test_a_blank_scale_is_the_loaded_models_default(
+    tmp_data_dir: Path, tiny_sdxl_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_sdxl_dir, model)
+    (model / "tnr_lab.json").write_text('{"default_scales": {"cfg": 2.5}}')
+    app = make_app(tmp_data_dir, model)
+    async with app.run_test(size=(160, 50)) as pilot:
+        state = app.lab.query_one("#model-state")
+        await wait_for(pilot, lambda: ": loaded" in str(state.content), what="the model")  # not "not loaded"
+        scale = app.lab.query_one("#field-scale", RequestField)
+        assert scale.input.value == "" and scale.input.placeholder == "2.5 (model)"
+        app.lab.query_one("#guidance", Select).value = "cfg++"
+        await pilot.pause(0.1)
+        assert scale.input.placeholder == "0.8"  # this model names no cfg++ scale: the lab's own default
+        app.lab.query_one("#guidance", Select).value = "cfg"
+        await pilot.press(*"a red circle")
+        await set_small(app, steps=1)
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: app.ended, what="the run to end")
+        assert app.ended[0].status == "done", app.ended[0].error
+    store = open_store(tmp_data_dir)
+    assert store.list_runs()[0].request["scale"] == 2.5  # stored resolved: a rerun does not depend on the file

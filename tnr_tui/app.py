@@ -207,7 +207,7 @@ class TnrLabApp(App[int]):
 
     def on_model_state(self, message: ModelState) -> None:
         if self.lab.is_mounted:
-            self.lab.show_model_state(message.ref, message.state, message.detail)
+            self.lab.show_model_state(message.ref, message.state, message.detail, message.default_scales)
         if message.state == "failed":
             self.notify(message.detail, title=f"Model {message.ref}", severity="error", markup=False, timeout=8)
 

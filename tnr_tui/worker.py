@@ -32,9 +32,10 @@ PREVIEW_MAX_PX = 192  # previews are shrunk to this size before they cross the t
 class ModelState(Message):
     """The model is loading / loaded / failed to load."""
 
-    def __init__(self, ref: str, state: str, detail: str = "") -> None:
+    def __init__(self, ref: str, state: str, detail: str = "", default_scales: dict[str, float] | None = None) -> None:
         super().__init__()
         self.ref, self.state, self.detail = ref, state, detail
+        self.default_scales = dict(default_scales or {})  # the loaded model's own (tnr_lab.json)
 
 
 class RunStarted(Message):
@@ -246,7 +247,7 @@ class DeviceWorker:
         ref = key[0]
         if key in self._bundles:
             bundle = self._bundles[key]
-            self._post(ModelState(ref, "loaded", _bundle_label(bundle)))
+            self._post(ModelState(ref, "loaded", _bundle_label(bundle), getattr(bundle, "default_scales", None)))
             return bundle
         self._post(ModelState(ref, "loading"))
         started = time.perf_counter()
@@ -258,7 +259,8 @@ class DeviceWorker:
         # One model on the device at a time: switching models frees the previous one first.
         self._bundles.clear()
         self._bundles[key] = bundle
-        self._post(ModelState(ref, "loaded", f"{_bundle_label(bundle)} in {time.perf_counter() - started:.1f} s"))
+        label = f"{_bundle_label(bundle)} in {time.perf_counter() - started:.1f} s"
+        self._post(ModelState(ref, "loaded", label, getattr(bundle, "default_scales", None)))
         return bundle
 
     def _run_job(self, job: Job) -> None:

@@ -98,6 +98,7 @@ class ModelBundle:
         scheduler_config: dict[str, Any],
         force_zeros_for_empty_prompt: bool = True,
         latent_rgb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        default_scales: dict[str, float] | None = None,
     ) -> None:
         self.ref = ref
         self.path = path
@@ -127,6 +128,9 @@ class ModelBundle:
         if latent_rgb is None:
             latent_rgb = default_latent_rgb(self.latent_channels)
         self.latent_rgb = latent_rgb
+        # The guidance scale a request without one gets on this model (tnr_lab.json beside it); methods not
+        # listed keep engine.request.DEFAULT_SCALE.
+        self.default_scales = dict(default_scales or {})
         # Reuse the cross-attention keys/values and the added embedding across steps, and a lean forward for
         # the transformer blocks' attention (exact; see speedups.py).
         from engine.models.speedups import install_speedups

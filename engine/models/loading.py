@@ -167,6 +167,28 @@ def _latent_rgb_beside(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
         raise ModelError(f"{f}: expected {{'factors': [[r, g, b], ...], 'bias': [r, g, b]}} ({exc})") from exc
 
 
+def _default_scales_beside(path: Path) -> dict[str, float]:
+    """`tnr_lab.json` beside the model: {"default_scales": {method: scale}}, the scales a request without one
+    gets on this model (the embedded model's come from engine.toy.evaluate). Empty when there is none."""
+    import math
+
+    from engine.request import GUIDANCE_METHODS
+
+    f = path / "tnr_lab.json" if path.is_dir() else path.with_name("tnr_lab.json")
+    if not f.is_file():
+        return {}
+    data = _read_json(f)
+    scales = data.get("default_scales", {}) if isinstance(data, dict) else None
+    if not isinstance(scales, dict):
+        raise ModelError(f"{f}: expected {{'default_scales': {{method: scale}}}}")
+    for method, scale in scales.items():
+        if method not in GUIDANCE_METHODS:
+            raise ModelError(f"{f}: unknown guidance method {method!r} in default_scales")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise ModelError(f"{f}: the default scale of {method} must be a finite number, got {scale!r}")
+    return {method: float(scale) for method, scale in scales.items()}
+
+
 def load_bundle(
     ref: str = "embedded",
     device: str | torch.device = "auto",
@@ -323,6 +345,7 @@ def _load_directory(ref: str, path: Path, dev: torch.device, dt: torch.dtype) ->
         scheduler_config=scheduler_config,
         force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", True)),
         latent_rgb=_latent_rgb_beside(path),
+        default_scales=_default_scales_beside(path),
     )
 
 
@@ -403,4 +426,5 @@ def _load_single_file(
         scheduler_config=scheduler_config,
         force_zeros_for_empty_prompt=bool(pipe.config.get("force_zeros_for_empty_prompt", True)),
         latent_rgb=_latent_rgb_beside(path),
+        default_scales=_default_scales_beside(path),
     )

@@ -169,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="markdown table to write (json beside it)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")
     parser.add_argument("--sheet", type=Path, default=None, help="PNG contact sheet of the first images per method")
+    parser.add_argument(
+        "--write-defaults",
+        type=Path,
+        default=None,
+        help="merge each searched method's best scale into this tnr_lab.json (the model's default scales)",
+    )
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in SEARCH_SETTINGS]
@@ -196,7 +202,20 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(text)
         payload = {"search": [c.__dict__ for c in search], "final": [c.__dict__ for c in final]}
         args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    if args.write_defaults is not None:
+        write_default_scales(args.write_defaults, final)
     return 0
+
+
+def write_default_scales(path: Path, final: list[Cell]) -> dict:
+    """Merge the best scale of each method that has one into `path` ({"default_scales": {method: scale}}),
+    keeping the other methods' entries (evaluations can run in several processes)."""
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    scales = dict(data.get("default_scales", {}))
+    scales.update({c.method: float(c.setting["scale"]) for c in final if "scale" in c.setting})
+    data["default_scales"] = dict(sorted(scales.items()))
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return data
 
 
 if __name__ == "__main__":

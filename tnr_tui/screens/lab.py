@@ -115,6 +115,7 @@ class LabScreen(Screen):
         super().__init__(id="lab")
         self.job_ids: set[int] = set()
         self.last_result: dict[str, Any] = {}
+        self.model_default_scales: dict[str, float] = {}  # the loaded model's (a blank scale means these)
 
     # ---- layout ----
 
@@ -227,7 +228,10 @@ class LabScreen(Screen):
         self._field("field-tnr_power").display = "tnr_power" in params
         self._field("field-cfg_rescale").display = "cfg_rescale" in params
         self.query_one("#window").display = "window" in params
-        self._field("field-scale").input.placeholder = f"{DEFAULT_SCALE.get(method, 1.0)}"
+        model_scale = self.model_default_scales.get(method)
+        self._field("field-scale").input.placeholder = (
+            f"{DEFAULT_SCALE.get(method, 1.0)}" if model_scale is None else f"{model_scale:g} (model)"
+        )
         self._update_equivalent()
 
     def _sync_weighted(self) -> None:
@@ -402,7 +406,12 @@ class LabScreen(Screen):
 
     # ---- worker messages, forwarded by the app ----
 
-    def show_model_state(self, ref: str, state: str, detail: str) -> None:
+    def show_model_state(
+        self, ref: str, state: str, detail: str, default_scales: dict[str, float] | None = None
+    ) -> None:
+        if state == "loaded":
+            self.model_default_scales = dict(default_scales or {})
+            self._sync_guidance()  # a blank scale now means this model's default
         text = {"loading": f"{ref}: loading…", "loaded": f"{ref}: loaded ({detail})", "failed": f"{ref}: failed"}
         self.query_one("#model-state", Static).update(text.get(state, state))
         name = ref if len(ref) <= 40 else "…" + ref[-39:]
