@@ -106,15 +106,25 @@ def sample(
 
     Running out of memory is a SamplingError that says so (not the allocator's text).
     """
+    callback_errors: list[BaseException] = []
+
+    def step_callback(event: StepEvent) -> None:
+        try:
+            on_step(event)  # type: ignore[misc]
+        except BaseException as e:  # the caller's own error: passed through as it is, never relabelled
+            callback_errors.append(e)
+            raise
+
     try:
-        return _sample(bundle, request, on_step, should_stop)
+        return _sample(bundle, request, step_callback if on_step is not None else None, should_stop)
     except (RuntimeError, MemoryError) as e:
-        if isinstance(e, SamplingError) or not is_out_of_memory(e):
+        if isinstance(e, SamplingError) or e in callback_errors or not is_out_of_memory(e):
             raise
         size = f"{request.width or bundle.default_size[1]}x{request.height or bundle.default_size[0]}"
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise SamplingError(
-            f"out of memory on {bundle.device} at {size}: try a smaller size, float16, or another device"
-        ) from None
+            f"out of memory on {bundle.device} at {size}: try a smaller size, float16, or another device ({detail})"
+        ) from e
 
 
 def _sample(

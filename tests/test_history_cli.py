@@ -148,12 +148,15 @@ def test_rerun_reports_bit_identical_then_the_drift_of_a_changed_image(tmp_path,
         and rerun.request == open_store(home).get_run(run_id).request
     )
 
-    # Change one pixel of the stored image by 10 levels: the drift is reported exactly.
-    with Image.open(out) as im:
+    # Change one pixel of the stored image (the history's own file, not --out) by 10 levels: the drift is
+    # reported exactly.
+    store = open_store(home)
+    stored = store.resolve(store.get_run(run_id).output("image").path)
+    with Image.open(stored) as im:
         pixels = im.convert("RGB")
     r, g, b = pixels.getpixel((0, 0))
     pixels.putpixel((0, 0), (r + 10 if r < 245 else r - 10, g, b))
-    pixels.save(out)
+    pixels.save(stored)
     assert cli(home, "rerun", run_id) == 0
     text = capsys.readouterr()
     assert "differs from the stored image: max abs 10/255" in text.out

@@ -338,7 +338,12 @@ def test_hub_reachable_answers_false_for_a_closed_port(monkeypatch):
         server.bind(("127.0.0.1", 0))
         port = server.getsockname()[1]
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
         assert hub_reachable(timeout=1.0) is False
+        monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+        assert hub_reachable(timeout=1.0) is True  # behind a proxy: leave it to huggingface_hub
+        monkeypatch.delenv("HTTPS_PROXY")
         server.listen()
         assert hub_reachable(timeout=1.0) is True
 
@@ -528,8 +533,13 @@ def test_dropped_text_names_what_the_encoders_never_see(bundle):
     short, long = bundle.dropped_text([PROMPT, long_prompt])
     assert short == ""
     assert long.endswith("and a black square") and " ".join(long_prompt.split()).endswith(long)
-    kept = len(bundle.tokenizer(long_prompt).input_ids[: bundle.tokenizer.model_max_length])
-    assert kept == 77  # what encode feeds the model: the first 77 tokens, the rest dropped
+    # what encode feeds the model ignores that part: more words there change nothing but the dropped text
+    longer = long_prompt + " on a white background"
+    assert bundle.dropped_text([longer])[0] == long + " on a white background"
+    cond = bundle.encode([long_prompt, longer, PROMPT, PROMPT + " red"], 64, 64)
+    assert torch.equal(cond.prompt_embeds[0], cond.prompt_embeds[1])
+    assert torch.equal(cond.text_embeds[0], cond.text_embeds[1])
+    assert not torch.equal(cond.prompt_embeds[2], cond.prompt_embeds[3])  # within the context words count
 
 
 def test_default_scales_come_from_tnr_lab_json_beside_the_model(tiny_sdxl_dir, tmp_path):

@@ -154,6 +154,17 @@ def test_an_unwritable_latent_path_is_an_os_error_naming_it(tmp_path, bundle, ti
         execute(tiny_request(tiny_sdxl_dir, steps=1), store, bundle=bundle, save_latent=target)
     assert caught.value.filename is not None and ".tmp" not in str(caught.value.filename)
     assert store.list_runs()[0].status == "failed"
+    assert list(store.outputs_dir.rglob("*.*")) == []  # a failed run leaves no files in the history's folder
+
+
+def test_rewriting_an_out_file_in_place_leaves_the_historys_copy_alone(tmp_path, bundle, tiny_sdxl_dir):
+    store = open_store(tmp_path / "home")
+    out = tmp_path / "o.png"
+    outcome = execute(tiny_request(tiny_sdxl_dir, steps=1), store, bundle=bundle, out=out)
+    with open(out, "r+b") as handle:  # an editor saving in place, not by rename
+        handle.write(b"not a png any more")
+    image = store.get_run(outcome.run_id).output("image")
+    assert sha256_file(store.resolve(image.path)) == image.sha256
 
 
 def test_runs_of_the_embedded_model_store_the_checkers_verdicts(tmp_path, tiny_sdxl_dir, monkeypatch):

@@ -258,9 +258,18 @@ def test_running_out_of_memory_is_a_sampling_error_that_says_so(monkeypatch) -> 
     monkeypatch.setattr(bundle, "eps", refuse)
     with pytest.raises(SamplingError, match=r"^out of memory on cpu at 16x16: try a smaller size"):
         sample(bundle, request(width=16, height=16))
+    with pytest.raises(SamplingError, match=r"can't allocate memory: 1600 GB\)$"):  # the allocator's detail kept
+        sample(bundle, request(width=16, height=16))
     monkeypatch.setattr(bundle, "eps", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
     with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors pass through unchanged
         sample(bundle, request())
+
+    def callback(event):
+        raise RuntimeError("CUDA out of memory in the caller's own code")
+
+    with pytest.raises(RuntimeError, match="the caller's own code") as caught:  # not relabelled as sampling's
+        sample(GaussianBundle(), request(), on_step=callback)
+    assert not isinstance(caught.value, SamplingError)
 
 
 def test_events_previews_and_decodes() -> None:

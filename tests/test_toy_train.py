@@ -27,7 +27,7 @@ def test_training_writes_an_sdxl_directory_with_log_summary_and_preview_factors(
     assert (summary["vae_steps"], summary["unet_steps"], summary["partial"]) == (3, 4, False)
     # the decoder polish is part of the recipe: the tiny size's own default count
     assert summary["decoder_steps"] == toy_train.SIZES["tiny"].decoder_steps == 2
-    assert "--decoder-steps 2 --unet-steps 4" in summary["command"]
+    assert "--size tiny --vae-steps 3 --decoder-steps 2 --unet-steps 4" in summary["command"]
     log_lines = (tiny_trained / "training_log.tsv").read_text().splitlines()
     assert log_lines[0].split("\t") == ["stage", "step", "loss", "lr", "seconds"]
     assert list(dict.fromkeys(line.split("\t")[0] for line in log_lines[1:])) == ["vae", "decoder", "unet"]

@@ -490,15 +490,24 @@ async def test_a_blank_scale_is_the_loaded_models_default(
 def test_loading_a_model_freezes_the_long_lived_objects_for_the_gc() -> None:
     # A full collection over torch's and the model's objects froze the UI for ~300 ms mid-run (measured).
     import gc
+    import weakref
 
     from tnr_tui.worker import DeviceWorker
 
+    class Model:  # a reference cycle, as torch modules have: only the collector frees it
+        def __init__(self) -> None:
+            self.me = self
+
     gc.unfreeze()
     posted: list[Any] = []
-    worker = DeviceWorker(posted.append, load_fn=lambda ref, device, dtype: object())
+    worker = DeviceWorker(posted.append, load_fn=lambda ref, device, dtype: Model())
     try:
-        assert worker._load_model(("some-model", "auto", "auto")) is not None
+        first = weakref.ref(worker._load_model(("model-a", "auto", "auto")))
         assert gc.get_freeze_count() > 0
         assert [m.state for m in posted] == ["loading", "loaded"]
+        # switching models frees the frozen previous one (frozen cycles are never collected otherwise)
+        assert worker._load_model(("model-b", "auto", "auto")) is not None
+        gc.collect()
+        assert first() is None
     finally:
         gc.unfreeze()

@@ -92,21 +92,17 @@ def save_latent_file(latent: Any, path: Path) -> None:
 
 
 def place_copy(source: Path, destination: Path) -> None:
-    """Put `source`'s content at `destination` (atomically): a hard link where the filesystem allows, else a copy.
+    """Put a copy of `source` at `destination` (atomically).
 
     The history keeps its own file of every output; `--out` paths are the user's copies, so overwriting one
-    later never changes what the history recorded (our writers replace files by renaming, which leaves the
-    history's link alone).
+    later, even in place, never changes what the history recorded (a hard link would share the bytes).
     """
     destination = Path(destination)
     tmp = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
         tmp.unlink(missing_ok=True)
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
+        shutil.copyfile(source, tmp)
         os.replace(tmp, destination)
     except OSError as e:
         raise OSError(e.errno, e.strerror or str(e), str(destination)) from e  # name the user's path, not the temp
@@ -196,16 +192,26 @@ def execute(
         write_png(result.image, stored_image, info)
         outputs = [OutputFile.of("image", stored_image)]
         image_path = stored_image
-        if out is not None:
-            image_path = Path(out)
-            place_copy(stored_image, image_path)
-        latent_path = None
-        if save_latent is not None:
-            stored_latent = store.new_output_path(run_id, ".safetensors")
-            save_latent_file(result.latent, stored_latent)
-            outputs.append(OutputFile.of("latent", stored_latent))
-            latent_path = Path(save_latent)
-            place_copy(stored_latent, latent_path)
+        latent_path = stored_latent = None
+        try:
+            if out is not None:
+                image_path = Path(out)
+                place_copy(stored_image, image_path)
+            if save_latent is not None:
+                stored_latent = store.new_output_path(run_id, ".safetensors")
+                save_latent_file(result.latent, stored_latent)
+                outputs.append(OutputFile.of("latent", stored_latent))
+                latent_path = Path(save_latent)
+                place_copy(stored_latent, latent_path)
+        except BaseException:
+            # The run is recorded failed with no outputs: its files in the history's folder go too.
+            for path in (stored_image, stored_latent):
+                if path is not None:
+                    try:
+                        Path(path).unlink(missing_ok=True)
+                    except OSError:
+                        pass
+            raise
         metrics = _metrics(result.image, resolved.prompt, resolved.model, bundle)
         store.finish_run(run_id, "done", stats=result.stats, metrics=metrics, outputs=outputs, request=resolved_dict)
     except BaseException as e:

@@ -252,16 +252,21 @@ class DeviceWorker:
             return bundle
         self._post(ModelState(ref, "loading"))
         started = time.perf_counter()
+        # One model on the device at a time: the previous one is freed before the next loads (two SDXL models
+        # rarely fit). It was frozen for the GC (below), and frozen cycles are never collected: unfreeze first.
+        if self._bundles:
+            self._bundles.clear()
+            gc.unfreeze()
+            gc.collect()
         try:
             bundle = self._load(*key)
         except Exception as exc:
             self._post(ModelState(ref, "failed", describe_error(exc)))
             return None
-        # One model on the device at a time: switching models frees the previous one first.
-        self._bundles.clear()
         self._bundles[key] = bundle
         # The libraries and the model are millions of long-lived objects: a full collection walking them froze
         # both threads for ~300 ms mid-run (measured with gc.callbacks). Frozen, later collections skip them.
+        gc.collect()
         gc.freeze()
         label = f"{_bundle_label(bundle)} in {time.perf_counter() - started:.1f} s"
         self._post(ModelState(ref, "loaded", label, getattr(bundle, "default_scales", None)))

@@ -233,15 +233,26 @@ def hub_reachable(timeout: float = 2.0) -> bool:
     Asked before any download: without it an unreachable hub costs ~30 s of retries (huggingface_hub's).
     """
     import socket
+    import threading
     from urllib.parse import urlparse
 
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # behind a proxy a direct connection says nothing; huggingface_hub goes through it
     url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     port = url.port or (80 if url.scheme == "http" else 443)
-    try:
-        socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    answer: list[bool] = []
+
+    def probe() -> None:  # in a thread: the name lookup itself is not bounded by the socket timeout
+        try:
+            socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout).close()
+            answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    worker = threading.Thread(target=probe, daemon=True)
+    worker.start()
+    worker.join(timeout + 0.5)
+    return bool(answer and answer[0])
 
 
 def _load_hub(ref: str, dev: torch.device, dt: torch.dtype) -> ModelBundle:
@@ -253,7 +264,8 @@ def _load_hub(ref: str, dev: torch.device, dt: torch.dtype) -> ModelBundle:
         # Only the component folders' configs, tokenizers and safetensors (never the root single-file
         # checkpoints or pickled weights that some repositories also carry), and of the weights only one
         # copy: the full-precision files where the repository has them, else its fp16 variant.
-        patterns = ["model_index.json"] + [f"{c}/*.{ext}" for c in COMPONENTS for ext in ("json", "txt")]
+        patterns = ["model_index.json", "tnr_lab.json", "latent_rgb.json"]
+        patterns += [f"{c}/*.{ext}" for c in COMPONENTS for ext in ("json", "txt")]
         if offline:
             patterns += [f"{c}/*.safetensors" for c in WEIGHTED]
         else:

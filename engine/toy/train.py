@@ -556,6 +556,7 @@ def train(
     threads: int,
     snapshot_minutes: float = 0.0,
     decoder_steps: int | None = None,
+    size_name: str = "full",
 ) -> dict:
     """The whole recipe; returns the summary written to `out/training.json`.
 
@@ -636,9 +637,9 @@ def train(
             "scaling_factor": scaling_factor,
             "reconstruction_checker_accuracy": reconstruction_accuracy,
             # Every count spelled out: the same weights, bit for bit, on the same torch and thread count.
-            "command": f"python -m engine.toy.train --out {out.name} --seed {seed} --vae-steps {vae_done} "
-            f"--decoder-steps {decoder_done} --unet-steps {unet_steps_done} --images {sizes.images} "
-            f"--threads {threads}",
+            "command": f"python -m engine.toy.train --out {out.name} --seed {seed} --size {size_name} "
+            f"--vae-steps {vae_done} --decoder-steps {decoder_done} --unet-steps {unet_steps_done} "
+            f"--images {sizes.images} --threads {threads}",
             "torch": torch.__version__,
         }
         (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -715,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
 
     train(
         args.out, args.seed, args.minutes, steps("vae_steps"), steps("unet_steps"), sizes, args.threads,
-        args.snapshot_minutes, decoder_steps=steps("decoder_steps"),
+        args.snapshot_minutes, decoder_steps=steps("decoder_steps"), size_name=args.size,
     )  # fmt: skip
     return 0
 

@@ -69,7 +69,8 @@ def plan_grid(base: GenerationRequest, methods: str, solvers: str) -> list[list[
             request = base.replace(
                 solver=solver, steps=steps, guidance=method, scale=scale, tags={**base.tags, "compare": grid_id}
             )
-            shown = "" if method in ("none", "tnr") else f" {request.effective_scale:g}"
+            # No scale given: the model's default (tnr_lab.json) or the lab's, resolved when the run starts.
+            shown = "" if method in ("none", "tnr") else (f" {scale:g}" if scale is not None else " (default scale)")
             # The exact count (the last step is Euler), not request.model_evaluations, which is an upper bound.
             spent = evaluations(solver, method, steps)
             row.append(Cell(f"{method}{shown} · {solver} {steps} steps · {spent} evals", request))
