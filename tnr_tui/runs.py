@@ -144,7 +144,7 @@ def execute(
 
     - `bundle`: a loaded ModelBundle to use; None loads `request.model` on `request.device`/`request.dtype`.
     - The PNG always goes to `<data dir>/outputs/<date>/<run id>.png` (the history's own file); `out` also
-      puts it there (a hard link or a copy), so overwriting `out` later loses nothing the history recorded.
+      gets a copy, so overwriting `out` later (even in place) loses nothing the history recorded.
     - `save_latent`: also write the final latent (safetensors, key `latent`), kept the same way.
     - `origin`: who ran it (`cli`, `tui`, `sweep`, `rerun`); `parent_id`: the run this one re-runs.
     - `run_id`: start a run already recorded as `queued` (the TUI's queue) instead of creating one.
