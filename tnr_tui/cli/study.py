@@ -38,13 +38,17 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def set_cpu_threads(bundle: object, threads: int) -> None:
-    """Pin torch's CPU threads for a CPU model (see --threads)."""
-    if threads < 0:
-        raise UserError(f"threads must be 0 (torch's default) or more, got {threads}")
-    if threads and getattr(getattr(bundle, "device", None), "type", "cpu") == "cpu":
+    """Pin torch's CPU threads for a CPU model (see --threads); the count is checked as the lab's is."""
+    from tnr_tui.threads import choose_cpu_threads
+
+    try:
+        chosen = choose_cpu_threads(threads)  # 0 -> None (torch's default); bounds as for the lab and generate
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if chosen and getattr(getattr(bundle, "device", None), "type", "cpu") == "cpu":
         import torch
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(chosen)
 
 
 def prepare_out_dir(out: str) -> Path:
