@@ -136,7 +136,7 @@ def describe_error(exc: BaseException) -> str:
     """One line for the user: out-of-memory and NaN errors get a hint, others their own message."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     name = type(exc).__name__
-    if name in ("ModelError", "SamplingError", "RequestError", "HistoryError"):
+    if name in ("ModelError", "SamplingError", "RequestError", "HistoryError", "HistoryUnavailable"):
         return text  # our own messages say what happened
     if "out of memory" in text.lower() or name == "OutOfMemoryError":
         return f"out of memory: {text} (try a smaller size, fewer prompts, or float16)"

@@ -184,8 +184,7 @@ class HistoryScreen(Screen):
             from tnr_tui.worker import describe_error
 
             self._exhausted = True
-            self.notify(str(exc) if type(exc).__name__ == "HistoryUnavailable" else describe_error(exc),
-                        title="History", severity="error", markup=False, timeout=10)  # fmt: skip
+            self.notify(describe_error(exc), title="History", severity="error", markup=False, timeout=10)
             return 0
         table = self.query_one("#runs", DataTable)
         for run in runs:
