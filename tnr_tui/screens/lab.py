@@ -39,6 +39,12 @@ METHOD_PARAMS: dict[str, tuple[str, ...]] = {
 METRIC_NAMES = ("colourfulness", "contrast", "saturation", "dynamic_range")
 
 
+def choice_row(label: str, choices: tuple[str, ...], value: str, select_id: str) -> Horizontal:
+    """A labelled drop-down of the Lab's panels (solver, schedule, guidance method)."""
+    select = Select([(c, c) for c in choices], value=value, allow_blank=False, id=select_id, compact=True)
+    return Horizontal(Label(label), select, classes="row")
+
+
 def equivalent_cfg_scale(scales: list[float]) -> float | None:
     """CFG scale g equivalent to the two-prompt form [negative s0, positive s1]: g = (1 + s1 - s0) / 2."""
     if len(scales) != 2:
@@ -145,20 +151,8 @@ class LabScreen(Screen):
                 with Vertical(id="panel-solver", classes="panel") as panel:
                     panel.border_title = "Solver"
                     with Horizontal(classes="pair"):
-                        with Horizontal(classes="row"):
-                            yield Label("Solver")
-                            yield Select(
-                                [(s, s) for s in SOLVERS], value="euler", allow_blank=False, id="solver", compact=True
-                            )
-                        with Horizontal(classes="row"):
-                            yield Label("Schedule")
-                            yield Select(
-                                [(s, s) for s in SCHEDULES],
-                                value="default",
-                                allow_blank=False,
-                                id="schedule",
-                                compact=True,
-                            )
+                        yield choice_row("Solver", SOLVERS, "euler", "solver")
+                        yield choice_row("Schedule", SCHEDULES, "default", "schedule")
                     with Horizontal(classes="pair"):
                         yield RequestField("steps", "Steps", "20")
                         yield RequestField("decode_every", "Decode", "5")
@@ -168,15 +162,7 @@ class LabScreen(Screen):
                 with Vertical(id="panel-guidance", classes="panel") as panel:
                     panel.border_title = "Guidance"
                     with Horizontal(classes="pair"):
-                        with Horizontal(classes="row"):
-                            yield Label("Method")
-                            yield Select(
-                                [(m, m) for m in GUIDANCE_METHODS],
-                                value="cfg",
-                                allow_blank=False,
-                                id="guidance",
-                                compact=True,
-                            )
+                        yield choice_row("Method", GUIDANCE_METHODS, "cfg", "guidance")
                         yield RequestField("scale", "Scale", "", placeholder="5.0", blank_is_none=True)
                     with Horizontal(classes="pair"):
                         yield RequestField("tnr_power", "TNR p", "0.25")
