@@ -75,12 +75,14 @@ class TnrLabApp(App[int]):
         self.autoload = autoload
         self._store_fn = store_fn
         self._store: Any = None
+        self._store_lock = threading.Lock()
+        # One store per process (docs/history.md): the worker records runs through the app's own handle.
         self.worker = DeviceWorker(
             self.post_message,
             data_dir=self.data_dir,
             load_fn=load_fn,
             run_fn=run_fn,
-            store_fn=store_fn,
+            store_fn=lambda _data_dir: self.store,
             threads=threads,
         )
         self.job_owner: dict[int, str] = {}
@@ -135,11 +137,15 @@ class TnrLabApp(App[int]):
 
     @property
     def store(self) -> Any:
-        """The UI thread's handle on the history (the worker has its own).
+        """The process's one handle on the history, shared by the UI thread and the device worker.
 
         A history that cannot be opened (corrupt, newer, a file where the data dir should be ...) raises
         HistoryUnavailable with the reason; callers turn it into a notification, never a crash.
         """
+        with self._store_lock:
+            return self._open_store()
+
+    def _open_store(self) -> Any:
         if self._store is None:
             try:
                 if self._store_fn is not None:

@@ -15,6 +15,7 @@ import socket
 import sqlite3
 import stat
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,6 @@ from tnr_tui.history.paths import DB_NAME, OUTPUTS, filesystem_type, is_network_
 from tnr_tui.history.queries import RunFilter
 
 BUSY_TIMEOUT_S = 30.0
-SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,14 @@ def _index_columns(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_file(db_path: Path) -> None:
-    """Refuse a file that is not SQLite, reading it only (a corrupt history is never modified)."""
+    """Refuse a path that cannot hold the history, from its metadata only (a corrupt history is never modified).
+
+    The file's content is never read here with plain file I/O: on POSIX, closing *any* descriptor of a file
+    drops every lock the process holds on it, SQLite's included, so a second `open()`/`close()` of the
+    database while a connection of this process is open silently unlocks that connection; another process
+    then checkpoints and deletes the WAL under it (issue 10, PITFALLS.md). Whether the bytes are SQLite is
+    asked of SQLite itself (`_file_state`), which shares one set of locks among a process's connections.
+    """
     try:
         st = db_path.stat()
     except FileNotFoundError:
@@ -96,18 +103,8 @@ def _check_file(db_path: Path) -> None:
         )
     if not stat.S_ISREG(st.st_mode):
         raise HistoryError(f"the history file {db_path} is not a regular file; it was left untouched")
-    if st.st_size == 0:
-        return
-    try:
-        with open(db_path, "rb") as f:
-            header = f.read(100)
-    except OSError as e:
-        raise HistoryError(f"cannot read the history file {db_path}: {e.strerror or e}") from None
-    if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
-        raise HistoryError(
-            f"history file {db_path} is corrupt or not a SQLite database; it was left untouched "
-            "(move it away to start a new history, or point --data-dir elsewhere)"
-        )
+    if not os.access(db_path, os.R_OK):
+        raise HistoryError(f"cannot read the history file {db_path}: permission denied")
 
 
 class Store:
@@ -122,6 +119,8 @@ class Store:
         self.engine = engine
         self._writer = engine.execution_options(sqlite_begin="IMMEDIATE")
         self.host = socket.gethostname()
+        self._refs = 1
+        self._registry_key: tuple[int, str] | None = None
 
     # ---- sessions ---------------------------------------------------------------------------------
 
@@ -132,6 +131,13 @@ class Store:
         return Session(self._writer, expire_on_commit=False)
 
     def close(self) -> None:
+        """Release this handle; the last holder's close disposes the engine (see `open_store`)."""
+        with _OPEN_LOCK:
+            self._refs -= 1
+            if self._refs > 0:
+                return
+            if _OPEN_STORES.get(self._registry_key) is self:
+                del _OPEN_STORES[self._registry_key]
         self.engine.dispose()
 
     def __enter__(self) -> Store:
@@ -502,8 +508,8 @@ def _file_state(db_path: Path) -> int:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as e:
         raise HistoryError(
-            f"history file {db_path} is corrupt ({e}); it was left untouched "
-            "(move it away to start a new history, or point --data-dir elsewhere)"
+            f"history file {db_path} is corrupt or not a SQLite database; it was left untouched "
+            f"(move it away to start a new history, or point --data-dir elsewhere; SQLite says: {e})"
         ) from None
     finally:
         conn.close()
@@ -519,6 +525,12 @@ def _file_state(db_path: Path) -> int:
     return version
 
 
+# One Store per history file per process (issue 10): every `open_store` of a file this process has open
+# returns the same Store, counted, so no code path can open a second engine (or touch the file) beside it.
+_OPEN_STORES: dict[tuple[int, str], Store] = {}
+_OPEN_LOCK = threading.Lock()
+
+
 def open_store(
     data_dir: str | os.PathLike[str] | None = None,
     *,
@@ -529,8 +541,24 @@ def open_store(
 
     `warn` receives one-line warnings (network filesystem); they are also kept in `store.warnings`.
     `recover` marks runs whose process is gone as interrupted.
+
+    A history this process already has open is not opened again: the same Store comes back (each
+    `open_store` is matched by one `close()`; the engine is disposed at the last).
     """
     directory = resolve_data_dir(data_dir)  # HistoryError for an empty --data-dir
+    key = (os.getpid(), os.path.realpath(directory / DB_NAME))
+    with _OPEN_LOCK:
+        shared = _OPEN_STORES.get(key)
+        if shared is not None:
+            shared._refs += 1
+            return shared
+        store = _open_new_store(directory, warn=warn, recover=recover)
+        store._registry_key = key
+        _OPEN_STORES[key] = store
+        return store
+
+
+def _open_new_store(directory: Path, *, warn: Callable[[str], None] | None, recover: bool) -> Store:
     try:
         (directory / OUTPUTS).mkdir(parents=True, exist_ok=True)
     except OSError as e:
