@@ -277,6 +277,65 @@ def test_delete_run_cascades_to_outputs(tmp_path):
             assert conn.exec_driver_sql("SELECT count(*) FROM outputs").scalar() == 0
 
 
+def test_delete_removes_only_the_historys_own_files_never_a_users_file_or_a_link_out(tmp_path):
+    """Issue 10, defect 1: a run may record the user's own file (an import by absolute path) or a file whose
+    path leads out of outputs/ through a symlink; deleting the run with its files must leave those alone."""
+    data_dir, elsewhere = tmp_path / "home", tmp_path / "users-pictures"
+    elsewhere.mkdir()
+    with open_store(data_dir) as store:
+        own = store.new_output_path("X", ".png")
+        own.parent.mkdir(parents=True)
+        own.write_bytes(b"own")
+        users = elsewhere / "holiday.png"
+        users.write_bytes(b"the user's")
+        linked_target = elsewhere / "linked.png"
+        linked_target.write_bytes(b"linked")
+        link = store.outputs_dir / "link.png"
+        link.symlink_to(linked_target)
+        escape = store.outputs_dir / "escape"
+        escape.symlink_to(elsewhere, target_is_directory=True)
+        run_id = store.create_run(request())
+        store.finish_run(
+            run_id,
+            "done",
+            outputs=[
+                store_module.OutputFile.of("image", own),
+                store_module.OutputFile.of("image", users),
+                store_module.OutputFile.of("image", link),
+                store_module.OutputFile.of("latent", escape / "holiday.png"),
+            ],
+        )
+        # A path recorded relative to the data dir that climbs out of it (a crafted JSONL import).
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO outputs (run_id, kind, path, sha256, size) VALUES (?, 'latent', ?, ?, 1)",
+                (run_id, "outputs/../../users-pictures/holiday.png", "0" * 64),
+            )
+        assert store.files_to_delete(run_id) == [Path(os.path.realpath(own))]
+        assert store.delete_run(run_id, delete_files=True) == [Path(os.path.realpath(own))]
+        assert store.get_run(run_id) is None
+    assert not own.exists()
+    assert users.read_bytes() == b"the user's" and linked_target.read_bytes() == b"linked"
+    assert link.is_symlink() and escape.is_symlink()
+
+
+def test_delete_keeps_a_file_that_another_run_still_records(tmp_path):
+    with open_store(tmp_path) as store:
+        f = store.outputs_dir / "shared.png"
+        f.write_bytes(b"png")
+        first, second = store.create_run(request()), store.create_run(request())
+        for run_id in (first, second):
+            store.finish_run(run_id, "done", outputs=[store_module.OutputFile.of("image", f)])
+        assert store.files_to_delete(first) == []
+        assert store.delete_run(first, delete_files=True) == []
+        assert f.exists()
+        assert store.files_to_delete(second) == [Path(os.path.realpath(f))]
+        store.delete_run(second, delete_files=True)
+        assert not f.exists()
+        with pytest.raises(HistoryError, match="no run with id"):
+            store.files_to_delete(second)
+
+
 # ---- bad files -------------------------------------------------------------------------------------
 
 

@@ -286,16 +286,59 @@ class Store:
     def set_note(self, run_id: str, notes: str) -> None:
         self._update(run_id, notes=notes)
 
-    def delete_run(self, run_id: str, *, delete_files: bool = False) -> None:
+    def files_to_delete(self, run_id: str) -> list[Path]:
+        """The files `delete_run(run_id, delete_files=True)` would remove (for a dialog to list first).
+
+        Only the history's own files: each output that resolves (symlinks followed) to a regular file inside
+        this data directory's outputs/ and that no other run records. A file a run recorded by absolute path
+        elsewhere (an import of the user's own file), or a link leading out of outputs/, is never deleted.
+        """
+        with self._read() as session:
+            run = session.get(Run, run_id, options=[selectinload(Run.outputs)])
+            if run is None:
+                raise HistoryError(f"no run with id {run_id}")
+            return self._owned_files(session, run)
+
+    def _owned_files(self, session: Session, run: Run) -> list[Path]:
+        outputs_root = os.path.realpath(self.outputs_dir)
+        owned: list[Path] = []
+        for out in run.outputs:
+            real = os.path.realpath(self.resolve(out.path))
+            if os.path.commonpath([outputs_root, real]) != outputs_root or real == outputs_root:
+                continue
+            if not os.path.isfile(real) or Path(real) in owned:
+                continue
+            # Another run pointing at the same file keeps it (by either stored form of the path).
+            forms = {out.path, self.stored_path(Path(real)), real}
+            shared = session.scalar(
+                select(Output.run_id).where(Output.path.in_(forms), Output.run_id != run.id).limit(1)
+            )
+            if shared is None:
+                owned.append(Path(real))
+        return owned
+
+    def delete_run(self, run_id: str, *, delete_files: bool = False) -> list[Path]:
+        """Delete a run and its output rows; with `delete_files`, also `files_to_delete(run_id)`.
+
+        Returns the files removed. The row goes first (one transaction); a file that cannot be removed
+        afterwards is a HistoryError naming it (the run is gone from the history either way).
+        """
         with self._write() as session, session.begin():
             run = session.get(Run, run_id, options=[selectinload(Run.outputs)])
             if run is None:
                 raise HistoryError(f"no run with id {run_id}")
-            paths = [self.resolve(o.path) for o in run.outputs]
+            paths = self._owned_files(session, run) if delete_files else []
             session.delete(run)
-        if delete_files:
-            for p in paths:
-                p.unlink(missing_ok=True)
+        removed: list[Path] = []
+        for p in paths:
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise HistoryError(f"run {run_id} was deleted, but its file {p} was not: {e.strerror or e}") from None
+            removed.append(p)
+        return removed
 
     def _update(self, run_id: str, **values: Any) -> None:
         with self._write() as session, session.begin():
