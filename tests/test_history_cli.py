@@ -274,3 +274,108 @@ def test_rerun_refuses_an_out_that_is_the_stored_image(home, tmp_path, capsys, m
         assert cli(home, "rerun", run_id[:12], "--out", out) == 2
         one_error_line(capsys.readouterr().err, f"is the stored image of run {run_id}")
     assert img.read_bytes() == before and store.count_runs() == 3  # nothing ran
+
+
+# ---- terminal escapes: user text is shown, never obeyed ----------------------------------------------
+
+HOSTILE = "\x1b]0;TITLE\x07 \x1b[2J bare\rcr"
+RAW_BYTES = (b"\x1b", b"\x07", b"\r")
+
+
+def no_raw_control(captured):
+    """Neither stream holds an ESC, BEL or CR byte (all of them came from user text)."""
+    for name, data in (("stdout", captured.out), ("stderr", captured.err)):
+        for byte in RAW_BYTES:
+            assert byte not in data, f"{byte!r} in {name}: {data!r}"
+    return captured.out.decode("utf-8"), captured.err.decode("utf-8")
+
+
+def hostile_png(path, prompt=HOSTILE, colour="white"):
+    info = PngInfo()
+    info.add_text("parameters", f"{prompt}\nNegative prompt: {prompt}\nSteps: 4, Sampler: Euler, CFG scale: 6, Seed: 3")
+    Image.new("RGB", (8, 8), colour).save(path, pnginfo=info)
+    return path
+
+
+def test_history_commands_print_control_characters_of_user_text_as_escapes(tmp_path, capfdbinary):
+    home = tmp_path / "home \x1b]0;T\x07"  # paths printed from the data dir are user text too
+    store = open_store(home)
+    request = {"prompt": HOSTILE, "negative_prompt": HOSTILE, "steps": 4, "seed": 1, "tags": {"sweep": HOSTILE}}
+    run_id = store.create_run(request)
+    store.set_model(run_id, model_name=HOSTILE, model_identity=HOSTILE, device=HOSTILE, dtype=HOSTILE)
+    image = store.new_output_path(run_id, ".png")
+    image.parent.mkdir(parents=True, exist_ok=True)
+    hostile_png(image)
+    store.finish_run(
+        run_id,
+        "failed",
+        stats={"seconds": 1.0},
+        error=HOSTILE,
+        metrics={HOSTILE: 1.0},
+        outputs=[OutputFile.of("image", image)],
+    )
+    store.set_note(run_id, HOSTILE)
+    store.close()
+    escaped = "\\x1b]0;TITLE\\x07 \\x1b[2J bare\\rcr"
+
+    assert cli(home, "list") == 0
+    out, _ = no_raw_control(capfdbinary.readouterr())
+    assert escaped[:40] in out
+    assert cli(home, "show", run_id) == 0
+    out, _ = no_raw_control(capfdbinary.readouterr())
+    for label in ("prompt", "negative", "error", "sweep", "notes"):
+        assert f"  {label:9} {escaped}\n" in out
+    assert f"model     {escaped}  {escaped}" in out and f"on {escaped} ({escaped})" in out
+    assert "home \\x1b]0;T\\x07" in out  # the image's path
+
+    # JSON stays JSON, and carries the text exactly.
+    assert cli(home, "show", run_id, "--json") == 0
+    out, _ = no_raw_control(capfdbinary.readouterr())
+    shown = json.loads(out)
+    assert shown["prompt"] == HOSTILE and shown["notes"] == HOSTILE and shown["metrics"] == {HOSTILE: 1.0}
+    assert cli(home, "list", "--json") == 0
+    out, _ = no_raw_control(capfdbinary.readouterr())
+    assert json.loads(out)[0]["prompt"] == HOSTILE
+
+    # Export and import messages name the user's paths; import-png prints file names and notes.
+    export = tmp_path / "runs \x1b[2J.jsonl"
+    assert cli(home, "export", "--format", "jsonl", "--out", str(export)) == 0
+    out, _ = no_raw_control(capfdbinary.readouterr())
+    assert "runs \\x1b[2J.jsonl" in out
+    other = tmp_path / "other\r"
+    assert cli(other, "import", str(export)) == 0
+    no_raw_control(capfdbinary.readouterr())
+    assert cli(other, "import", str(tmp_path / "missing \x1b[2J.jsonl")) == 2
+    _, err = no_raw_control(capfdbinary.readouterr())
+    assert "missing \\x1b[2J.jsonl: no such file" in err
+    png = hostile_png(tmp_path / "found online \x1b]0;T\x07.png", colour="blue")
+    info = PngInfo()
+    info.add_text("parameters", f"a cat\nSteps: 4, Sampler: {HOSTILE}, Seed: 1, Model: {json.dumps(HOSTILE)}")
+    odd = tmp_path / "odd \x07.png"
+    Image.new("RGB", (8, 8), "red").save(odd, pnginfo=info)
+    bad = tmp_path / "bad \x1b[2J.png"
+    bad.write_bytes(b"not a png \x1b[2J")
+    assert cli(other, "import-png", str(png), str(odd), str(bad)) == 2
+    out, err = no_raw_control(capfdbinary.readouterr())
+    assert "found online \\x1b]0;T\\x07.png: imported as" in out and "odd \\x07.png: imported as" in out
+    assert "bad \\x1b[2J.png" in err
+    imported = out.splitlines()[0].split("imported as ")[1].split()[0]
+    assert cli(other, "show", imported) == 0
+    out, _ = no_raw_control(capfdbinary.readouterr())
+    assert f"  prompt    {escaped}\n" in out
+
+
+def test_generate_and_rerun_print_control_characters_of_user_text_as_escapes(tmp_path, capfdbinary):
+    home = tmp_path / "home \x1b[2J"
+    out_png = tmp_path / "out \x1b]0;T\x07.png"
+    rc = main(["--data-dir", str(home), "generate", "--prompt", HOSTILE, "--steps", "2", "--out", str(out_png)])
+    assert rc == 0
+    out, err = no_raw_control(capfdbinary.readouterr())
+    assert out.startswith(f"{tmp_path}/out \\x1b]0;T\\x07.png  (run ")
+    run_id = out.split("(run ")[1].split(",")[0]
+    assert cli(home, "rerun", run_id) == 0
+    out, _ = no_raw_control(capfdbinary.readouterr())
+    assert "home \\x1b[2J" in out and "bit-identical" in out
+    assert main(["--data-dir", str(home), "generate", "--prompt", "x", "--model", HOSTILE, "--out", str(out_png)]) == 2
+    _, err = no_raw_control(capfdbinary.readouterr())
+    assert "loading model \\x1b]0;TITLE\\x07" in err and err.splitlines()[-1].startswith("tnr-lab: error: ")

@@ -69,7 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_app(args)
         return int(args.func(args) or 0)
     except (UserError, RequestError) as e:
-        print(f"tnr-lab: error: {e}", file=sys.stderr)
+        from tnr_tui.text import visible  # messages quote user input (paths, prompts, record fields)
+
+        print(f"tnr-lab: error: {visible(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tnr-lab: interrupted", file=sys.stderr)

@@ -139,7 +139,9 @@ class ProgressBar:
         self.drawn = False
 
     def message(self, text: str) -> None:
-        self.stream.write(f"{text}\n")
+        from tnr_tui.text import visible  # a model name or path is user text: no raw control byte
+
+        self.stream.write(f"{visible(text)}\n")
         self.stream.flush()
 
     def step(self, event: Any) -> None:
@@ -229,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
     check_paths(out, save_latent)
 
     from tnr_tui.cli.history import open_history
+    from tnr_tui.text import visible
     from tnr_tui.threads import apply_cpu_threads
 
     try:
@@ -241,13 +244,13 @@ def run(args: argparse.Namespace) -> int:
         if outcome.status != "done":
             raise UserError(f"run {outcome.run_id} was {outcome.status}")
         for warning in outcome.stats.get("warnings", []):
-            print(f"warning: {warning}", file=sys.stderr)
+            print(f"warning: {visible(warning)}", file=sys.stderr)
         if args.json:
             print(json.dumps(summary(outcome, store), indent=2))
         else:
             evaluations = outcome.stats.get("model_evaluations")
             print(
-                f"{outcome.image_path}  (run {outcome.run_id}, {outcome.stats.get('seconds', 0.0):.1f} s, "
+                f"{visible(outcome.image_path)}  (run {outcome.run_id}, {outcome.stats.get('seconds', 0.0):.1f} s, "
                 f"{evaluations} model evaluations)"
             )
     finally:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tnr_tui.cli import UserError
+from tnr_tui.text import visible
 
 RUN_STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 MAX_LIMIT = 100_000  # runs per `list` page
@@ -144,7 +145,7 @@ def _os_message(e: OSError) -> str:
 
 
 def _warning(message: str) -> None:
-    print(f"tnr-lab: warning: {message}", file=sys.stderr)
+    print(f"tnr-lab: warning: {visible(message)}", file=sys.stderr)
 
 
 # ---- list / show -------------------------------------------------------------------------------------
@@ -202,12 +203,13 @@ def cmd_list(args: argparse.Namespace, store: Any) -> int:
     print(f"{'id':26}  {'created (UTC)':19}  {'status':11}  {'guidance':8} {'scale':>5} {'steps':>5}  prompt")
     for r in runs:
         scale = "" if r.scale is None else f"{r.scale:g}"
+        # Cut before escaping, so that an escape is never cut in half; a newline reads as a space here.
         prompt = r.prompt.replace("\n", " ")
-        prompt = prompt if len(prompt) <= 50 else prompt[:49] + "…"
+        prompt = visible(prompt if len(prompt) <= 50 else prompt[:49] + "…")
         star = "*" if r.favourite else " "
         print(
-            f"{r.id}  {_short_time(r.to_dict()['created_at'])}  {r.status:11}  {r.guidance:8} {scale:>5} "
-            f"{r.steps:>5} {star}{prompt}"
+            f"{r.id}  {_short_time(r.to_dict()['created_at'])}  {visible(r.status):11}  {visible(r.guidance):8} "
+            f"{scale:>5} {r.steps:>5} {star}{prompt}"
         )
     if len(runs) == limit:
         print(f"more: --after {runs[-1].id}", file=sys.stderr)
@@ -220,34 +222,37 @@ def cmd_show(args: argparse.Namespace, store: Any) -> int:
     if args.json:
         print(json.dumps(d, indent=2, sort_keys=True))
         return 0
-    print(f"run {run.id}  {run.status}" + ("  (favourite)" if run.favourite else ""))
-    print(f"  created   {_short_time(d['created_at'])} UTC  on {run.host} (pid {run.pid}), from {run.origin}")
-    print(f"  prompt    {run.prompt}")
+    v = visible  # every value below may come from an import or a PNG found online
+    print(f"run {run.id}  {v(run.status)}" + ("  (favourite)" if run.favourite else ""))
+    print(f"  created   {_short_time(d['created_at'])} UTC  on {v(run.host)} (pid {run.pid}), from {v(run.origin)}")
+    print(f"  prompt    {v(run.prompt)}")
     if run.negative_prompt:
-        print(f"  negative  {run.negative_prompt}")
-    print(f"  sampling  {run.solver}, {run.steps} steps, schedule {run.schedule}, seed {run.seed}")
-    print(f"  guidance  {run.guidance}, scale {run.scale if run.scale is not None else 'default'}")
+        print(f"  negative  {v(run.negative_prompt)}")
+    print(f"  sampling  {v(run.solver)}, {run.steps} steps, schedule {v(run.schedule)}, seed {run.seed}")
+    print(f"  guidance  {v(run.guidance)}, scale {run.scale if run.scale is not None else 'default'}")
     if run.width:
         print(f"  size      {run.width}x{run.height}")
-    print(f"  model     {run.model_name or run.model}  {run.model_identity or ''}")
+    print(f"  model     {v(run.model_name or run.model)}  {v(run.model_identity or '')}")
     if run.seconds is not None:
         print(
-            f"  outcome   {run.seconds:.2f} s, {run.model_evaluations} model evaluations on {run.device} ({run.dtype})"
+            f"  outcome   {run.seconds:.2f} s, {run.model_evaluations} model evaluations on {v(run.device)} "
+            f"({v(run.dtype)})"
         )
     if run.metrics:
-        print("  metrics   " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(run.metrics.items())))
+        print("  metrics   " + ", ".join(f"{v(k)} {val:.3f}" for k, val in sorted(run.metrics.items())))
     if run.error:
-        print(f"  error     {run.error}")
+        print(f"  error     {v(run.error)}")
     if run.sweep:
-        print(f"  sweep     {run.sweep}")
+        print(f"  sweep     {v(run.sweep)}")
     if run.parent_id:
-        print(f"  re-run of {run.parent_id}")
+        print(f"  re-run of {v(run.parent_id)}")
     if run.notes:
-        print(f"  notes     {run.notes}")
+        print(f"  notes     {v(run.notes)}")
     for out in run.outputs:
         path = store.resolve(out.path)
         state = "" if path.exists() else "  (missing)"
-        print(f"  {out.kind:9} {path}  {out.size} bytes{state}")
+        print(f"  {v(out.kind):9} {v(path)}  {out.size} bytes{state}")
+    # json.dumps escapes every control character (and all non-ASCII) itself.
     print("  request   " + json.dumps(run.request, sort_keys=True))
     return 0
 
@@ -261,7 +266,7 @@ def cmd_export(args: argparse.Namespace, store: Any) -> int:
     out = Path(args.out).expanduser()
     # A file that is gone or changed since its run is left out of a zip, one warning line each.
     count = export_runs(store, args.format, out, filters_of(args), force=args.force, warn=_warning)
-    print(f"exported {count} run{'s' if count != 1 else ''} to {out}")
+    print(f"exported {count} run{'s' if count != 1 else ''} to {visible(out)}")
     return 0
 
 
@@ -352,7 +357,7 @@ def cmd_rerun(args: argparse.Namespace, store: Any) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"re-ran {old.id} as {outcome.run_id}: {outcome.image_path}")
+    print(f"re-ran {old.id} as {outcome.run_id}: {visible(outcome.image_path)}")
     if not report["compared"]:
         print(f"no comparison: {report['reason']}")
     elif not report.get("comparable", True):
@@ -390,7 +395,7 @@ def cmd_import_png(args: argparse.Namespace, store: Any) -> int:
         except (PngMetadataError, RequestError, TypeError, ValueError, OSError) as e:
             text = _os_message(e) if isinstance(e, OSError) else str(e)
             message = text if text.startswith(str(path)) else f"{path}: {text}"
-            print(f"tnr-lab: error: {message}", file=sys.stderr)
+            print(f"tnr-lab: error: {visible(message)}", file=sys.stderr)
             failures += 1
             continue
         existing = store.run_with_output(image.sha256)
@@ -407,7 +412,7 @@ def cmd_import_png(args: argparse.Namespace, store: Any) -> int:
     else:
         for r in results:
             verb = "imported as" if r["new"] else "already in the history as"
-            print(f"{r['file']}: {verb} {r['run_id']} ({r['source']} metadata)")
+            print(f"{visible(r['file'])}: {verb} {r['run_id']} ({r['source']} metadata)")
             for note in r["notes"]:
-                print(f"  note: {note}")
+                print(f"  note: {visible(note)}")
     return 2 if failures else 0  # each failed file had its one error line
