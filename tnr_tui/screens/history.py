@@ -19,7 +19,7 @@ from textual.widgets import Checkbox, DataTable, Footer, Header, Input, Select, 
 from engine.request import GUIDANCE_METHODS, GenerationRequest, RequestError
 from tnr_tui.screens import preset_breakpoints
 from tnr_tui.screens.dialogs import ConfirmDialog, ExportDialog, NoteDialog
-from tnr_tui.widgets.picture import Picture
+from tnr_tui.widgets.picture import Picture, read_image
 
 PAGE_SIZE = 60
 PREFETCH_ROWS = 15  # fetch the next page when the cursor gets this close to the last loaded row
@@ -27,13 +27,18 @@ STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 IMAGE_KINDS = ("image", "png")
 
 
-def run_image_path(store: Any, run: Any) -> Path | None:
+def recorded_image(store: Any, run: Any) -> Path | None:
+    """Where the run's image is recorded to be, whether or not a file is there now."""
     for kind in IMAGE_KINDS:
         out = run.output(kind)
         if out is not None:
-            path = store.resolve(out.path)
-            return path if path.is_file() else None
+            return store.resolve(out.path)
     return None
+
+
+def run_image_path(store: Any, run: Any) -> Path | None:
+    path = recorded_image(store, run)
+    return path if path is not None and path.is_file() else None
 
 
 def describe_run(run: Any) -> str:
@@ -256,15 +261,11 @@ class HistoryScreen(Screen):
             params.update("no runs match" if self.pages_loaded else "select a run")
             return
         app: Any = self.app
-        path = run_image_path(app.store, run)
-        image = None
-        if path is not None:
-            from PIL import Image
-
-            with Image.open(path) as img:
-                image = img.convert("RGB")
-                image.thumbnail((256, 256))
-        thumb.show(image, "" if image is not None else "no image")
+        path = recorded_image(app.store, run)
+        if path is None:
+            thumb.show(None, "no image")
+        else:
+            thumb.show(*read_image(path))  # a damaged or missing file is its caption, not a crash
         params.update(describe_run(run))
 
     def _refresh_run(self, run_id: str) -> None:

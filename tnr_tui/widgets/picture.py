@@ -15,6 +15,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
@@ -189,6 +190,38 @@ def _ioctl_cell_size() -> tuple[int, int] | None:
 
 def chosen_protocol() -> str:
     return _chosen or "none"
+
+
+THUMBNAIL_MAX_PIXELS = 64_000_000  # a larger stored image is refused: decoding it would stall the UI thread
+
+
+def read_image(path: Path | None, max_px: int = 256) -> tuple[Any, str]:
+    """(thumbnail, "") from an image file, or (None, "image unreadable: reason"): the one place the TUI
+    decodes a stored file. A missing, damaged, non-image or huge file is a caption, never an exception."""
+    if path is None:
+        return None, "image unreadable: no path recorded"
+    try:
+        if not path.is_file():  # a FIFO or a device would block Image.open on the UI thread
+            why = "not a regular file" if path.exists() else "no such file"
+            return None, f"image unreadable: {why}: {path}"
+        import warnings
+
+        from PIL import Image, UnidentifiedImageError
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, not printed to the tty
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > THUMBNAIL_MAX_PIXELS:
+                    return None, f"image unreadable: too large to show ({width}x{height}): {path}"
+                image = img.convert("RGB")  # decodes it all: a truncated file fails here
+    except UnidentifiedImageError:
+        return None, f"image unreadable: not an image file: {path}"
+    except Exception as exc:  # OSError, PIL's decoder errors (SyntaxError, ValueError, bombs ...)
+        reason = getattr(exc, "strerror", None) or str(exc).strip() or type(exc).__name__
+        return None, f"image unreadable: {reason}: {path}"
+    image.thumbnail((max_px, max_px))
+    return image, ""
 
 
 class Picture(Container):

@@ -1,0 +1,119 @@
+"""The History screen against damaged and hostile history content (issue 10): stored images that cannot be
+decoded, user text with control characters, the delete dialog. The real app under App.run_test() over a
+real store; no model (nothing here samples)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from textual.widgets import DataTable
+
+from engine.request import GenerationRequest
+from tnr_tui.app import TnrLabApp
+from tnr_tui.history import OutputFile, open_store
+
+
+def notifications(app: TnrLabApp) -> list[Any]:
+    return list(app._notifications)  # Textual keeps no public list (see test_tui_app.notifications)
+
+
+async def wait_for(pilot: Any, condition: Any, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.05)
+
+
+def done_run_with_image(store: Any, prompt: str) -> tuple[str, Path]:
+    """A finished run whose image is a real PNG in the history's outputs/ (as runs.execute leaves it)."""
+    run_id = store.create_run(GenerationRequest(prompt=prompt, steps=2))
+    path = store.new_output_path(run_id, ".png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 64), "red").save(path)
+    store.finish_run(run_id, "done", stats={"seconds": 0.1}, outputs=[OutputFile.of("image", path)])
+    return run_id, path
+
+
+def damage(path: Path, how: str) -> None:
+    if how == "garbage":
+        path.write_bytes(b"this is not a picture at all" * 40)
+    elif how == "truncated":
+        path.write_bytes(path.read_bytes()[:60])
+    elif how == "missing":
+        path.unlink()
+    elif how == "directory":
+        path.unlink()
+        path.mkdir()
+    elif how == "text":
+        path.write_text("prompt: a red circle\n")
+    elif how == "empty":
+        path.write_bytes(b"")
+
+
+DAMAGES = {
+    "garbage": "not an image file",
+    "truncated": "image unreadable:",
+    "missing": "no such file",
+    "directory": "not a regular file",
+    "text": "not an image file",
+    "empty": "not an image file",
+}
+
+
+def history_app(data_dir: Path) -> TnrLabApp:
+    return TnrLabApp(data_dir=data_dir, image_protocol="halfcell", autoload=False)
+
+
+@pytest.mark.parametrize("how", sorted(DAMAGES))
+async def test_a_stored_image_that_cannot_be_read_is_a_caption_not_a_crash(tmp_data_dir: Path, how: str) -> None:
+    store = open_store(tmp_data_dir)
+    good_id, _ = done_run_with_image(store, "a good one")
+    bad_id, bad_path = done_run_with_image(store, "a damaged one")
+    store.close()
+    damage(bad_path, how)
+    app = history_app(tmp_data_dir)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.press("f3")
+        await pilot.pause(0.2)
+        history = app.history_screen
+        table = history.query_one("#runs", DataTable)
+        thumb = history.query_one("#thumb")
+        caption = thumb.query_one(".picture-caption")
+        table.move_cursor(row=table.get_row_index(bad_id))
+        await pilot.pause(0.1)
+        assert history.selected_id() == bad_id
+        assert thumb.pil_image is None
+        shown = str(caption.content)
+        assert shown.startswith("image unreadable: ") and DAMAGES[how] in shown, shown
+        assert str(bad_path) in shown
+        assert "a damaged one" in str(history.query_one("#run-params").content)  # the details still show
+        # The screen keeps working: the good run's thumbnail, then the damaged one again.
+        table.move_cursor(row=table.get_row_index(good_id))
+        await pilot.pause(0.1)
+        assert thumb.pil_image is not None and thumb.pil_image.size == (64, 64)
+        table.move_cursor(row=table.get_row_index(bad_id))
+        await pilot.pause(0.1)
+        assert thumb.pil_image is None and str(caption.content).startswith("image unreadable: ")
+        assert app.is_running
+    assert app.return_code in (0, None)
+
+
+async def test_an_image_too_large_to_decode_is_refused_before_decoding(tmp_data_dir: Path, monkeypatch) -> None:
+    from tnr_tui.widgets import picture
+
+    store = open_store(tmp_data_dir)
+    run_id, path = done_run_with_image(store, "big")
+    store.close()
+    Image.new("RGB", (300, 200), "blue").save(path)
+    monkeypatch.setattr(picture, "THUMBNAIL_MAX_PIXELS", 300 * 200 - 1)
+    app = history_app(tmp_data_dir)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.press("f3")
+        await pilot.pause(0.2)
+        caption = str(app.history_screen.query_one("#thumb .picture-caption").content)
+        assert caption == f"image unreadable: too large to show (300x200): {path}"
