@@ -94,9 +94,9 @@ def test_export_refuses_existing_file_then_import_is_idempotent(home, tmp_path, 
     assert "exported 2 runs" in capsys.readouterr().out
     other = tmp_path / "other"
     assert main(["--data-dir", str(other), "history", "import", str(out), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"added": 2, "skipped": 0, "files": 0}
+    assert json.loads(capsys.readouterr().out) == {"added": 2, "skipped": 0, "files": 0, "missing": 0}
     assert main(["--data-dir", str(other), "history", "import", str(out), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"added": 0, "skipped": 2, "files": 0}
+    assert json.loads(capsys.readouterr().out) == {"added": 0, "skipped": 2, "files": 0, "missing": 0}
 
 
 def test_corrupt_history_is_a_message_and_the_file_is_untouched(tmp_path, capsys):
@@ -124,9 +124,17 @@ def test_import_png_records_a_run_once_and_reports_bad_files(home, tmp_path, cap
     store = open_store(home)
     run = store.get_run(entry["run_id"])
     assert (run.prompt, run.negative_prompt, run.steps, run.seed, run.scale) == ("a cat", "dog", 12, 9, 6.0)
-    assert run.origin == "import-png" and store.resolve(run.output("image").path) == png and "Euler a" in run.notes
+    assert run.origin == "import-png" and "Euler a" in run.notes
+    # The history records its own copy (outputs/<day>/<run id>.png), never the user's file.
+    copy = store.resolve(run.output("image").path)
+    assert copy.parent.parent == store.outputs_dir and copy.name == f"{run.id}.png"
+    assert copy.read_bytes() == png.read_bytes() and run.output("image").size == png.stat().st_size
     assert cli(home, "import-png", str(png), "--json") == 0
     assert json.loads(capsys.readouterr().out)[0] == {**entry, "new": False}
+    # Deleting the run with its files removes the history's copy and leaves the user's PNG alone.
+    user_bytes = png.read_bytes()
+    store.delete_run(run.id, delete_files=True)
+    assert not copy.exists() and png.read_bytes() == user_bytes
 
 
 def test_rerun_reports_bit_identical_then_the_drift_of_a_changed_image(tmp_path, tiny_sdxl_dir, capsys):

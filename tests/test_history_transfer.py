@@ -56,8 +56,10 @@ def test_jsonl_round_trip_is_exact_and_import_is_idempotent(tmp_path):
     for run_id in ids:
         a, b = src.get_run(run_id).to_dict(), dst.get_run(run_id).to_dict()
         assert comparable(a) == comparable(b)
-        # JSONL carries absolute paths: the imported run still finds the original file.
-        assert dst.resolve(b["outputs"][0]["path"]) == src.resolve(a["outputs"][0]["path"])
+        # JSONL carries absolute paths; the import records its own copy of the file, in its outputs/.
+        copy, original = dst.resolve(b["outputs"][0]["path"]), src.resolve(a["outputs"][0]["path"])
+        assert copy.is_relative_to(dst.outputs_dir) and copy.read_bytes() == original.read_bytes()
+        assert copy.name == f"{run_id}.png" and copy.parent.name == a["created_at"][:10]
     again = import_runs(dst, out)
     assert (again.added, again.skipped) == (0, 3)
     assert dst.count_runs() == 3
@@ -162,7 +164,14 @@ def test_zip_with_escaping_paths_is_refused_before_anything_is_written(tmp_path,
     assert not (tmp_path / "evil.png").exists()
 
 
-def test_zip_with_a_tampered_image_leaves_no_files_and_no_rows(tmp_path):
+@pytest.mark.parametrize(
+    "tamper,message",
+    [
+        (lambda data: data + b"x", "holds more than its recorded"),
+        (lambda data: data[:-1] + bytes([data[-1] ^ 1]), "does not match its recorded sha256"),
+    ],
+)
+def test_zip_with_a_tampered_image_leaves_no_files_and_no_rows(tmp_path, tamper, message):
     src, ids = make_history(tmp_path / "a", n=2)
     good = tmp_path / "good.zip"
     export_runs(src, "zip", good)
@@ -170,9 +179,9 @@ def test_zip_with_a_tampered_image_leaves_no_files_and_no_rows(tmp_path):
     with zipfile.ZipFile(good) as zin, zipfile.ZipFile(tampered, "w") as zout:
         for item in zin.infolist():
             data = zin.read(item)
-            zout.writestr(item, data + b"x" if item.filename == f"files/{ids[0]}/image.png" else data)
+            zout.writestr(item, tamper(data) if item.filename == f"files/{ids[0]}/image.png" else data)
     dst = open_store(tmp_path / "b")
-    with pytest.raises(HistoryError, match="does not match its recorded sha256"):
+    with pytest.raises(HistoryError, match=message):
         import_runs(dst, tampered)
     assert dst.count_runs() == 0
     assert [p for p in dst.outputs_dir.rglob("*") if p.is_file()] == []

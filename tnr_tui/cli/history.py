@@ -273,13 +273,19 @@ def cmd_export(args: argparse.Namespace, store: Any) -> int:
 def cmd_import(args: argparse.Namespace, store: Any) -> int:
     from tnr_tui.history.transfer import import_runs
 
-    report = import_runs(store, Path(args.file).expanduser())
+    # A file a JSONL record names that is missing or not its recorded bytes: one warning line each.
+    report = import_runs(store, Path(args.file).expanduser(), warn=_warning)
     if args.json:
-        print(json.dumps({"added": report.added, "skipped": report.skipped, "files": report.files}))
+        print(
+            json.dumps(
+                {"added": report.added, "skipped": report.skipped, "files": report.files, "missing": report.missing}
+            )
+        )
     else:
         print(
             f"imported {report.added} run(s), {report.skipped} already present"
             + (f", {report.files} file(s)" if report.files else "")
+            + (f", {report.missing} file(s) missing (imported without them)" if report.missing else "")
         )
     return 0
 
@@ -378,35 +384,34 @@ def cmd_rerun(args: argparse.Namespace, store: Any) -> int:
 
 
 def cmd_import_png(args: argparse.Namespace, store: Any) -> int:
-    """Each PNG becomes a `done` run (origin `import-png`) pointing at the PNG, so that `rerun` can compare."""
-    from engine.request import GenerationRequest, RequestError
-    from tnr_tui.history.png import PngMetadataError, request_from_png
-    from tnr_tui.history.store import OutputFile
+    """Each PNG becomes a `done` run (origin `import-png`) with the history's own copy of the image."""
+    from engine.request import RequestError
+    from tnr_tui.history import HistoryError
+    from tnr_tui.history.png import PngMetadataError
+    from tnr_tui.history.transfer import import_png
 
     results, failures = [], 0
     for name in args.files:
         path = Path(name).expanduser()
         try:
-            request_dict, source, notes = request_from_png(path)
             # Values a run cannot have (steps past 10 000, a 20-digit seed ...) are RequestErrors here, one
             # line for this file; the next files are still imported.
-            request = GenerationRequest.from_dict(request_dict)
-            image = OutputFile.of("image", path.resolve())
-        except (PngMetadataError, RequestError, TypeError, ValueError, OSError) as e:
+            imported = import_png(store, path)
+        except (PngMetadataError, RequestError, HistoryError, TypeError, ValueError, OSError) as e:
             text = _os_message(e) if isinstance(e, OSError) else str(e)
             message = text if text.startswith(str(path)) else f"{path}: {text}"
             print(f"tnr-lab: error: {visible(message)}", file=sys.stderr)
             failures += 1
             continue
-        existing = store.run_with_output(image.sha256)
-        if existing is not None:
-            results.append({"file": str(path), "run_id": existing, "source": source, "new": False, "notes": notes})
-            continue
-        run_id = store.create_run(request, origin="import-png")
-        store.finish_run(run_id, "done", outputs=[image])
-        if notes:
-            store.set_note(run_id, f"imported from {source} PNG: " + "; ".join(notes))
-        results.append({"file": str(path), "run_id": run_id, "source": source, "new": True, "notes": notes})
+        results.append(
+            {
+                "file": str(path),
+                "run_id": imported.run_id,
+                "source": imported.source,
+                "new": imported.new,
+                "notes": imported.notes,
+            }
+        )
     if args.json:
         print(json.dumps(results, indent=2))
     else:

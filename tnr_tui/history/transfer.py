@@ -5,18 +5,22 @@ zip (runs.jsonl + the files). Import is idempotent by run id and all-or-nothing.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import itertools
 import json
 import math
 import os
+import re
+import stat
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, BinaryIO
 
-from tnr_tui.history.models import OUTPUT_KINDS, RUN_STATUSES, parse_iso
+from tnr_tui.history.models import OUTPUT_KINDS, RUN_STATUSES, parse_iso, utcnow
 from tnr_tui.history.queries import RunFilter
 from tnr_tui.history.store import HistoryError, Store, _stderr_warning, sha256_file
 
@@ -62,7 +66,8 @@ CSV_COLUMNS = (
 class ImportReport:
     added: int
     skipped: int  # already present (same id)
-    files: int  # files extracted from a zip
+    files: int  # files copied into the history's outputs/
+    missing: int = 0  # files a JSONL record names that were absent or not the recorded bytes (left out)
 
 
 def _record(run: Any, store: Store) -> dict[str, Any]:
@@ -260,19 +265,6 @@ def _check_text(value: Any, what: str) -> None:
         raise HistoryError(f"{what} must be text, got {type(value).__name__}")
 
 
-def _parse_jsonl(text: str, source: str) -> list[dict[str, Any]]:
-    records = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise HistoryError(f"{source} line {number}: not JSON ({e.msg})") from None
-        records.append(_validate_record(rec, f"{source} line {number}"))
-    return records
-
-
 def _safe_member(name: str) -> bool:
     """A zip member name that stays inside the extraction directory."""
     if not name or name.startswith(("/", "\\")) or PureWindowsPath(name).drive:
@@ -280,28 +272,280 @@ def _safe_member(name: str) -> bool:
     return ".." not in PurePosixPath(name.replace("\\", "/")).parts
 
 
-def import_runs(store: Store, path: Path) -> ImportReport:
-    """Import a JSONL or zip export. Everything is checked before anything is written; the rows go in one
-    transaction, and files extracted for a failed import are removed again."""
+# ---- reading an export, line by line -----------------------------------------------------------------
+
+
+def _records(stream: BinaryIO, source: str, digest: Any) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, checked record) of each non-blank line; `digest` sees every byte read."""
+    number = 0
+    while True:
+        raw = stream.readline()
+        if not raw:
+            return
+        number += 1
+        digest.update(raw)
+        try:
+            # utf-8-sig on the first line: an editor's byte-order mark is not part of the JSON.
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError:
+            raise HistoryError(f"{source}: neither a zip nor a UTF-8 JSONL file (line {number} is not UTF-8)") from None
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise HistoryError(f"{source} line {number}: not JSON ({e.msg})") from None
+        yield number, _validate_record(rec, f"{source} line {number}")
+
+
+@dataclass
+class _Wanted:
+    """A file of a run the import brings into the history: where it comes from and what it must be."""
+
+    index: int  # its place in the record's outputs
+    kind: str
+    source: str  # the zip member, or the path as the JSONL record gives it
+    sha256: str
+    size: int
+
+
+@dataclass
+class _Plan:
+    """What pass 1 learnt of one new run: its line, its output day and the files it wants."""
+
+    line: int
+    day: str
+    wanted: list[_Wanted]
+    placed: dict[int, str] = field(default_factory=dict)  # output index -> stored path
+    dropped: list[str] = field(default_factory=list)  # one line per file left out
+
+
+def _scan(stream: BinaryIO, source: str) -> tuple[dict[str, _Plan], str]:
+    """Pass 1: every record checked, no id twice; (the plan of each run, the sha256 of the bytes read)."""
+    digest = hashlib.sha256()
+    plans: dict[str, _Plan] = {}
+    for number, rec in _records(stream, source, digest):
+        first = plans.get(rec["id"])
+        if first is not None:
+            raise HistoryError(
+                f"{source} line {number}: run {rec['id']} appears twice (first on line {first.line}); "
+                "nothing was imported"
+            )
+        created = parse_iso(rec.get("created_at")) or utcnow()
+        wanted = [
+            _Wanted(i, out["kind"], out["path"], out["sha256"], out["size"])
+            for i, out in enumerate(rec.get("outputs") or ())
+        ]
+        plans[rec["id"]] = _Plan(number, created.strftime("%Y-%m-%d"), wanted)
+    return plans, digest.hexdigest()
+
+
+def _rewritten(
+    stream: BinaryIO, source: str, plans: dict[str, _Plan], present: set[str], checksum: str
+) -> Iterator[dict[str, Any]]:
+    """Pass 2, inside the insert's transaction: each new record pointing at the history's own copies.
+
+    The bytes must be those of pass 1 (the sha256 is compared at the end, and a difference rolls the
+    transaction back): a file changed in between is refused, never half imported.
+    """
+    digest = hashlib.sha256()
+    for _, rec in _records(stream, source, digest):
+        if rec["id"] in present:
+            yield rec  # the store skips it
+            continue
+        plan = plans.get(rec["id"])
+        if plan is None:
+            raise HistoryError(f"{source} changed while it was being imported; nothing was imported")
+        outputs = rec.get("outputs") or []
+        rec["outputs"] = [{**out, "path": plan.placed[i]} for i, out in enumerate(outputs) if i in plan.placed]
+        if plan.dropped:
+            rec["notes"] = "; ".join([*filter(None, [rec.get("notes")]), *plan.dropped])
+        yield rec
+    if digest.hexdigest() != checksum:
+        raise HistoryError(f"{source} changed while it was being imported; nothing was imported")
+
+
+# ---- bringing files into the history -----------------------------------------------------------------
+
+KIND_SUFFIX = {"image": ".png", "latent": ".safetensors", "preview": ".png"}
+_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,12}")
+
+
+class FileMismatch(Exception):
+    """A file is not the one its record describes (size or sha256); the message says how."""
+
+
+class _Placer:
+    """The files one import brings into `outputs/<day>/<run id>.<ext>`: each is copied under a temporary
+    name, checked against its recorded size and sha256 while it is copied, then renamed; an existing file is
+    never replaced. `rollback` removes every file and folder this import made."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.written: list[Path] = []
+        self.made_dirs: list[Path] = []
+        self.tmp: Path | None = None
+        self.bytes_copied = 0
+
+    def _day_dir(self, day: str) -> Path:
+        folder = self.store.outputs_dir / day
+        for parent in reversed([folder, *folder.parents]):
+            if not parent.exists():
+                parent.mkdir()
+                self.made_dirs.append(parent)
+        return folder
+
+    def place(self, src: BinaryIO, run_id: str, day: str, wanted: _Wanted) -> str:
+        """Copy `src` in; the stored path. FileMismatch (nothing left behind) if it is not the file wanted;
+        HistoryError when the history's folder cannot take it (read-only, disk full)."""
+        suffix = PurePosixPath(wanted.source.replace("\\", "/")).suffix
+        suffix = suffix.lower() if _SUFFIX.fullmatch(suffix) else KIND_SUFFIX[wanted.kind]
+        try:
+            folder = self._day_dir(day)
+            self.tmp = folder / f".{run_id}{suffix}.{os.getpid()}.tmp"
+            try:
+                with open(self.tmp, "wb") as dst:
+                    sha256, size = _copy_at_most(src, dst, wanted.size)
+                if size != wanted.size:
+                    more = "more than" if size > wanted.size else f"{size} bytes, not"
+                    raise FileMismatch(f"holds {more} its recorded {wanted.size} bytes")
+                if sha256 != wanted.sha256:
+                    raise FileMismatch("does not match its recorded sha256")
+                target = self._free_name(folder, run_id, suffix, wanted)
+                if not target.exists():
+                    os.replace(self.tmp, target)
+                    self.written.append(target)
+                # else: the same bytes are there already (an earlier import): that file is recorded
+                return self.store.stored_path(target)
+            finally:
+                self.tmp.unlink(missing_ok=True)
+                self.tmp = None
+        except OSError as e:
+            raise HistoryError(
+                f"cannot write into {self.store.outputs_dir}: {e.strerror or e}; nothing was imported"
+            ) from None
+
+    @staticmethod
+    def _free_name(folder: Path, run_id: str, suffix: str, wanted: _Wanted) -> Path:
+        """`<run id><suffix>`, or `<run id>-N<suffix>` past names taken by other bytes."""
+        for n in itertools.count():
+            target = folder / (f"{run_id}{suffix}" if n == 0 else f"{run_id}-{n}{suffix}")
+            if not target.exists():
+                return target
+            try:
+                if target.stat().st_size == wanted.size and sha256_file(target) == wanted.sha256:
+                    return target
+            except OSError:
+                pass  # unreadable: not ours to reuse; try the next name
+        raise AssertionError("unreachable")
+
+    def rollback(self) -> None:
+        for path in self.written:
+            path.unlink(missing_ok=True)
+        for folder in reversed(self.made_dirs):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass  # not empty: something else lives there now
+
+
+def _copy_at_most(src: BinaryIO, dst: BinaryIO, size: int) -> tuple[str, int]:
+    """Copy up to `size` + 1 bytes (one past is enough to know the source is too long): (sha256, bytes)."""
+    digest = hashlib.sha256()
+    copied = 0
+    while copied <= size:
+        try:
+            block = src.read(min(1 << 20, size + 1 - copied))
+        except OSError as e:  # the source's fault; a failed write below is the history's
+            raise FileMismatch(f"cannot be read ({e.strerror or e})") from None
+        if not block:
+            break
+        digest.update(block)
+        dst.write(block)
+        copied += len(block)
+    return digest.hexdigest(), copied
+
+
+# ---- import ------------------------------------------------------------------------------------------
+
+
+def import_runs(store: Store, path: Path, *, warn: Callable[[str], None] | None = _stderr_warning) -> ImportReport:
+    """Import a JSONL or zip export (idempotent by run id, all or nothing).
+
+    The history owns every file it records: each output file is copied into `outputs/<day>/<run id>.<ext>`
+    and the copy is recorded, never the path the export names. A zip's files must all be there and match
+    their records (else nothing is imported). A JSONL record's file (an absolute path, or one relative to the
+    JSONL's folder) is copied when it exists and matches its recorded size and sha256; otherwise the run is
+    imported without it, `warn` gets one line and the run's notes say which file was left out.
+
+    Every record is checked before anything is written, the rows go in one transaction, and the files of a
+    failed import are removed again.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise HistoryError(f"{path}: no such file")
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise HistoryError(f"{path}: no such file") from None
+    except OSError as e:
+        raise HistoryError(f"{path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise HistoryError(f"{path}: not a regular file")
     if zipfile.is_zipfile(path):
         return _import_zip(store, path)
+    return _import_jsonl(store, path, warn)
+
+
+def _import_jsonl(store: Store, path: Path, warn: Callable[[str], None] | None) -> ImportReport:
+    source = str(path)
+    with open(path, "rb") as stream:
+        plans, checksum = _scan(stream, source)
+        present = store.existing_ids(plans)
+        placer = _Placer(store)
+        base = path.parent
+        try:
+            missing = 0
+            for run_id, plan in plans.items():
+                if run_id in present:
+                    continue
+                for wanted in plan.wanted:
+                    problem = _bring_file(placer, base, run_id, plan, wanted)
+                    if problem is not None:
+                        missing += 1
+                        plan.dropped.append(f"imported without its {wanted.kind} file: {wanted.source} {problem}")
+                        if warn is not None:
+                            warn(f"run {run_id}: its {wanted.kind} file {wanted.source} {problem}; imported without it")
+            stream.seek(0)
+            added, skipped = store.insert_records(_rewritten(stream, source, plans, present, checksum))
+        except BaseException:
+            placer.rollback()
+            raise
+    return ImportReport(added, skipped, _placed(plans), missing)
+
+
+def _bring_file(placer: _Placer, base: Path, run_id: str, plan: _Plan, wanted: _Wanted) -> str | None:
+    """Copy one file a JSONL record names into the history; None, or why it was left out."""
+    source = Path(wanted.source)
+    source = source if source.is_absolute() else base / source
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise HistoryError(f"{path}: neither a zip nor a UTF-8 JSONL file") from None
-    records = _parse_jsonl(text, str(path))
-    return _insert(store, records, files=0)
-
-
-def _insert(store: Store, records: list[dict[str, Any]], files: int) -> ImportReport:
-    ids = [r["id"] for r in records]
-    if len(set(ids)) != len(ids):
-        raise HistoryError("the import holds the same run id twice")
-    added, skipped = store.insert_records(records)
-    return ImportReport(added, skipped, files)
+        st = source.stat()
+    except FileNotFoundError:
+        return "is missing"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if st.st_size != wanted.size:
+        return f"is {st.st_size} bytes, not its recorded {wanted.size}"
+    try:
+        src = open(source, "rb")
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    with src:
+        try:
+            plan.placed[wanted.index] = placer.place(src, run_id, plan.day, wanted)
+        except FileMismatch as e:
+            return str(e)
+    return None
 
 
 def _import_zip(store: Store, path: Path) -> ImportReport:
@@ -314,66 +558,118 @@ def _import_zip(store: Store, path: Path) -> ImportReport:
 
 def _import_zip_members(store: Store, path: Path) -> ImportReport:
     with zipfile.ZipFile(path) as zf:
-        encrypted = [i.filename for i in zf.infolist() if i.flag_bits & 0x1]
+        infos = {i.filename: i for i in zf.infolist()}
+        encrypted = [name for name, i in infos.items() if i.flag_bits & 0x1]
         if encrypted:
             raise HistoryError(f"{path}: refused, the zip holds an encrypted member: {encrypted[0]!r}")
-        names = zf.namelist()
-        unsafe = [n for n in names if not _safe_member(n)]
+        unsafe = [n for n in infos if not _safe_member(n)]
         if unsafe:
             raise HistoryError(f"{path}: refused, the zip holds a path outside its folder: {unsafe[0]!r}")
-        if ZIP_RUNS not in names:
+        if ZIP_RUNS not in infos:
             raise HistoryError(f"{path}: not a tnr-lab export (no {ZIP_RUNS} inside)")
-        records = _parse_jsonl(zf.read(ZIP_RUNS).decode("utf-8", "replace"), f"{path}:{ZIP_RUNS}")
-        present = store.existing_ids(r["id"] for r in records)
-        for rec in records:
-            for out in rec.get("outputs") or ():
-                if out["path"] not in names:
-                    raise HistoryError(f"{path}: run {rec['id']} names a file the zip lacks: {out['path']!r}")
-        written: list[Path] = []  # files this import created (removed again if it fails)
-        made_dirs: list[Path] = []
-        tmp: Path | None = None
-        extracted = 0
+        source = f"{path}:{ZIP_RUNS}"
+        with zf.open(ZIP_RUNS) as stream:
+            plans, checksum = _scan(stream, source)
+        present = store.existing_ids(plans)
+        for run_id, plan in plans.items():
+            for wanted in plan.wanted:
+                if wanted.source not in infos:
+                    raise HistoryError(f"{path}: run {run_id} names a file the zip lacks: {wanted.source!r}")
+        placer = _Placer(store)
         try:
-            for rec in records:
-                if rec["id"] in present:
+            for run_id, plan in plans.items():
+                if run_id in present:
                     continue
-                for out in rec.get("outputs") or ():
-                    target = store.outputs_dir / "imported" / rec["id"] / PurePosixPath(out["path"]).name
-                    for parent in reversed([target.parent, *target.parent.parents]):
-                        if not parent.exists():
-                            parent.mkdir()
-                            made_dirs.append(parent)
-                    tmp = target.with_name(f".{target.name}.tmp")
-                    with zf.open(out["path"]) as src, open(tmp, "wb") as dst:
-                        for block in iter(lambda src=src: src.read(1 << 20), b""):
-                            dst.write(block)
-                    # Checked before it takes the real name: a bad file never replaces anything.
-                    if sha256_file(tmp) != out["sha256"]:
-                        raise HistoryError(f"{path}: {out['path']} does not match its recorded sha256")
-                    existed = target.exists()
-                    os.replace(tmp, target)
-                    tmp = None
-                    extracted += 1
-                    if not existed:
-                        written.append(target)
-                    out["path"] = store.stored_path(target)
-            report = _insert(store, records, files=extracted)
+                for wanted in plan.wanted:
+                    try:
+                        with zf.open(wanted.source) as src:
+                            plan.placed[wanted.index] = placer.place(src, run_id, plan.day, wanted)
+                    except FileMismatch as e:
+                        raise HistoryError(f"{path}: {wanted.source} {e}; nothing was imported") from None
+            with zf.open(ZIP_RUNS) as stream:
+                added, skipped = store.insert_records(_rewritten(stream, source, plans, present, checksum))
         except BaseException:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-            for p in written:
-                p.unlink(missing_ok=True)
-            for d in reversed(made_dirs):
-                try:
-                    d.rmdir()
-                except OSError:
-                    pass
+            placer.rollback()
             raise
-    return report
+    return ImportReport(added, skipped, _placed(plans))
 
 
-def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
+def _placed(plans: dict[str, _Plan]) -> int:
+    return sum(len(plan.placed) for plan in plans.values())
+
+
+# ---- import-png --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PngImport:
+    run_id: str
+    source: str  # whose metadata: "tnr-lab" or "a1111"
+    notes: list[str]  # what could not be carried over exactly
+    new: bool  # False: a run already records this image
+
+
+def import_png(store: Store, path: Path) -> PngImport:
+    """A `done` run (origin `import-png`) from a PNG's metadata, so that `rerun` can compare with it.
+
+    The history records its own copy, `outputs/<today>/<run id>.png`, never the user's file (a delete of
+    the run must not remove it). A PNG whose bytes a run records already gives that run. PngMetadataError,
+    RequestError (a value no run can have) or HistoryError, with a message for the user.
+    """
+    from engine.request import GenerationRequest  # torch-free
+    from tnr_tui.history.ids import new_run_id
+    from tnr_tui.history.models import iso
+    from tnr_tui.history.png import PngMetadataError, request_from_png
+
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise PngMetadataError(f"{path}: no such file") from None
+    except OSError as e:
+        raise PngMetadataError(f"{path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end
+        raise PngMetadataError(f"{path}: not a regular file")
+    request_dict, source, notes = request_from_png(path)
+    request = GenerationRequest.from_dict(request_dict)
+    run_id = new_run_id()
+    placer = _Placer(store)
+    now = utcnow()
+    try:
+        with open(path, "rb") as src:
+            size = os.fstat(src.fileno()).st_size
+            sha256 = _sha256_stream(src)
+            existing = store.run_with_output(sha256)
+            if existing is not None:
+                return PngImport(existing, source, notes, False)
+            src.seek(0)
+            wanted = _Wanted(0, "image", ".png", sha256, size)
+            try:
+                stored = placer.place(src, run_id, now.strftime("%Y-%m-%d"), wanted)
+            except FileMismatch:
+                raise HistoryError(f"{path} changed while it was being imported; nothing was imported") from None
+        record = {
+            "id": run_id,
+            "request": request.to_dict(),
+            "status": "done",
+            "created_at": iso(now),
+            "started_at": iso(now),
+            "finished_at": iso(now),
+            "origin": "import-png",
+            "pid": os.getpid(),
+            "host": store.host,
+            "notes": f"imported from {source} PNG: " + "; ".join(notes) if notes else "",
+            "outputs": [{"kind": "image", "path": stored, "sha256": sha256, "size": size}],
+        }
+        store.insert_records([record])
+    except BaseException:
+        placer.rollback()
+        raise
+    return PngImport(run_id, source, notes, True)
+
+
+def _sha256_stream(src: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    for block in iter(lambda: src.read(1 << 20), b""):
+        digest.update(block)
+    return digest.hexdigest()
