@@ -11,20 +11,16 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-REQUEST_FORMAT = 1
+from engine import units
+
+# 2: solver_params / guidance_params (units' own knobs). Older requests are upgraded by `from_dict`.
+REQUEST_FORMAT = 2
 
 EMBEDDED_MODEL = "embedded"
 
-SOLVERS: tuple[str, ...] = ("euler", "heun", "midpoint", "rk4")
-# Model evaluations per step of each solver (MATH.md section 4).
-SOLVER_STAGES: dict[str, int] = {"euler": 1, "heun": 2, "midpoint": 2, "rk4": 4}
-
-GUIDANCE_METHODS: tuple[str, ...] = ("none", "cfg", "cfg++", "tnr", "tnr-cfg")
-# Predictions per model evaluation of each method (MATH.md section 5).
-GUIDANCE_PREDICTIONS: dict[str, int] = {"none": 1, "cfg": 2, "cfg++": 2, "tnr": 1, "tnr-cfg": 2}
-DEFAULT_SCALE: dict[str, float] = {"none": 1.0, "cfg": 5.0, "cfg++": 0.8, "tnr": 1.0, "tnr-cfg": 5.0}
-
-SCHEDULES: tuple[str, ...] = ("default", "leading", "trailing", "linspace", "karras", "power")
+# The solvers, guidance methods and schedules are units (engine/units.py): their names, parameters and costs
+# come from the registries, never from lists here. `SOLVERS`, `GUIDANCE_METHODS` and `SCHEDULES` below are
+# read from them on access (module __getattr__) for callers that want the names.
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 DTYPES: tuple[str, ...] = ("auto", "float32", "float16", "bfloat16")
 
@@ -59,11 +55,13 @@ class GenerationRequest:
     seed: int = 0
     steps: int = 20
     solver: str = "euler"
+    solver_params: dict[str, Any] = field(default_factory=dict)  # the solver unit's own knobs (eta, s_noise, ...)
     schedule: str = "default"  # "default": the spacing the model's scheduler config names
     # Karras rho, and the exponent of the "power" timestep warp; None: the schedule's own default (7 and 1).
     schedule_rho: float | None = None
     guidance: str = "cfg"
-    scale: float | None = None  # None: the method's default (DEFAULT_SCALE)
+    guidance_params: dict[str, Any] = field(default_factory=dict)  # the guidance unit's own knobs
+    scale: float | None = None  # None: the method's default (its unit's default_scale, or the model's)
     tnr_power: float = 0.25  # exponent p of the TNR factor S = 2 - abar(sigma_next)**p
     cfg_rescale: float = 0.0  # phi of CFG rescale, 0 = off
     guidance_sigma_min: float | None = None  # outside [min, max] guidance falls back to the conditional eps
@@ -80,6 +78,11 @@ class GenerationRequest:
             raise RequestError(f"prompts must be a list of (text, scale) pairs, got {self.prompts!r}")
         if not isinstance(self.tags, dict):
             raise RequestError(f"tags must map text to text, got {self.tags!r}")
+        for name in ("solver_params", "guidance_params"):
+            value = getattr(self, name)
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise RequestError(f"{name.replace('_', ' ')} must map names to values, got {value!r}")
+            object.__setattr__(self, name, dict(value))
         norm = []
         for p in self.prompts:
             if isinstance(p, WeightedPrompt):
@@ -98,20 +101,15 @@ class GenerationRequest:
 
     @property
     def effective_scale(self) -> float:
-        return DEFAULT_SCALE[self.guidance] if self.scale is None else float(self.scale)
-
-    @property
-    def evaluations_per_step(self) -> int:
-        """Model evaluations (UNet forward passes per sample) per step; batched predictions count each."""
-        preds = len(self.prompts) if self.prompts and self.guidance != "none" and self.guidance != "tnr" else None
-        if preds is None:
-            preds = GUIDANCE_PREDICTIONS[self.guidance]
-        return SOLVER_STAGES[self.solver] * preds
+        return units.GUIDANCE.get(self.guidance).default_scale if self.scale is None else float(self.scale)
 
     @property
     def model_evaluations(self) -> int:
-        """Upper bound on model evaluations of the run (the final step to sigma 0 is Euler: fewer)."""
-        return self.steps * self.evaluations_per_step
+        """Planned model evaluations of the run (engine.evaluations; exact unless a sigma window is set, where
+        it is an upper bound: the grid decides which steps fall outside)."""
+        from engine.evaluations import planned_evaluations
+
+        return planned_evaluations(self)
 
     # ---- validation ------------------------------------------------------------------------------
 
@@ -123,6 +121,14 @@ class GenerationRequest:
         lo, hi = self.guidance_sigma_min, self.guidance_sigma_max
         if lo is not None and hi is not None and lo > hi:
             raise RequestError(f"guidance sigma window: min ({lo}) is larger than max ({hi})")
+        try:
+            units.resolve_params(units.SOLVERS.get(self.solver), self.solver_params)
+            method = units.GUIDANCE.get(self.guidance)
+            units.resolve_params(method, self.guidance_params)
+        except units.UnitError as e:
+            raise RequestError(str(e)) from None
+        if self.prompts and method.uses_scale and not method.n_prompt:
+            raise RequestError(f"guidance method {self.guidance!r} does not take the N-prompt form (weighted prompts)")
 
     # ---- JSON round trip -------------------------------------------------------------------------
 
@@ -139,10 +145,7 @@ class GenerationRequest:
     def from_dict(cls, data: dict[str, Any]) -> GenerationRequest:
         if not isinstance(data, dict):
             raise RequestError(f"a request must be a JSON object, got {type(data).__name__}")
-        data = dict(data)
-        fmt = data.pop("format", REQUEST_FORMAT)
-        if fmt != REQUEST_FORMAT:
-            raise RequestError(f"request format {fmt!r} is not supported (this version reads {REQUEST_FORMAT})")
+        data = upgrade(dict(data))
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -161,6 +164,33 @@ class GenerationRequest:
 
     def replace(self, **changes: Any) -> GenerationRequest:
         return replace(self, **changes)
+
+
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored request (any format this version knows) in today's format, `format` key removed.
+
+    1 -> 2: the units' parameter dicts are new (empty: every unit of format 1 had only flat fields).
+    """
+    fmt = data.pop("format", REQUEST_FORMAT)
+    if not _is_int(fmt) or not 1 <= fmt <= REQUEST_FORMAT:
+        raise RequestError(f"request format {fmt!r} is not supported (this version reads 1..{REQUEST_FORMAT})")
+    if fmt < 2:
+        data.setdefault("solver_params", {})
+        data.setdefault("guidance_params", {})
+    return data
+
+
+def __getattr__(name: str) -> Any:
+    # The names of the registered units, for callers that list them (the registries are the truth).
+    if name == "SOLVERS":
+        return units.SOLVERS.names()
+    if name == "GUIDANCE_METHODS":
+        return units.GUIDANCE.names()
+    if name == "SCHEDULES":
+        return units.SCHEDULES.names()
+    if name == "DEFAULT_SCALE":
+        return {u.name: u.default_scale for u in units.GUIDANCE}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _as_float(name: str, value: Any) -> float:
@@ -182,6 +212,12 @@ def _is_int(value: Any) -> bool:
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str | None:
     if value not in choices:
         return f"unknown {name} {value!r}; choose one of: {', '.join(choices)}"
+    return None
+
+
+def _unit_choice(registry: units.Registry[Any], value: Any) -> str | None:
+    if not isinstance(value, str) or value not in registry:
+        return _choice(registry.kind, value, registry.names())
     return None
 
 
@@ -240,16 +276,16 @@ def validate_field(name: str, value: Any) -> str | None:
     if name == "steps":
         return _count("steps", value, 1)
     if name == "solver":
-        return _choice("solver", value, SOLVERS)
+        return _unit_choice(units.SOLVERS, value)
     if name == "schedule":
-        return _choice("schedule", value, SCHEDULES)
+        return _unit_choice(units.SCHEDULES, value)
     if name == "schedule_rho":
         msg = _finite("schedule rho", value, optional=True)
         if msg is None and value is not None and value <= 0:
             return f"schedule rho must be positive, got {value!r}"
         return msg
     if name == "guidance":
-        return _choice("guidance method", value, GUIDANCE_METHODS)
+        return _unit_choice(units.GUIDANCE, value)
     if name == "scale":
         return _finite("scale", value, optional=True)
     if name == "tnr_power":

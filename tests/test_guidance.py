@@ -115,10 +115,10 @@ def test_cfg_rescale_matches_diffusers(preds: dict[str, torch.Tensor], phi: floa
 
 def test_plan_layouts_and_evaluated_rows() -> None:
     plan = GuidancePlan.from_request(GenerationRequest(prompt="cat", negative_prompt="blur", guidance="cfg"))
-    assert plan.texts == ("blur", "cat") and plan.guided_rows == (0, 1) and plan.conditional_row == 1
+    assert plan.texts == ("blur", "cat") and plan.for_step(3.0, 2.0).rows == (0, 1) and plan.conditional_row == 1
     assert plan.equivalent_cfg_scale == 5.0
     plan = GuidancePlan.from_request(GenerationRequest(prompt="cat", negative_prompt="blur", guidance="tnr"))
-    assert plan.texts == ("cat",) and plan.guided_rows == (0,)
+    assert plan.texts == ("cat",) and plan.for_step(3.0, 2.0).rows == (0,)
     prompts = (WeightedPrompt("blur", 0.0), WeightedPrompt("cat", 3.0))
     plan = GuidancePlan.from_request(GenerationRequest(prompt="dog", prompts=prompts, guidance="cfg"))
     # The request's prompt is the conditional prediction outside the window: appended when not among the N.

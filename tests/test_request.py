@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from engine import units
 from engine.request import (
     MAX_SEED,
     GenerationRequest,
@@ -19,8 +20,8 @@ from engine.request import (
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"solver": "dpm"}, "unknown solver 'dpm'; choose one of: euler, heun, midpoint, rk4"),
-        ({"guidance": "pag"}, "unknown guidance method 'pag'; choose one of: none, cfg, cfg++, tnr, tnr-cfg"),
+        ({"solver": "dpm"}, f"unknown solver 'dpm'; choose one of: {', '.join(units.SOLVERS.names())}"),
+        ({"guidance": "pagg"}, f"unknown guidance method 'pagg'; choose one of: {', '.join(units.GUIDANCE.names())}"),
         ({"steps": 0}, "steps must be a whole number in 1..10000, got 0"),
         ({"steps": -3}, "steps must be a whole number in 1..10000, got -3"),
         ({"steps": 2.5}, "steps must be a whole number in 1..10000, got 2.5"),
@@ -102,8 +103,8 @@ def test_bad_json_says_what_is_wrong() -> None:
         GenerationRequest.from_dict({"prompt": "x", "size": 3, "colour": 1})
     with pytest.raises(RequestError, match="a request needs a prompt"):
         GenerationRequest.from_dict({})
-    with pytest.raises(RequestError, match="request format 2 is not supported"):
-        GenerationRequest.from_dict({"prompt": "x", "format": 2})
+    with pytest.raises(RequestError, match="request format 99 is not supported"):
+        GenerationRequest.from_dict({"prompt": "x", "format": 99})
     with pytest.raises(RequestError, match="a request must be a JSON object, got list"):
         GenerationRequest.from_json("[1]")
 
@@ -122,9 +123,10 @@ def test_parse_field_for_text_inputs() -> None:
     assert validate_field("solver", "heun") is None
 
 
-def test_model_evaluations_upper_bound() -> None:
-    assert GenerationRequest(prompt="x", solver="rk4", guidance="cfg", steps=10).model_evaluations == 80
-    assert GenerationRequest(prompt="x", solver="heun", guidance="tnr", steps=10).model_evaluations == 20
+def test_model_evaluations_are_the_planned_count() -> None:
+    # The last step, to sigma 0, is first order: rk4 cfg = 2 * (4 * 9 + 1), heun tnr = 1 * (2 * 9 + 1).
+    assert GenerationRequest(prompt="x", solver="rk4", guidance="cfg", steps=10).model_evaluations == 74
+    assert GenerationRequest(prompt="x", solver="heun", guidance="tnr", steps=10).model_evaluations == 19
     three = (WeightedPrompt("a", 1.0), WeightedPrompt("b", 1.0), WeightedPrompt("c", 1.0))
     assert GenerationRequest(prompt="x", prompts=three, guidance="cfg", steps=4).model_evaluations == 12
     assert GenerationRequest(prompt="x", scale=None, guidance="cfg++").effective_scale == 0.8

@@ -31,14 +31,14 @@ from engine.request import (
     DEFAULT_SCALE,
     EMBEDDED_MODEL,
     GUIDANCE_METHODS,
-    GUIDANCE_PREDICTIONS,
-    SOLVER_STAGES,
     SOLVERS,
     GenerationRequest,
 )
+from engine.evaluations import planned_evaluations, steps_for_budget
+from engine.units import GUIDANCE
 
 # Methods whose scale means something; the others run once, with no scale.
-SCALED_METHODS: tuple[str, ...] = ("cfg", "cfg++", "tnr-cfg")
+SCALED_METHODS: tuple[str, ...] = tuple(u.name for u in GUIDANCE if u.uses_scale)
 MAX_SEEDS = 10_000
 
 
@@ -50,10 +50,10 @@ class SweepError(ValueError):
 
 
 def evaluations(solver: str, guidance: str, steps: int) -> int:
-    """UNet evaluations of one image: P * (k * (steps - 1) + 1) (the final step to sigma 0 is Euler)."""
+    """Model evaluations of one image (engine.evaluations, the one count; the final step to sigma 0 is first order)."""
     if steps < 1:
         raise SweepError(f"steps must be at least 1, got {steps}")
-    return GUIDANCE_PREDICTIONS[guidance] * (SOLVER_STAGES[solver] * (steps - 1) + 1)
+    return planned_evaluations(GenerationRequest(prompt="", solver=solver, guidance=guidance, steps=steps))
 
 
 def reference_budget(steps: int) -> int:
@@ -63,12 +63,7 @@ def reference_budget(steps: int) -> int:
 
 def matched_steps(solver: str, guidance: str, budget: int) -> int:
     """The step count whose evaluations are nearest `budget` (ties: fewer steps); at least 1 step."""
-    per_step = GUIDANCE_PREDICTIONS[guidance] * SOLVER_STAGES[solver]
-    # The cost is increasing in steps, so the answer is one of the two integers around the exact solution.
-    exact = (budget / GUIDANCE_PREDICTIONS[guidance] - 1) / SOLVER_STAGES[solver] + 1
-    candidates = {max(1, int(exact)), max(1, int(exact) + 1)}
-    del per_step
-    return min(candidates, key=lambda n: (abs(evaluations(solver, guidance, n) - budget), n))
+    return steps_for_budget(GenerationRequest(prompt="", solver=solver, guidance=guidance, steps=1), budget)
 
 
 # ---- argument parsing ---------------------------------------------------------------------------------------
