@@ -19,7 +19,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tnr_tui.history import store as store_module
+from tnr_tui.history.errors import HistoryBusy, HistoryError, HistoryUnwritable
 from tnr_tui.history.store import OutputFile, Store
+
+
+class RunNotRecorded(HistoryError):
+    """A run finished and its files exist, but the history could not record it (locked, full, read-only).
+
+    The files are kept: `files` are the history's own copies, `copies` the user's `out`/`save_latent`.
+    """
+
+    def __init__(self, run_id: str, reason: HistoryError, files: list[Path], copies: list[Path]) -> None:
+        kept = " and ".join(str(p) for p in copies + files)
+        super().__init__(
+            f"run {run_id} finished, but the history could not record it: {reason}. The image is kept at {kept}"
+        )
+        self.run_id = run_id
+        self.reason = reason
+        self.files = files
+        self.copies = copies
 
 
 @dataclass
@@ -67,26 +86,35 @@ def library_versions() -> dict[str, str]:
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
+    if isinstance(exc, KeyboardInterrupt):  # ctrl-c, or the CLI's SIGTERM (which names itself)
+        return text[0] if text else "interrupted (SIGINT)"
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def save_latent_file(latent: Any, path: Path) -> None:
-    """The final latent (model space) under the key `latent`, written atomically."""
-    from safetensors.torch import save_file
+    """The final latent (model space) under the key `latent`, written atomically.
+
+    The bytes are serialised in memory and written with plain `open`, so the file's mode follows the
+    umask like the PNG's (safetensors' own `save_file` creates files 0600).
+    """
+    from safetensors.torch import save
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         try:
-            save_file({"latent": latent.detach().to("cpu").contiguous()}, str(tmp))
-        except OSError:
-            raise
-        except Exception as e:  # safetensors reports I/O failures as its own SafetensorError
+            data = save({"latent": latent.detach().to("cpu").contiguous()})
+        except Exception as e:  # safetensors reports its failures as its own SafetensorError
             raise OSError(
                 errno.EIO, str(e).strip().splitlines()[0] if str(e).strip() else "I/O error", str(path)
             ) from e
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e  # name the file, not its temp
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -152,12 +180,19 @@ def execute(
 
     Returns the outcome (`done`, or `cancelled` when `should_stop` stopped it). Any other failure is
     recorded as `failed` with its message and then re-raised (ModelError, SamplingError, RequestError for a
-    size the model refuses, OSError writing files ...); KeyboardInterrupt is recorded as `cancelled`.
+    size the model refuses, OSError writing files ...); KeyboardInterrupt (and the CLI's SIGTERM, a
+    subclass) is recorded as `cancelled`. A failed or cancelled run keeps no files in the history's folder.
+
+    The history failing (HistoryBusy past its wait, HistoryUnwritable: full disk, read-only) is re-raised
+    as is; at the final commit of a finished run, which waits `FINISH_WAIT_S`, it is `RunNotRecorded`,
+    naming where the image is (kept).
     """
     if run_id is None:
         run_id = store.create_run(request, origin=origin, parent_id=parent_id)
     else:
         store.start_run(run_id)
+    written: list[Path] = []  # the history's own files of this run, once they exist
+    copies: list[Path] = []
     try:
         from engine.sampler import SamplingCancelled, sample
 
@@ -190,36 +225,50 @@ def execute(
         stored_image = store.new_output_path(run_id, ".png")
         info = png_info(resolved_dict, model_name=bundle.name, model_hash=bundle.identity, run_id=run_id)
         write_png(result.image, stored_image, info)
+        written.append(stored_image)
         outputs = [OutputFile.of("image", stored_image)]
         image_path = stored_image
-        latent_path = stored_latent = None
-        try:
-            if out is not None:
-                image_path = Path(out)
-                place_copy(stored_image, image_path)
-            if save_latent is not None:
-                stored_latent = store.new_output_path(run_id, ".safetensors")
-                save_latent_file(result.latent, stored_latent)
-                outputs.append(OutputFile.of("latent", stored_latent))
-                latent_path = Path(save_latent)
-                place_copy(stored_latent, latent_path)
-        except BaseException:
-            # The run is recorded failed with no outputs: its files in the history's folder go too.
-            for path in (stored_image, stored_latent):
-                if path is not None:
-                    try:
-                        Path(path).unlink(missing_ok=True)
-                    except OSError:
-                        pass
-            raise
+        latent_path = None
+        if out is not None:
+            image_path = Path(out)
+            place_copy(stored_image, image_path)
+            copies.append(image_path)
+        if save_latent is not None:
+            stored_latent = store.new_output_path(run_id, ".safetensors")
+            save_latent_file(result.latent, stored_latent)
+            written.append(stored_latent)
+            outputs.append(OutputFile.of("latent", stored_latent))
+            latent_path = Path(save_latent)
+            place_copy(stored_latent, latent_path)
+            copies.append(latent_path)
         metrics = _metrics(result.image, resolved.prompt, resolved.model, bundle)
-        store.finish_run(run_id, "done", stats=result.stats, metrics=metrics, outputs=outputs, request=resolved_dict)
+        try:
+            store.finish_run(
+                run_id,
+                "done",
+                stats=result.stats,
+                metrics=metrics,
+                outputs=outputs,
+                request=resolved_dict,
+                wait_s=store_module.FINISH_WAIT_S,
+            )
+        except HistoryError as e:
+            raise RunNotRecorded(run_id, e, list(written), list(copies)) from None
     except BaseException as e:
+        if isinstance(e, (RunNotRecorded, HistoryBusy, HistoryUnwritable)):
+            raise  # the history is what fails: recording the failure would only wait for it again
         status = "cancelled" if isinstance(e, KeyboardInterrupt) else "failed"
         try:
-            store.finish_run(run_id, status, error=_one_line(e))
+            # if_live: an interrupt that lands just after the final commit must not undo a `done` run.
+            changed = store.finish_run(run_id, status, error=_one_line(e), if_live=True)
         except Exception:
-            pass  # the store itself failing: the original error is the one to report
+            changed = False  # the store itself failing: the original error is the one to report
+        if changed:  # recorded failed/cancelled with no outputs: its files in the history's folder go too
+            for path in written:
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError:
+                    pass
         raise
     return RunOutcome(
         run_id,

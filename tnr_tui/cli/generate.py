@@ -179,10 +179,19 @@ def run_request(
     from engine.models import ModelError
     from engine.request import RequestError
     from engine.sampler import SamplingError
+    from tnr_tui.history import HistoryError
     from tnr_tui.runs import execute
 
     bar = ProgressBar()
     bar.message(f"loading model {request.model} ...")
+    notify_busy = getattr(store, "on_busy", None)
+
+    def on_busy(message: str) -> None:
+        bar.close()  # end the progress line first: the notice gets its own line
+        if notify_busy is not None:
+            notify_busy(message)
+
+    store.on_busy = on_busy
     try:
         return execute(
             request,
@@ -194,11 +203,12 @@ def run_request(
             parent_id=parent_id,
             on_model_loaded=lambda b: bar.message(f"sampling on {b.device} ({str(b.dtype).removeprefix('torch.')})"),
         )
-    except (ModelError, SamplingError, RequestError) as e:
+    except (ModelError, SamplingError, RequestError, HistoryError) as e:
         raise UserError(str(e).strip().splitlines()[0]) from None
     except OSError as e:
         raise UserError(f"cannot write {e.filename or 'output'}: {e.strerror or e}") from None
     finally:
+        store.on_busy = notify_busy
         bar.close()
 
 

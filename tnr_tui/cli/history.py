@@ -34,13 +34,13 @@ def add_parser(subparsers: Any) -> None:
     q.add_argument("--after", help="continue after this run id (the last id of the previous page)")
     q.add_argument("--json", action="store_true", help="a JSON array on stdout")
     data_dir_flag(q)
-    q.set_defaults(func=run, action=cmd_list)
+    q.set_defaults(func=run, action=cmd_list, readonly=True)
 
     q = sub.add_parser("show", help="one run in full")
     q.add_argument("id", help="run id (or a unique prefix)")
     q.add_argument("--json", action="store_true")
     data_dir_flag(q)
-    q.set_defaults(func=run, action=cmd_show)
+    q.set_defaults(func=run, action=cmd_show, readonly=True)
 
     q = sub.add_parser("export", help="write runs to JSONL, CSV or a zip with the images")
     q.add_argument("--format", required=True, choices=("jsonl", "csv", "zip"))
@@ -48,7 +48,7 @@ def add_parser(subparsers: Any) -> None:
     q.add_argument("--force", action="store_true", help="overwrite an existing file")
     _filter_flags(q)
     data_dir_flag(q)
-    q.set_defaults(func=run, action=cmd_export)
+    q.set_defaults(func=run, action=cmd_export, readonly=True)
 
     q = sub.add_parser("import", help="import a JSONL or zip export (idempotent by run id)")
     q.add_argument("file")
@@ -110,11 +110,17 @@ def filters_of(args: argparse.Namespace) -> Any:
 
 
 def open_history(args: argparse.Namespace) -> Any:
-    """The store of --data-dir / $TNR_LAB_HOME / the user data dir, with history errors as UserError."""
-    from tnr_tui.history import HistoryError, open_store
+    """The store of --data-dir / $TNR_LAB_HOME / the user data dir, with history errors as UserError.
+
+    Commands whose parser sets `readonly` (list, show, export) open it read-only: they work on a read-only
+    history and never create one (`NoHistory` passes through for `run` to word).
+    """
+    from tnr_tui.history import HistoryError, NoHistory, open_store
 
     try:
-        return open_store(getattr(args, "data_dir", None))
+        return open_store(getattr(args, "data_dir", None), readonly=getattr(args, "readonly", False))
+    except NoHistory:
+        raise
     except HistoryError as e:
         raise UserError(str(e)) from None
 
@@ -122,15 +128,23 @@ def open_history(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import DatabaseError
 
-    from tnr_tui.history import HistoryError
+    from tnr_tui.history import HistoryError, NoHistory
 
-    store = open_history(args)
+    try:
+        store = open_history(args)
+    except NoHistory as e:
+        if args.action is cmd_list:  # nothing to list is no error (and nothing was created)
+            print("[]" if args.json else visible(str(e)))
+            return 0
+        raise UserError(str(e)) from None
     try:
         return int(args.action(args, store) or 0)
     except HistoryError as e:
         raise UserError(str(e)) from None
     except DatabaseError as e:
         raise UserError(f"the history file {store.db_path} is damaged: {str(e.orig).splitlines()[0]}") from None
+    except BrokenPipeError:
+        raise  # `| head` closed stdout: the CLI's entry point ends quietly
     except OSError as e:
         raise UserError(_os_message(e)) from None
     finally:

@@ -82,3 +82,30 @@ def is_network_fs(fstype: str | None) -> bool:
     if not fstype:
         return False
     return fstype in NETWORK_FS_TYPES or fstype.startswith("fuse.") or fstype.split(".")[0] in NETWORK_FS_TYPES
+
+
+READ_ONLY_FS = "read-only file system"
+PERMISSION_DENIED = "permission denied"
+NO_SPACE = "no space left on device"
+
+
+def place_problem(directory: Path, files: tuple[Path, ...] = ()) -> str | None:
+    """Why SQLite cannot write a history in `directory` (and its existing `files`), from metadata only:
+    `READ_ONLY_FS`, `PERMISSION_DENIED`, `NO_SPACE`, or None when nothing is visibly wrong.
+
+    Never opens a file (docs/history.md: only SQLite touches the database and its -wal/-shm).
+    """
+    try:
+        fs = os.statvfs(directory)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return None
+    if fs.f_flag & os.ST_RDONLY:
+        return READ_ONLY_FS
+    for path in (directory, *files):
+        if os.path.lexists(path) and not os.access(path, os.W_OK):
+            return PERMISSION_DENIED
+    # Root may use the reserved blocks (f_bfree); everyone else gets f_bavail.
+    free = fs.f_bfree if getattr(os, "geteuid", lambda: -1)() == 0 else fs.f_bavail
+    if free == 0:
+        return NO_SPACE
+    return None
