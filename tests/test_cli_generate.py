@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -221,3 +222,27 @@ def test_a_directory_as_save_latent_is_refused_before_sampling(tmp_path, tiny_sd
     assert main([*argv, "--out", str(tmp_path / "o.png"), "--save-latent", str(tmp_path / "d.safetensors")]) == 2
     assert "is a directory" in capsys.readouterr().err
     assert not (tmp_path / "home").exists() or not list((tmp_path / "home").rglob("*.png"))
+
+
+def test_sigterm_during_generate_records_the_run_cancelled_like_ctrl_c(tmp_path, tiny_sdxl_dir):
+    home, out = tmp_path / "home", tmp_path / "o.png"
+    args = ["--data-dir", str(home), "generate", "--model", str(tiny_sdxl_dir), "--prompt", "x", "--steps", "1000",
+            "--schedule", "karras", "--width", "64", "--height", "64", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tnr_tui", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    lines = []
+    for line in proc.stderr:  # wait until it samples: the run is recorded `running` by then
+        lines.append(line)
+        if line.startswith("sampling on"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=60)
+    err = "".join(lines) + rest
+    assert proc.returncode == 143, err
+    assert "tnr-lab: terminated" in err and "Traceback" not in err
+    with open_store(home) as store:
+        (run,) = store.list_runs()
+        assert run.status == "cancelled" and run.error == "terminated (SIGTERM)"
+        assert run.outputs == [] and list(store.outputs_dir.rglob("*")) == []
+    assert not out.exists()

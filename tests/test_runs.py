@@ -4,6 +4,8 @@ cancel and failure are recorded; the PNG carries the request."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -185,3 +187,24 @@ def test_runs_of_the_embedded_model_store_the_checkers_verdicts(tmp_path, tiny_s
     assert metrics["check_shape"] == float(verdict.shape)
     assert metrics["check_all"] == float(verdict.all)
     assert not any(k.startswith("check_") for k in store.get_run(other.run_id).metrics)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_the_png_and_the_latent_follow_the_umask_like_any_file(tmp_path, bundle, tiny_sdxl_dir, umask):
+    """safetensors' save_file made the latent 0600 whatever the umask; now both are 0666 & ~umask."""
+    store = open_store(tmp_path / "home")
+    previous = os.umask(umask)
+    try:
+        outcome = execute(
+            tiny_request(tiny_sdxl_dir, steps=1),
+            store,
+            bundle=bundle,
+            out=tmp_path / "mine.png",
+            save_latent=tmp_path / "mine.safetensors",
+        )
+    finally:
+        os.umask(previous)
+    run = store.get_run(outcome.run_id)
+    files = [store.resolve(o.path) for o in run.outputs] + [tmp_path / "mine.png", tmp_path / "mine.safetensors"]
+    assert len(files) == 4
+    assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {f.name: 0o666 & ~umask for f in files}

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 # Subcommand modules, in the order `--help` lists them. A module missing here is a bug, not a feature flag.
@@ -57,22 +59,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like ctrl-c: a run in progress is recorded `cancelled`, temp files are removed."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated("terminated (SIGTERM)")
+
+
+def _stdout_gone() -> int:
+    """The reader of stdout went away (`| head`): stop quietly, as `cat` would, exit 128 + SIGPIPE."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's last flush cannot fail again
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return 128 + 13
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from engine.request import RequestError
 
+    # Commands only: the TUI keeps the default SIGTERM. signal() works in the main thread alone.
+    previous = None
+    if args.command is not None and threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if args.command is None:
             from tnr_tui.app import run_app
 
             return run_app(args)
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below, not at exit
+        return code
     except (UserError, RequestError) as e:
         from tnr_tui.text import visible  # messages quote user input (paths, prompts, record fields)
 
         print(f"tnr-lab: error: {visible(e)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return _stdout_gone()
+    except Terminated:
+        print("tnr-lab: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("tnr-lab: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
