@@ -52,6 +52,12 @@ def add_parser(subparsers: Any) -> None:
 
     q = sub.add_parser("import", help="import a JSONL or zip export (idempotent by run id)")
     q.add_argument("file")
+    q.add_argument(
+        "--max-size",
+        default="8G",
+        help="refuse an import larger than this: run records plus the files it copies (default 8G; K, M, G, T)",
+    )
+    q.add_argument("--max-runs", default="200000", help="refuse an import of more runs than this (default 200000)")
     q.add_argument("--json", action="store_true")
     data_dir_flag(q)
     q.set_defaults(func=run, action=cmd_import)
@@ -284,11 +290,34 @@ def cmd_export(args: argparse.Namespace, store: Any) -> int:
     return 0
 
 
-def cmd_import(args: argparse.Namespace, store: Any) -> int:
-    from tnr_tui.history.transfer import import_runs
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
+
+def parse_size(flag: str, text: str) -> int:
+    """`8G`, `512M`, `1.5G`, `100000` (bytes); binary units, an optional trailing B or iB."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
+    if not m:
+        raise UserError(f"{flag} expects a size like 8G, 512M or 100000 (bytes), got {text!r}")
+    value = int(float(m.group(1)) * SIZE_UNITS[m.group(2)])
+    if value < 1:
+        raise UserError(f"{flag} must be at least 1 byte, got {text!r}")
+    return value
+
+
+def cmd_import(args: argparse.Namespace, store: Any) -> int:
+    from tnr_tui.history.transfer import ImportLimits, import_runs
+
+    try:
+        max_runs = int(args.max_runs)
+    except ValueError:
+        raise UserError(f"--max-runs must be a whole number, got {args.max_runs!r}") from None
+    if max_runs < 1:
+        raise UserError(f"--max-runs must be at least 1, got {max_runs}")
+    limits = ImportLimits(max_bytes=parse_size("--max-size", args.max_size), max_runs=max_runs)
     # A file a JSONL record names that is missing or not its recorded bytes: one warning line each.
-    report = import_runs(store, Path(args.file).expanduser(), warn=_warning)
+    report = import_runs(store, Path(args.file).expanduser(), warn=_warning, limits=limits)
     if args.json:
         print(
             json.dumps(

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shutil
 import stat
 import zipfile
 import zlib
@@ -68,6 +69,33 @@ class ImportReport:
     skipped: int  # already present (same id)
     files: int  # files copied into the history's outputs/
     missing: int = 0  # files a JSONL record names that were absent or not the recorded bytes (left out)
+
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class ImportLimits:
+    """What one import may read and write; past a limit it is refused before anything is written.
+
+    `max_bytes` counts the run records (a zip's runs.jsonl uncompressed) plus every file the import copies
+    into outputs/; `max_runs` bounds the records (pass 1 keeps a few hundred bytes per run); `max_line`
+    bounds one record, so a file without line breaks is never read whole.
+    """
+
+    max_bytes: int = 8 * GiB
+    max_runs: int = 200_000
+    max_line: int = 16 * MiB
+    free_reserve: int = 64 * MiB  # left free on the data dir's disk after the files (the database grows too)
+
+
+def size_text(n: int) -> str:
+    """A byte count as people write it: 8 GiB, 16 MiB, 1.5 KiB, 12 bytes."""
+    for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} bytes"
 
 
 def _record(run: Any, store: Store) -> dict[str, Any]:
@@ -275,27 +303,66 @@ def _safe_member(name: str) -> bool:
 # ---- reading an export, line by line -----------------------------------------------------------------
 
 
-def _records(stream: BinaryIO, source: str, digest: Any) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, checked record) of each non-blank line; `digest` sees every byte read."""
-    number = 0
+def _lines(stream: BinaryIO, source: str, limits: ImportLimits) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of each line, reading at most `max_line` + 1 bytes at a time and `max_bytes` in
+    all: a file without line breaks is refused at its first `max_line` bytes, never read whole."""
+    number = total = 0
     while True:
-        raw = stream.readline()
+        raw = stream.readline(limits.max_line + 1)
         if not raw:
             return
         number += 1
-        digest.update(raw)
-        try:
-            # utf-8-sig on the first line: an editor's byte-order mark is not part of the JSON.
-            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-        except UnicodeDecodeError:
-            raise HistoryError(f"{source}: neither a zip nor a UTF-8 JSONL file (line {number} is not UTF-8)") from None
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise HistoryError(f"{source} line {number}: not JSON ({e.msg})") from None
-        yield number, _validate_record(rec, f"{source} line {number}")
+        total += len(raw)
+        if len(raw) > limits.max_line:
+            raise HistoryError(
+                f"{source} line {number} is longer than {size_text(limits.max_line)}, more than any run record; "
+                "refused, nothing was imported"
+            )
+        if total > limits.max_bytes:
+            raise HistoryError(_over_bytes(source, limits))
+        yield number, raw
+
+
+def _decoded(raw: bytes, number: int, source: str) -> Any:
+    """The JSON of one line (unchecked), None for a blank line."""
+    try:
+        # utf-8-sig on the first line: an editor's byte-order mark is not part of the JSON.
+        line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+    except UnicodeDecodeError:
+        raise HistoryError(f"{source}: neither a zip nor a UTF-8 JSONL file (line {number} is not UTF-8)") from None
+    if not line.strip():
+        return None
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise HistoryError(f"{source} line {number}: not JSON ({e.msg})") from None
+
+
+def _line_digest(raw: bytes) -> bytes:
+    return hashlib.blake2b(raw, digest_size=16).digest()
+
+
+def _over_bytes(source: str, limits: ImportLimits, needed: int | None = None) -> str:
+    amount = f" ({size_text(needed)})" if needed is not None else ""
+    return (
+        f"{source}: refused, the import is larger{amount} than the limit of {size_text(limits.max_bytes)} "
+        "(run records plus the files it copies; --max-size raises it); nothing was imported"
+    )
+
+
+def _check_room(store: Store, source: str, limits: ImportLimits, records: int, files: int) -> None:
+    """Refuse, before any file is written, an import past `max_bytes` or larger than the free disk space."""
+    if records + files > limits.max_bytes:
+        raise HistoryError(_over_bytes(source, limits, records + files))
+    try:
+        free = shutil.disk_usage(store.outputs_dir).free
+    except OSError:
+        return  # unknown: the copy itself will say "no space left" if it comes to that
+    if files and files + limits.free_reserve > free:
+        raise HistoryError(
+            f"{source}: refused, its files need {size_text(files)} in {store.outputs_dir} and {size_text(free)} "
+            f"is free (an import leaves {size_text(limits.free_reserve)} for the history); nothing was imported"
+        )
 
 
 @dataclass
@@ -320,11 +387,32 @@ class _Plan:
     dropped: list[str] = field(default_factory=list)  # one line per file left out
 
 
-def _scan(stream: BinaryIO, source: str) -> tuple[dict[str, _Plan], str]:
-    """Pass 1: every record checked, no id twice; (the plan of each run, the sha256 of the bytes read)."""
-    digest = hashlib.sha256()
+@dataclass
+class _Scan:
+    """Pass 1's result: the plan of each run and a digest of each line (pass 2 must read the same lines)."""
+
+    plans: dict[str, _Plan]
+    line_digests: bytearray  # 16 bytes a line
+    bytes_read: int
+
+
+def _scan(stream: BinaryIO, source: str, limits: ImportLimits) -> _Scan:
+    """Pass 1: every record checked, no id twice, at most `max_runs`; the files each run wants."""
     plans: dict[str, _Plan] = {}
-    for number, rec in _records(stream, source, digest):
+    digests = bytearray()
+    read = 0
+    for number, raw in _lines(stream, source, limits):
+        digests += _line_digest(raw)
+        read += len(raw)
+        rec = _decoded(raw, number, source)
+        if rec is None:
+            continue
+        if len(plans) >= limits.max_runs:
+            raise HistoryError(
+                f"{source}: refused, it holds more than {limits.max_runs} runs (the import limit; "
+                "--max-runs raises it); nothing was imported"
+            )
+        rec = _validate_record(rec, f"{source} line {number}")
         first = plans.get(rec["id"])
         if first is not None:
             raise HistoryError(
@@ -337,32 +425,37 @@ def _scan(stream: BinaryIO, source: str) -> tuple[dict[str, _Plan], str]:
             for i, out in enumerate(rec.get("outputs") or ())
         ]
         plans[rec["id"]] = _Plan(number, created.strftime("%Y-%m-%d"), wanted)
-    return plans, digest.hexdigest()
+    return _Scan(plans, digests, read)
 
 
 def _rewritten(
-    stream: BinaryIO, source: str, plans: dict[str, _Plan], present: set[str], checksum: str
+    stream: BinaryIO, source: str, scan: _Scan, present: set[str], limits: ImportLimits
 ) -> Iterator[dict[str, Any]]:
     """Pass 2, inside the insert's transaction: each new record pointing at the history's own copies.
 
-    The bytes must be those of pass 1 (the sha256 is compared at the end, and a difference rolls the
-    transaction back): a file changed in between is refused, never half imported.
+    Each line must be the line pass 1 checked (same digest), so records are not checked again; a file
+    changed in between is refused and the transaction rolled back, never half imported.
     """
-    digest = hashlib.sha256()
-    for _, rec in _records(stream, source, digest):
+    changed = f"{source} changed while it was being imported; nothing was imported"
+    count = 0
+    for number, raw in _lines(stream, source, limits):
+        if scan.line_digests[16 * count : 16 * count + 16] != _line_digest(raw):
+            raise HistoryError(changed)
+        count += 1
+        rec = _decoded(raw, number, source)
+        if rec is None:
+            continue
         if rec["id"] in present:
             yield rec  # the store skips it
             continue
-        plan = plans.get(rec["id"])
-        if plan is None:
-            raise HistoryError(f"{source} changed while it was being imported; nothing was imported")
+        plan = scan.plans[rec["id"]]
         outputs = rec.get("outputs") or []
         rec["outputs"] = [{**out, "path": plan.placed[i]} for i, out in enumerate(outputs) if i in plan.placed]
         if plan.dropped:
             rec["notes"] = "; ".join([*filter(None, [rec.get("notes")]), *plan.dropped])
         yield rec
-    if digest.hexdigest() != checksum:
-        raise HistoryError(f"{source} changed while it was being imported; nothing was imported")
+    if 16 * count != len(scan.line_digests):
+        raise HistoryError(changed)
 
 
 # ---- bringing files into the history -----------------------------------------------------------------
@@ -469,7 +562,13 @@ def _copy_at_most(src: BinaryIO, dst: BinaryIO, size: int) -> tuple[str, int]:
 # ---- import ------------------------------------------------------------------------------------------
 
 
-def import_runs(store: Store, path: Path, *, warn: Callable[[str], None] | None = _stderr_warning) -> ImportReport:
+def import_runs(
+    store: Store,
+    path: Path,
+    *,
+    warn: Callable[[str], None] | None = _stderr_warning,
+    limits: ImportLimits = ImportLimits(),
+) -> ImportReport:
     """Import a JSONL or zip export (idempotent by run id, all or nothing).
 
     The history owns every file it records: each output file is copied into `outputs/<day>/<run id>.<ext>`
@@ -479,7 +578,8 @@ def import_runs(store: Store, path: Path, *, warn: Callable[[str], None] | None 
     imported without it, `warn` gets one line and the run's notes say which file was left out.
 
     Every record is checked before anything is written, the rows go in one transaction, and the files of a
-    failed import are removed again.
+    failed import are removed again. `limits` bound what it reads and writes (ImportLimits); each file is
+    read up to its recorded size only.
     """
     path = Path(path)
     try:
@@ -491,15 +591,19 @@ def import_runs(store: Store, path: Path, *, warn: Callable[[str], None] | None 
     if not stat.S_ISREG(st.st_mode):
         raise HistoryError(f"{path}: not a regular file")
     if zipfile.is_zipfile(path):
-        return _import_zip(store, path)
-    return _import_jsonl(store, path, warn)
+        return _import_zip(store, path, limits)
+    if st.st_size > limits.max_bytes:
+        raise HistoryError(_over_bytes(str(path), limits, st.st_size))
+    return _import_jsonl(store, path, warn, limits)
 
 
-def _import_jsonl(store: Store, path: Path, warn: Callable[[str], None] | None) -> ImportReport:
+def _import_jsonl(store: Store, path: Path, warn: Callable[[str], None] | None, limits: ImportLimits) -> ImportReport:
     source = str(path)
     with open(path, "rb") as stream:
-        plans, checksum = _scan(stream, source)
+        scan = _scan(stream, source, limits)
+        plans = scan.plans
         present = store.existing_ids(plans)
+        _check_room(store, source, limits, scan.bytes_read, _wanted_bytes(plans, present))
         placer = _Placer(store)
         base = path.parent
         try:
@@ -515,7 +619,7 @@ def _import_jsonl(store: Store, path: Path, warn: Callable[[str], None] | None) 
                         if warn is not None:
                             warn(f"run {run_id}: its {wanted.kind} file {wanted.source} {problem}; imported without it")
             stream.seek(0)
-            added, skipped = store.insert_records(_rewritten(stream, source, plans, present, checksum))
+            added, skipped = store.insert_records(_rewritten(stream, source, scan, present, limits))
         except BaseException:
             placer.rollback()
             raise
@@ -548,15 +652,26 @@ def _bring_file(placer: _Placer, base: Path, run_id: str, plan: _Plan, wanted: _
     return None
 
 
-def _import_zip(store: Store, path: Path) -> ImportReport:
+def _wanted_bytes(plans: dict[str, _Plan], present: set[str]) -> int:
+    return sum(w.size for run_id, plan in plans.items() if run_id not in present for w in plan.wanted)
+
+
+def _import_zip(store: Store, path: Path, limits: ImportLimits) -> ImportReport:
+    # Before zipfile reads the central directory (hundreds of bytes of memory per member).
+    members = _zip_member_count(path)
+    if members is not None and members > limits.max_runs * (len(OUTPUT_KINDS) + 1) + 16:
+        raise HistoryError(
+            f"{path}: refused, the zip holds {members} members, more than an export of {limits.max_runs} runs "
+            "(the import limit; --max-runs raises it); nothing was imported"
+        )
     try:
-        return _import_zip_members(store, path)
+        return _import_zip_members(store, path, limits)
     except ZIP_ERRORS as e:  # the files extracted so far are removed already
         reason = str(e) or type(e).__name__
         raise HistoryError(f"{path}: the zip is damaged ({reason}); nothing was imported") from None
 
 
-def _import_zip_members(store: Store, path: Path) -> ImportReport:
+def _import_zip_members(store: Store, path: Path, limits: ImportLimits) -> ImportReport:
     with zipfile.ZipFile(path) as zf:
         infos = {i.filename: i for i in zf.infolist()}
         encrypted = [name for name, i in infos.items() if i.flag_bits & 0x1]
@@ -568,13 +683,24 @@ def _import_zip_members(store: Store, path: Path) -> ImportReport:
         if ZIP_RUNS not in infos:
             raise HistoryError(f"{path}: not a tnr-lab export (no {ZIP_RUNS} inside)")
         source = f"{path}:{ZIP_RUNS}"
+        if infos[ZIP_RUNS].file_size > limits.max_bytes:
+            raise HistoryError(_over_bytes(source, limits, infos[ZIP_RUNS].file_size))
         with zf.open(ZIP_RUNS) as stream:
-            plans, checksum = _scan(stream, source)
+            scan = _scan(stream, source, limits)
+        plans = scan.plans
         present = store.existing_ids(plans)
         for run_id, plan in plans.items():
             for wanted in plan.wanted:
-                if wanted.source not in infos:
+                info = infos.get(wanted.source)
+                if info is None:
                     raise HistoryError(f"{path}: run {run_id} names a file the zip lacks: {wanted.source!r}")
+                # A member larger than its record (a zip bomb, or the wrong file) is refused unread.
+                if info.file_size != wanted.size and run_id not in present:
+                    raise HistoryError(
+                        f"{path}: {wanted.source} is {info.file_size} bytes uncompressed, its record says "
+                        f"{wanted.size}; nothing was imported"
+                    )
+        _check_room(store, source, limits, scan.bytes_read, _wanted_bytes(plans, present))
         placer = _Placer(store)
         try:
             for run_id, plan in plans.items():
@@ -587,7 +713,7 @@ def _import_zip_members(store: Store, path: Path) -> ImportReport:
                     except FileMismatch as e:
                         raise HistoryError(f"{path}: {wanted.source} {e}; nothing was imported") from None
             with zf.open(ZIP_RUNS) as stream:
-                added, skipped = store.insert_records(_rewritten(stream, source, plans, present, checksum))
+                added, skipped = store.insert_records(_rewritten(stream, source, scan, present, limits))
         except BaseException:
             placer.rollback()
             raise
@@ -596,6 +722,36 @@ def _import_zip_members(store: Store, path: Path) -> ImportReport:
 
 def _placed(plans: dict[str, _Plan]) -> int:
     return sum(len(plan.placed) for plan in plans.values())
+
+
+_EOCD = b"PK\x05\x06"
+_ZIP64_LOCATOR = b"PK\x06\x07"
+
+
+def _zip_member_count(path: Path) -> int | None:
+    """How many members the zip's end record declares (zip64 too); None when it cannot be read (zipfile
+    then says what is wrong)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            tail_start = max(0, size - (22 + 0xFFFF + 20))  # end record + the longest comment + zip64 locator
+            f.seek(tail_start)
+            tail = f.read()
+            at = tail.rfind(_EOCD)
+            if at < 0 or len(tail) < at + 22:
+                return None
+            count = int.from_bytes(tail[at + 10 : at + 12], "little")
+            if count != 0xFFFF or at < 20 or tail[at - 20 : at - 16] != _ZIP64_LOCATOR:
+                return count
+            end64 = int.from_bytes(tail[at - 12 : at - 4], "little")
+            f.seek(end64)
+            record = f.read(56)
+            if len(record) < 40 or record[:4] != b"PK\x06\x06":
+                return None
+            return int.from_bytes(record[32:40], "little")
+    except OSError:
+        return None
 
 
 # ---- import-png --------------------------------------------------------------------------------------
