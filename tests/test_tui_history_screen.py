@@ -117,3 +117,67 @@ async def test_an_image_too_large_to_decode_is_refused_before_decoding(tmp_data_
         await pilot.pause(0.2)
         caption = str(app.history_screen.query_one("#thumb .picture-caption").content)
         assert caption == f"image unreadable: too large to show (300x200): {path}"
+
+
+HOSTILE = "\x1b]0;TITLE\x07a red\x1b[2J circle\r on blue\x9b31m"
+CONTROL = [chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)] if chr(c) != "\n"]
+
+
+def has_control(text: str) -> bool:
+    return any(c in text for c in CONTROL)
+
+
+async def test_control_characters_in_user_text_show_as_escapes_everywhere(tmp_data_dir: Path) -> None:
+    from tnr_tui.text import visible
+
+    store = open_store(tmp_data_dir)
+    run_id = store.create_run(
+        GenerationRequest(prompt=HOSTILE, negative_prompt="ugly\x1b[8m", steps=2, seed=7), status="queued"
+    )
+    store.finish_run(run_id, "failed", error="boom\x1b]0;ERR\x07 \rgone")
+    store.set_note(run_id, "note\x1b[2J")
+    store.close()
+    app = history_app(tmp_data_dir)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.press("f3")
+        await pilot.pause(0.2)
+        history = app.history_screen
+        table = history.query_one("#runs", DataTable)
+        cell = str(table.get_cell(run_id, "prompt"))
+        assert not has_control(cell) and cell.startswith("\\x1b]0;TITLE\\x07a red\\x1b[2J circle\\r on")
+        details = str(history.query_one("#run-params").content)
+        assert not has_control(details)
+        assert "error: boom\\x1b]0;ERR\\x07 \\rgone" in details and "note: note\\x1b[2J" in details
+        assert "\\x9b31m" in details  # a C1 CSI, which json.dumps leaves raw
+        # Load into the Lab: shown escaped, kept exact for the request (re-runs sample what was recorded).
+        await pilot.press("l")
+        await pilot.pause(0.2)
+        lab = app.lab
+        prompt = lab.query_one("#prompt")
+        assert prompt.value == visible(HOSTILE) and not has_control(prompt.value)
+        assert not has_control(lab.query_one("#negative_prompt").value)
+        request = lab.build_request()
+        assert request.prompt == HOSTILE and request.negative_prompt == "ugly\x1b[8m" and request.seed == 7
+        loaded = [n for n in notifications(app) if n.message.startswith("loaded run")]
+        assert loaded and "control characters" in loaded[-1].message
+        # Edited, the field is taken as shown: what the user sees is what runs.
+        prompt.focus()
+        await pilot.press("end", "!")
+        assert lab.build_request().prompt == visible(HOSTILE) + "!"
+        # A toast quoting user text, and a caption (Compare labels, previews) show the escapes too.
+        app.notify(f"cannot run {HOSTILE}", title="t\x1b[2J", markup=False)
+        lab.query_one("#preview").set_caption(f"cfg 3 · euler\n{HOSTILE}")
+        await pilot.pause(0.1)
+        assert all(not has_control(n.message) and not has_control(n.title) for n in notifications(app))
+        caption = str(lab.query_one("#preview .picture-caption").content)
+        assert caption == f"cfg 3 · euler\n{visible(HOSTILE)}"
+        # Pasted control characters become their escapes in the field itself.
+        app.lab.query_one("#prompt").value = "pasted\x1b[2J"
+        assert lab.query_one("#prompt").value == "pasted\\x1b[2J"
+        # The delete dialog quotes the prompt.
+        await pilot.press("f3")
+        await pilot.pause(0.2)
+        await pilot.press("delete")
+        await pilot.pause(0.1)
+        question = str(app.screen.query_one("Static").content)
+        assert visible(HOSTILE) in question and not has_control(question)

@@ -22,6 +22,7 @@ from engine.request import EMBEDDED_MODEL, GenerationRequest
 from tnr_tui.screens.compare import CompareScreen
 from tnr_tui.screens.history import HistoryScreen
 from tnr_tui.screens.lab import LabScreen
+from tnr_tui.text import visible
 from tnr_tui.widgets.picture import ENV_PROTOCOL, import_image_library, load_image_class, prepare_images
 from tnr_tui.worker import DeviceWorker, ModelState, RunEnded, RunPreview, RunProgress, RunStarted
 
@@ -167,6 +168,25 @@ class TnrLabApp(App[int]):
 
     def on_unmount(self) -> None:
         self.worker.shutdown(timeout=0.5)
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: Any = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """Every toast of the app, whoever raises it: user text in it (prompts quoted in warnings, paths,
+        errors) shows its control characters as escapes; Textual would send them to the terminal raw."""
+        super().notify(
+            visible(message, keep_newlines=True),
+            title=visible(title),
+            severity=severity,
+            timeout=timeout,
+            markup=markup,
+        )
 
     # ---- the worker, for screens ----
 

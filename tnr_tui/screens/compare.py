@@ -23,6 +23,7 @@ from engine.request import (
     parse_field,
 )
 from tnr_tui.screens import preset_breakpoints
+from tnr_tui.widgets.fields import TextInput
 from tnr_tui.widgets.picture import Picture
 
 DEFAULT_METHODS = "none cfg:3 cfg:7 cfg++:0.8 tnr tnr-cfg:5"
@@ -94,20 +95,20 @@ class CompareScreen(Screen):
             with Horizontal(classes="pair"):
                 with Vertical(classes="wide"):
                     yield Label("Prompt")
-                    yield Input(placeholder="a red circle on a blue background", id="compare-prompt", compact=True)
+                    yield TextInput(placeholder="a red circle on a blue background", id="compare-prompt", compact=True)
                 with Vertical():
                     yield Label("Seed")
-                    yield Input("0", id="compare-seed", compact=True)
+                    yield TextInput("0", id="compare-seed", compact=True)
                 with Vertical():
                     yield Label("Euler steps")
-                    yield Input("20", id="compare-steps", compact=True)
+                    yield TextInput("20", id="compare-steps", compact=True)
             with Horizontal(classes="pair"):
                 with Vertical(classes="wide"):
                     yield Label("Methods (method:scale ...)")
-                    yield Input(DEFAULT_METHODS, id="compare-methods", compact=True)
+                    yield TextInput(DEFAULT_METHODS, id="compare-methods", compact=True)
                 with Vertical():
                     yield Label("Solvers")
-                    yield Input("euler", id="compare-solvers", compact=True)
+                    yield TextInput("euler", id="compare-solvers", compact=True)
                 yield Button("Run grid", id="run-grid", variant="primary", compact=True)
         yield VerticalScroll(Static("the grid appears here", id="compare-empty", markup=False), id="compare-grid-box")
         yield Footer()
@@ -120,7 +121,7 @@ class CompareScreen(Screen):
         except (RequestError, Exception):
             base = GenerationRequest(prompt="", model=app.model_ref)
         return base.replace(
-            prompt=parse_field("prompt", self.query_one("#compare-prompt", Input).value),
+            prompt=parse_field("prompt", self.query_one("#compare-prompt", TextInput).exact_value),
             seed=parse_field("seed", self.query_one("#compare-seed", Input).value),
             steps=parse_field("steps", self.query_one("#compare-steps", Input).value),
             prompts=(),

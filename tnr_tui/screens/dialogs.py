@@ -12,6 +12,9 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
+from tnr_tui.text import visible
+from tnr_tui.widgets.fields import TextInput
+
 EXPORT_FORMATS: tuple[str, ...] = ("png", "json", "request")
 
 
@@ -24,7 +27,7 @@ class ConfirmDialog(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Static(self.question, markup=False)
+            yield Static(visible(self.question, keep_newlines=True), markup=False)
             with Horizontal(classes="dialog-buttons"):
                 yield Button(self.confirm_label, variant="error", id="confirm")
                 yield Button("Cancel", id="cancel")
@@ -44,18 +47,18 @@ class NoteDialog(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label("Note")
-            yield Input(self.note, id="note-text")
+            yield TextInput(self.note, id="note-text")  # an imported note shows escaped, kept exact
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Save", variant="primary", id="save")
                 yield Button("Cancel", id="cancel")
 
     @on(Input.Submitted)
     def _submitted(self) -> None:
-        self.dismiss(self.query_one("#note-text", Input).value)
+        self.dismiss(self.query_one("#note-text", TextInput).exact_value)
 
     @on(Button.Pressed)
     def _pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(self.query_one("#note-text", Input).value if event.button.id == "save" else None)
+        self.dismiss(self.query_one("#note-text", TextInput).exact_value if event.button.id == "save" else None)
 
 
 class ExportDialog(ModalScreen[tuple[str, Path] | None]):
@@ -69,11 +72,11 @@ class ExportDialog(ModalScreen[tuple[str, Path] | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(escape(f"Export run {self.run_id}"))
+            yield Label(escape(visible(f"Export run {self.run_id}")))
             yield Label("Format")
             yield Select([(f, f) for f in EXPORT_FORMATS], value="png", allow_blank=False, id="export-format")
             yield Label("Path")
-            yield Input(str(self.default_dir / f"{self.run_id}.png"), id="export-path")
+            yield TextInput(str(self.default_dir / f"{self.run_id}.png"), id="export-path")
             yield Static("", id="export-error", markup=False)
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Export", variant="primary", id="export")
@@ -97,12 +100,12 @@ class ExportDialog(ModalScreen[tuple[str, Path] | None]):
             self.dismiss(None)
 
     def _export(self) -> None:
-        raw = self.query_one("#export-path", Input).value.strip()
+        raw = self.query_one("#export-path", TextInput).exact_value.strip()
         if not raw:
             self.query_one("#export-error", Static).update("give a path")
             return
         path = Path(raw).expanduser()
         if not path.parent.is_dir():
-            self.query_one("#export-error", Static).update(f"no such directory: {path.parent}")
+            self.query_one("#export-error", Static).update(visible(f"no such directory: {path.parent}"))
             return
         self.dismiss((str(self.query_one("#export-format", Select).value), path))

@@ -19,6 +19,8 @@ from textual.widgets import Checkbox, DataTable, Footer, Header, Input, Select, 
 from engine.request import GUIDANCE_METHODS, GenerationRequest, RequestError
 from tnr_tui.screens import preset_breakpoints
 from tnr_tui.screens.dialogs import ConfirmDialog, ExportDialog, NoteDialog
+from tnr_tui.text import visible
+from tnr_tui.widgets.fields import TextInput
 from tnr_tui.widgets.picture import Picture, read_image
 
 PAGE_SIZE = 60
@@ -49,7 +51,8 @@ def describe_run(run: Any) -> str:
     if run.error:
         lines.append(f"error: {run.error}")
     if run.seconds is not None:
-        lines.append(f"{run.seconds:.2f} s · {run.model_evaluations} model evaluations")
+        evaluations = "" if run.model_evaluations is None else f" · {run.model_evaluations} model evaluations"
+        lines.append(f"{run.seconds:.2f} s{evaluations}")
     if run.metrics:
         lines.append(" · ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in sorted(run.metrics.items())))
     if run.notes:
@@ -61,7 +64,8 @@ def describe_run(run: Any) -> str:
         if key == "format":
             continue
         lines.append(f"{key}: {json.dumps(value, ensure_ascii=False)}")
-    return "\n".join(lines)
+    # Every value may come from an import: one line each, control characters shown (tnr_tui.text).
+    return "\n".join(visible(line) for line in lines)
 
 
 def export_run(store: Any, run: Any, fmt: str, path: Path) -> Path:
@@ -107,7 +111,7 @@ class HistoryScreen(Screen):
         preset_breakpoints(self)
         yield Header()
         with Horizontal(id="history-filters"):
-            yield Input(placeholder="search prompts  (/)", id="search", compact=True)
+            yield TextInput(placeholder="search prompts  (/)", id="search", compact=True)
             yield Select(
                 [("any status", "")] + [(s, s) for s in STATUSES],
                 value="",
@@ -204,20 +208,21 @@ class HistoryScreen(Screen):
     @staticmethod
     def _cells(run: Any) -> list[Any]:
         scale = "" if run.scale is None else f"{run.scale:g}"
-        prompt = run.prompt.replace("\n", " ")
-        # Text objects: DataTable would read a plain str as markup.
-        return [
-            Text(run.id[-8:]),
-            Text(f"{run.created_at:%m-%d %H:%M}"),
-            Text(run.status),
-            Text("★" if run.favourite else ""),
-            Text(run.guidance),
-            Text(scale),
-            Text(run.solver),
-            Text(str(run.steps)),
-            Text(str(run.seed)),
-            Text(prompt[:60] + ("…" if len(prompt) > 60 else "")),
+        prompt = visible(run.prompt.replace("\n", " "))
+        cells = [
+            run.id[-8:],
+            f"{run.created_at:%m-%d %H:%M}",
+            run.status,
+            "★" if run.favourite else "",
+            run.guidance,
+            scale,
+            run.solver,
+            str(run.steps),
+            str(run.seed),
+            prompt[:60] + ("…" if len(prompt) > 60 else ""),
         ]
+        # Text objects: DataTable would read a plain str as markup; visible: an import may hold any text.
+        return [Text(visible(cell)) for cell in cells]
 
     @on(DataTable.RowHighlighted, "#runs")
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -314,8 +319,13 @@ class HistoryScreen(Screen):
             return
         app: Any = self.app
         app.switch_mode("lab")
-        app.lab.load_request(request)
-        app.notify(f"loaded run {run.id[-8:]} into the Lab", markup=False)
+        message = f"loaded run {run.id[-8:]} into the Lab"
+        if app.lab.load_request(request):
+            message += (
+                "; its text has control characters, shown as escapes (\\x1b ...);"
+                " it runs exactly as recorded unless you edit the field"
+            )
+        app.notify(message, markup=False, timeout=8)
 
     def action_favourite(self) -> None:
         run = self.selected_run()

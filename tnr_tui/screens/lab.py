@@ -25,7 +25,8 @@ from engine.request import (
     parse_field,
 )
 from tnr_tui.screens import preset_breakpoints
-from tnr_tui.widgets.fields import RequestField
+from tnr_tui.text import visible
+from tnr_tui.widgets.fields import RequestField, TextInput
 from tnr_tui.widgets.picture import Picture
 
 # Which guidance parameters each method has (MATH.md 5); the others are hidden.
@@ -92,13 +93,13 @@ class ExtraPrompt(Horizontal):
         self._text, self._scale = text, scale
 
     def compose(self) -> ComposeResult:
-        yield Input(self._text, placeholder="another prompt", classes="extra-text")
-        yield Input(str(self._scale), placeholder="scale", classes="extra-scale", type="number")
+        yield TextInput(self._text, placeholder="another prompt", classes="extra-text")
+        yield TextInput(str(self._scale), placeholder="scale", classes="extra-scale", type="number")
         yield Button("✕", classes="remove-extra", variant="error", compact=True)
 
     def prompt(self) -> WeightedPrompt:
-        text = self.query_one(".extra-text", Input).value
-        raw = self.query_one(".extra-scale", Input).value.strip()
+        text = self.query_one(".extra-text", TextInput).exact_value  # a loaded prompt stays exact
+        raw = self.query_one(".extra-scale", TextInput).value.strip()
         try:
             scale = float(raw)
         except ValueError:
@@ -284,8 +285,10 @@ class LabScreen(Screen):
 
     def _weighted_prompts(self) -> tuple[WeightedPrompt, ...]:
         prompts = [
-            WeightedPrompt(self._field("field-negative_prompt").input.value, self._scale_of("field-negative-scale")),
-            WeightedPrompt(self._field("field-prompt").input.value, self._scale_of("field-prompt-scale")),
+            WeightedPrompt(
+                self._field("field-negative_prompt").input.exact_value, self._scale_of("field-negative-scale")
+            ),
+            WeightedPrompt(self._field("field-prompt").input.exact_value, self._scale_of("field-prompt-scale")),
         ]
         prompts += [row.prompt() for row in self.query(ExtraPrompt)]
         return tuple(prompts)
@@ -324,11 +327,12 @@ class LabScreen(Screen):
             values["prompts"] = self._weighted_prompts()
         return GenerationRequest(**values)
 
-    def load_request(self, request: GenerationRequest) -> None:
-        """Fill the panels from a request (History's "load into the Lab")."""
+    def load_request(self, request: GenerationRequest) -> bool:
+        """Fill the panels from a request (History's "load into the Lab"). True when a text has control
+        characters: shown escaped, kept exact while unedited (widgets.fields.TextInput)."""
 
         def put(name: str, value: Any) -> None:
-            self._field(f"field-{name}").input.value = "" if value is None else str(value)
+            self._field(f"field-{name}").input.show_exact("" if value is None else str(value))
 
         for name in ("prompt", "negative_prompt", "model", "steps", "decode_every", "seed", "width", "height"):
             put(name, getattr(request, name))
@@ -355,6 +359,8 @@ class LabScreen(Screen):
             extra_box.mount_all([ExtraPrompt(p.text, p.scale) for p in extras])
         self._sync_weighted()
         self._sync_schedule()
+        texts = [p.text for p in request.prompts] + [request.prompt, request.negative_prompt, request.model]
+        return any(visible(text) != text for text in texts)
 
     # ---- actions ----
 
@@ -398,6 +404,7 @@ class LabScreen(Screen):
         if state == "loaded":
             self.model_default_scales = dict(default_scales or {})
             self._sync_guidance()  # a blank scale now means this model's default
+        ref, detail = visible(ref), visible(detail)  # a model path typed or loaded from an import
         text = {"loading": f"{ref}: loading…", "loaded": f"{ref}: loaded ({detail})", "failed": f"{ref}: failed"}
         self.query_one("#model-state", Static).update(text.get(state, state))
         name = ref if len(ref) <= 40 else "…" + ref[-39:]
@@ -423,7 +430,7 @@ class LabScreen(Screen):
     def show_ended(self, message: Any) -> None:
         self.last_result = {"status": message.status, "stats": message.stats, "metrics": message.metrics}
         text = format_result(message.status, message.stats, message.metrics, message.error)
-        self.query_one("#result-text", Static).update(text)
+        self.query_one("#result-text", Static).update(visible(text, keep_newlines=True))
         for warning in message.stats.get("warnings", []):
             self.notify(warning, severity="warning", markup=False, timeout=10)
         self.query_one("#progress-text", Static).update(message.status)

@@ -11,6 +11,40 @@ from textual.validation import ValidationResult, Validator
 from textual.widgets import Input, Label, Static
 
 from engine.request import RequestError, parse_field
+from tnr_tui.text import visible
+
+
+class TextInput(Input):
+    """An Input that never holds a control character: Textual writes an Input's text to the terminal as it is,
+    so an ESC in a prompt from an import would retitle the window or clear the screen (tried in tmux).
+
+    Its value is `visible(text)`: pasted control characters become their escapes (as typed text). A text given
+    with control characters (a run loaded from the history) is shown escaped and kept exact: `exact_value`
+    returns it while the field shows it unchanged, so a re-run samples the very prompt that was recorded.
+    """
+
+    def __init__(self, value: str = "", *args: Any, **kwargs: Any) -> None:
+        super().__init__(value, *args, **kwargs)
+        self._exact: str | None = None
+        self.show_exact(value)
+
+    def validate_value(self, value: str) -> str:
+        return visible(value)
+
+    def show_exact(self, text: str) -> None:
+        """Show `text` (escaped if it must be) and keep it exact while it is not edited."""
+        shown = visible(text)
+        self._exact = text if shown != text else None
+        self.value = shown
+
+    @property
+    def holds_hidden_text(self) -> bool:
+        """The field shows a text with control characters that it keeps exact (not edited since)."""
+        return self._exact is not None and self.value == visible(self._exact)
+
+    @property
+    def exact_value(self) -> str:
+        return self._exact if self.holds_hidden_text and self._exact is not None else self.value
 
 
 class RequestFieldValidator(Validator):
@@ -66,7 +100,7 @@ class RequestField(Vertical):
     def compose(self) -> ComposeResult:
         with Horizontal(classes="field-row"):
             yield Label(escape(self._label))
-            yield Input(
+            yield TextInput(
                 self._value,
                 placeholder=self._placeholder,
                 id=self._input_id,
@@ -76,8 +110,8 @@ class RequestField(Vertical):
         yield Static("", classes="field-error -empty", markup=False)
 
     @property
-    def input(self) -> Input:
-        return self.query_one(Input)
+    def input(self) -> TextInput:
+        return self.query_one(TextInput)
 
     @property
     def error(self) -> str:
@@ -85,9 +119,10 @@ class RequestField(Vertical):
 
     def value(self) -> Any:
         """The parsed value; raises RequestError with the field's message."""
-        if self.blank_is_none and not self.input.value.strip():
+        text = self.input.exact_value
+        if self.blank_is_none and not text.strip():
             return None
-        return parse_field(self.field_name, self.input.value)
+        return parse_field(self.field_name, text)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         result = event.validation_result

@@ -23,6 +23,8 @@ from textual.app import ComposeResult
 from textual.containers import Container
 from textual.widgets import Static
 
+from tnr_tui.text import visible
+
 PROTOCOLS: tuple[str, ...] = ("auto", "tgp", "sixel", "halfcell", "unicode", "none")
 ENV_PROTOCOL = "TNR_LAB_IMAGE_PROTOCOL"
 
@@ -249,7 +251,7 @@ class Picture(Container):
             yield self._image_widget
         elif _chosen not in (None, "none"):
             _waiting.append(self)
-        yield Static(escape(self._caption), classes="picture-caption", markup=True)
+        yield Static(escape(visible(self._caption, keep_newlines=True)), classes="picture-caption", markup=True)
 
     def attach_image(self) -> None:
         """Mount the image widget (textual-image is loaded by now), showing the current picture."""
@@ -270,4 +272,5 @@ class Picture(Container):
 
     def set_caption(self, caption: str) -> None:
         self._caption = caption
-        self.query_one(".picture-caption", Static).update(escape(caption))
+        # User text (prompts, paths, errors) in a caption: control characters shown, never sent to the tty.
+        self.query_one(".picture-caption", Static).update(escape(visible(caption, keep_newlines=True)))
