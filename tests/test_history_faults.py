@@ -460,3 +460,18 @@ def test_show_into_a_closed_pipe_ends_quietly(tmp_path):
     assert proc.stdout.startswith(f"run {run_id}")
     assert proc.stderr == ""  # no "error: Broken pipe", no "Exception ignored"
     assert proc.returncode == 141  # 128 + SIGPIPE, as `yes | head` reports under pipefail
+
+
+def test_a_read_only_open_of_an_older_schema_upgrades_it_where_writable_and_names_it_where_not(tmpfs):
+    from test_history_migrations import make_v1_file
+
+    home = tmpfs / "home"
+    home.mkdir()
+    make_v1_file(home / DB_NAME)
+    _remount(tmpfs, "ro")
+    with pytest.raises(HistoryError, match="schema version 1, older .* cannot be upgraded where it is"):
+        open_store(home, readonly=True)
+    _remount(tmpfs, "rw")
+    with open_store(home, readonly=True) as store:
+        assert [r.prompt for r in store.list_runs()] == ["old run"]
+    assert len(list(home.glob(f"{DB_NAME}.v1-*.bak"))) == 1  # upgraded as a writable open would, backup first

@@ -260,7 +260,9 @@ def execute(
         status = "cancelled" if isinstance(e, KeyboardInterrupt) else "failed"
         try:
             # if_live: an interrupt that lands just after the final commit must not undo a `done` run.
-            changed = store.finish_run(run_id, status, error=_one_line(e), if_live=True)
+            # An interrupt may have come while waiting for the lock: one slice, not another full wait.
+            wait_s = 0.0 if status == "cancelled" else None
+            changed = store.finish_run(run_id, status, error=_one_line(e), if_live=True, wait_s=wait_s)
         except Exception:
             changed = False  # the store itself failing: the original error is the one to report
         if changed:  # recorded failed/cancelled with no outputs: its files in the history's folder go too

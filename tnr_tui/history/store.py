@@ -860,11 +860,24 @@ def _open_readonly_store(directory: Path, *, warn: Callable[[str], None] | None)
         raise NoHistory(f"no history at {directory} yet")  # created but never written: no runs
     _check_version(db_path, version, tables)
     if version < migrations.LATEST_VERSION:
-        raise HistoryError(
-            f"history file {db_path} has schema version {version}, older than this tnr-lab's "
-            f"({migrations.LATEST_VERSION}); a read-only open cannot upgrade it. Open it once where it is "
-            "writable (any tnr-lab command that writes upgrades it, keeping a backup)"
-        )
+        # The reader cannot read an older schema. Where the file may be written it is upgraded once, with a
+        # backup, as any writable open would do (so `history list` after an upgrade of tnr-lab just works).
+        if immutable or place_problem(directory, _files_of(db_path)) is not None:
+            raise HistoryError(
+                f"history file {db_path} has schema version {version}, older than this tnr-lab's "
+                f"({migrations.LATEST_VERSION}), and cannot be upgraded where it is (read-only). Open it once "
+                "where it is writable (any tnr-lab command upgrades it, keeping a backup)"
+            )
+        try:
+            conn = sqlite3.connect(db_path, timeout=LOCK_WAIT_S, isolation_level=None)
+        except sqlite3.Error as e:
+            raise history_error(e, db_path) from None
+        try:
+            _upgrade(conn, db_path, version)
+        except sqlite3.DatabaseError as e:
+            raise history_error(e, db_path) from None
+        finally:
+            conn.close()
     uri = _readonly_uri(db_path, immutable=immutable)
     engine = _make_engine(db_path, wal=False, readonly_uri=uri)
     return Store(
@@ -919,10 +932,7 @@ def _open_new_store(directory: Path, *, warn: Callable[[str], None] | None, reco
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT_S * 1000)}")
         mode = conn.execute(f"PRAGMA journal_mode = {journal_mode}").fetchone()[0]
-        if version < migrations.LATEST_VERSION:
-            if version > 0:
-                migrations.backup(conn, db_path, version, utcnow().strftime("%Y%m%dT%H%M%S"))
-            migrations.migrate(conn)
+        _upgrade(conn, db_path, version)
     except sqlite3.DatabaseError as e:
         raise history_error(e, db_path) from None
     finally:
@@ -939,6 +949,15 @@ def _open_new_store(directory: Path, *, warn: Callable[[str], None] | None, reco
             store.engine.dispose()
             raise
     return store
+
+
+def _upgrade(conn: sqlite3.Connection, db_path: Path, version: int) -> None:
+    """Migrate a file at `version` to the latest schema, backing up one that holds data first."""
+    if version < migrations.LATEST_VERSION:
+        conn.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT_S * 1000)}")
+        if version > 0:
+            migrations.backup(conn, db_path, version, utcnow().strftime("%Y%m%dT%H%M%S"))
+        migrations.migrate(conn)
 
 
 def _existing_parent(path: Path) -> Path:
