@@ -199,3 +199,52 @@ def test_a_damaged_tnr_lab_chunk_is_named_as_such(tmp_path):
     request, source, notes = request_from_png(path)
     assert (source, request["steps"]) == ("a1111", 5)
     assert "'tnr-lab' chunk is not valid JSON" in notes[0]
+
+
+def test_crlf_line_ends_leave_no_carriage_return_in_the_request(tmp_path):
+    text = "a cat\r\non two lines\r\nNegative prompt: dog\r\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1\r\n"
+    request, source, notes = request_from_png(a1111_png(tmp_path, text))
+    assert (request["prompt"], request["negative_prompt"]) == ("a cat\non two lines", "dog")
+    assert (request["steps"], request["seed"], request["scale"]) == (20, 1, 7.0)
+    assert not any("\r" in str(value) for value in request.values())
+    # A lone CR is no line end: it stays in the text (shown as \r), and never breaks the fields line.
+    lone = request_from_png(a1111_png(tmp_path, "a\rb\nSteps: 4, Sampler: E\ru, Seed: 2", name="cr.png"))
+    assert (lone[0]["prompt"], lone[0]["steps"], lone[0]["seed"]) == ("a\rb", 4, 2)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        "Steps: 20, Sampler: Euler, CFG scale: 7,5, Seed: 3, Size: 64x64",
+        "Steps: 20, Sampler: Euler, Seed: 3, Size: 64x64, CFG scale: 7,5",  # last field: no separator after
+    ],
+)
+def test_a_decimal_comma_is_read_as_a_decimal_with_a_note(tmp_path, fields):
+    request, _, notes = request_from_png(a1111_png(tmp_path, f"a cat\n{fields}"))
+    assert (request["scale"], request["seed"], request["width"]) == (7.5, 3, 64)  # not 7, and nothing lost
+    assert "CFG scale '7,5' read as 7.5 (a decimal comma)" in notes
+
+
+def test_a_comma_in_a_whole_number_field_is_refused_not_guessed(tmp_path):
+    with pytest.raises(PngMetadataError, match=r"Seed '1,234' .* not a whole number \(thousands or decimals\?"):
+        request_from_png(a1111_png(tmp_path, "p\nSteps: 20, Seed: 1,234, CFG scale: 7"))
+
+
+def test_a_png_claiming_a_huge_size_is_refused_before_decoding(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)  # 900 Mpx, in a file of 80 bytes
+    path = tmp_path / "huge.png"
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"tEXt", b"parameters\x00p\nSteps: 4, Seed: 1")
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+    with pytest.raises(PngMetadataError, match="refused, the image is too large"):
+        request_from_png(path)

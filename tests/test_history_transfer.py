@@ -316,3 +316,22 @@ def test_exports_of_a_relative_data_dir_find_the_files(tmp_path, monkeypatch):
     export_runs(src, "jsonl", tmp_path / "runs.jsonl")
     (path,) = [out["path"] for out in json.loads((tmp_path / "runs.jsonl").read_text())["outputs"]]
     assert path == str(tmp_path / "a" / src.get_run(ids[0]).output("image").path)  # absolute
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "zip"])
+def test_a_duplicated_id_is_refused_naming_the_id_and_both_lines(tmp_path, fmt):
+    src, ids = make_history(tmp_path / "a", n=2)
+    good = tmp_path / "good.jsonl"
+    export_runs(src, "jsonl", good)
+    first, second = good.read_text().splitlines()
+    records = first + "\n\n" + second + "\n" + first + "\n"  # line 4 repeats line 1 (line 2 is blank)
+    bad = tmp_path / f"bad.{fmt}"
+    if fmt == "jsonl":
+        bad.write_text(records)
+    else:
+        with zipfile.ZipFile(bad, "w") as zf:
+            zf.writestr("runs.jsonl", records.replace(str(tmp_path / "a"), "gone"))  # no files needed
+    dst = open_store(tmp_path / "b")
+    with pytest.raises(HistoryError, match=rf"line 4: run {ids[1]} appears twice \(first on line 1\)"):
+        import_runs(dst, bad)
+    assert dst.count_runs() == 0

@@ -4,6 +4,13 @@
 The A1111 text is: the prompt (one or more lines), a `Negative prompt: ...` line when there is one, then
 one line of `Key: value` pairs separated by ", " starting with `Steps:`. Values holding a comma or a quote
 are written as JSON strings, as A1111 does.
+
+Reading other tools' text: a CRLF line end is a line end (no `\\r` of it stays in a prompt); a lone CR is
+no line end of A1111's, so it stays a character (every printer shows it as `\\r`). A comma between
+two digits, right before a field separator or the end (`CFG scale: 7,5, Seed: 1`), is a decimal comma, as
+a European locale or a hand edit writes it: A1111 itself separates fields with ", " and never writes one, so
+`7,5` cannot be two fields; it is read as 7.5 with a note (A1111's own reader would silently take 7).
+A whole-number field written that way (`Seed: 1,234`) is refused rather than guessed.
 """
 
 from __future__ import annotations
@@ -113,12 +120,13 @@ def write_png(image: Any, path: Path, pnginfo: Any = None) -> None:
         tmp.unlink(missing_ok=True)
 
 
-_PAIR = re.compile(r'\s*([\w .+/()-]+?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+_PAIR = re.compile(r'\s*([\w .+/()-]+?):\s*("(?:\\.|[^\\"])*"|\d+,\d+(?=\s*,\s|\s*$)|[^,]*)(?:,|$)')
+_DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+")
 
 
 def parse_a1111(text: str) -> dict[str, Any]:
     """Parse a `parameters` text: {"prompt", "negative_prompt", "fields": {key: value}}."""
-    lines = text.strip("\n").split("\n")
+    lines = text.replace("\r\n", "\n").strip("\n").split("\n")
     fields: dict[str, str] = {}
     if lines and re.match(r"\s*Steps:\s*", lines[-1]):
         for match in _PAIR.finditer(lines[-1]):
@@ -162,7 +170,12 @@ def request_from_a1111(text: str) -> tuple[dict[str, Any], list[str]]:
                 value = math.nan
             if math.isfinite(value) and value.is_integer() and abs(value) < 2**53:
                 return int(value)  # "20.0"
-            raise PngMetadataError(f"{key} {text!r} in the parameters text is not a whole number")
+            comma = " (thousands or decimals? write it without the comma)" if "," in text else ""
+            raise PngMetadataError(f"{key} {text!r} in the parameters text is not a whole number{comma}")
+        if _DECIMAL_COMMA.fullmatch(text):
+            dotted = text.replace(",", ".")
+            notes.append(f"{key} {text!r} read as {dotted} (a decimal comma)")
+            text = dotted
         try:
             value = float(text)
         except ValueError:
@@ -208,15 +221,23 @@ def request_from_a1111(text: str) -> tuple[dict[str, Any], list[str]]:
 
 
 def read_png_text(path: Path) -> dict[str, str]:
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im.load()
-            text = dict(getattr(im, "text", {}) or {})
-            fmt = im.format
+        # Past PIL's pixel limit (89 Mpx) an image is refused before its pixels are decoded (load() reads
+        # them to reach the text chunks after the image data): no generation output is that large.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                text = dict(getattr(im, "text", {}) or {})
+                fmt = im.format
     except FileNotFoundError:
         raise PngMetadataError(f"{path}: no such file") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise PngMetadataError(f"{path}: refused, the image is too large ({str(e).split(',')[0]})") from None
     except (UnidentifiedImageError, OSError) as e:
         raise PngMetadataError(f"{path}: not a readable image ({e})") from None
     if fmt != "PNG":

@@ -475,7 +475,7 @@ class _Placer:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.written: list[Path] = []
+        self.written: list[tuple[str, Path]] = []  # (run id, file)
         self.made_dirs: list[Path] = []
         self.tmp: Path | None = None
         self.bytes_copied = 0
@@ -507,7 +507,7 @@ class _Placer:
                 target = self._free_name(folder, run_id, suffix, wanted)
                 if not target.exists():
                     os.replace(self.tmp, target)
-                    self.written.append(target)
+                    self.written.append((run_id, target))
                 # else: the same bytes are there already (an earlier import): that file is recorded
                 return self.store.stored_path(target)
             finally:
@@ -533,8 +533,16 @@ class _Placer:
         raise AssertionError("unreachable")
 
     def rollback(self) -> None:
-        for path in self.written:
-            path.unlink(missing_ok=True)
+        """Remove what this import made, except the files of runs the history holds after all (an
+        interruption, SIGTERM say, right after the commit): a recorded run never loses its file."""
+        ids = {run_id for run_id, _ in self.written}
+        try:
+            recorded = self.store.existing_ids(ids) if ids else set()
+        except BaseException:  # cannot tell: an orphan file is better than a run without its file
+            return
+        for run_id, path in self.written:
+            if run_id not in recorded:
+                path.unlink(missing_ok=True)
         for folder in reversed(self.made_dirs):
             try:
                 folder.rmdir()
