@@ -23,6 +23,7 @@ from engine.request import (
     parse_field,
 )
 from tnr_tui.screens import preset_breakpoints
+from tnr_tui.screens.lab import EXAMPLE_PROMPT
 from tnr_tui.widgets.fields import TextInput
 from tnr_tui.widgets.picture import Picture
 
@@ -95,7 +96,7 @@ class CompareScreen(Screen):
             with Horizontal(classes="pair"):
                 with Vertical(classes="wide"):
                     yield Label("Prompt")
-                    yield TextInput(placeholder="a red circle on a blue background", id="compare-prompt", compact=True)
+                    yield TextInput(EXAMPLE_PROMPT, placeholder="(empty prompt)", id="compare-prompt", compact=True)
                 with Vertical():
                     yield Label("Seed")
                     yield TextInput("0", id="compare-seed", compact=True)

@@ -38,6 +38,7 @@ METHOD_PARAMS: dict[str, tuple[str, ...]] = {
     "tnr-cfg": ("scale", "tnr_power", "cfg_rescale", "window"),
 }
 METRIC_NAMES = ("colourfulness", "contrast", "saturation", "dynamic_range")
+EXAMPLE_PROMPT = "a red circle on a blue background"  # the Lab's and Compare's first prompt: one the model knows
 
 
 def choice_row(label: str, choices: tuple[str, ...], value: str, select_id: str) -> Horizontal:
@@ -136,7 +137,9 @@ class LabScreen(Screen):
             with VerticalScroll(id="controls"):
                 with Vertical(id="panel-prompt", classes="panel") as panel:
                     panel.border_title = "Prompt"
-                    yield RequestField("prompt", "Prompt", placeholder="a red circle on a blue background")
+                    # Real text, not a placeholder (a grey example ran as an empty prompt); selected on focus,
+                    # so typing replaces it; cleared, the prompt is empty on purpose (unconditional).
+                    yield RequestField("prompt", "Prompt", EXAMPLE_PROMPT, placeholder="(empty prompt)")
                     yield RequestField("negative_prompt", "Negative")
                     yield Checkbox("N prompts, each with a scale", False, id="weighted", compact=True)
                     with Vertical(id="weighted-box"):
