@@ -235,3 +235,14 @@ def test_cli_import_names_each_file_left_out(tmp_path, capsys):
     assert main(["--data-dir", str(tmp_path / "b"), "history", "show", ids[1]]) == 0
     shown = capsys.readouterr().out
     assert "imported without its image file" in shown and "  image " not in shown
+
+
+def test_import_png_refuses_a_lone_surrogate_in_one_line(tmp_path):
+    info = PngInfo()
+    info.add_text("tnr-lab", json.dumps({"request": {"prompt": "\ud800", "steps": 4}}))
+    path = tmp_path / "s.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    store = open_store(tmp_path / "home")
+    with pytest.raises(PngMetadataError, match=r"not Unicode \(a lone surrogate \\ud800\)"):
+        import_png(store, path)
+    assert store.count_runs() == 0 and list(store.outputs_dir.rglob("*")) == []

@@ -248,3 +248,9 @@ def test_a_png_claiming_a_huge_size_is_refused_before_decoding(tmp_path):
     )
     with pytest.raises(PngMetadataError, match="refused, the image is too large"):
         request_from_png(path)
+
+
+def test_a_tnr_lab_chunk_nested_too_deeply_is_named_as_such(tmp_path):
+    path = a1111_png(tmp_path, None, tnr_chunk="[" * 100_000 + "]" * 100_000)
+    with pytest.raises(PngMetadataError, match="chunk is JSON nested too deeply"):
+        request_from_png(path)

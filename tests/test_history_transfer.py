@@ -335,3 +335,37 @@ def test_a_duplicated_id_is_refused_naming_the_id_and_both_lines(tmp_path, fmt):
     with pytest.raises(HistoryError, match=rf"line 4: run {ids[1]} appears twice \(first on line 1\)"):
         import_runs(dst, bad)
     assert dst.count_runs() == 0
+
+
+def test_export_never_replaces_a_device_or_pipe_even_with_force(tmp_path):
+    import os
+    import stat
+
+    src, _ = make_history(tmp_path / "a", n=1)
+    fifo = tmp_path / "runs.jsonl"
+    os.mkfifo(fifo)
+    for force in (False, True):
+        with pytest.raises(HistoryError, match="is not a regular file"):
+            export_runs(src, "jsonl", fifo, force=force)
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["a", "runs.jsonl"]
+
+
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ("[" * 100_000 + "]" * 100_000, "line 3: JSON nested too deeply to be a run record"),
+        (None, r"line 3: run 01HZ.* holds text that is not Unicode \(a lone surrogate \\ud800\)"),
+    ],
+)
+def test_json_python_reads_but_sqlite_cannot_hold_is_a_message(tmp_path, line, message):
+    src, _ = make_history(tmp_path / "a", n=2)
+    good = tmp_path / "good.jsonl"
+    export_runs(src, "jsonl", good)
+    if line is None:  # "\ud800" is valid JSON, and a str no UTF-8 file (or SQLite) can hold
+        record = {**json.loads(good.read_text().splitlines()[0]), "id": RECORD_ID, "outputs": []}
+        record["request"]["prompt"] = "\ud800"
+        line = json.dumps(record)
+    dst = open_store(tmp_path / "b")
+    with pytest.raises(HistoryError, match=message):
+        import_runs(dst, jsonl_with(tmp_path, src, line))
+    assert dst.count_runs() == 0

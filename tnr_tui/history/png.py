@@ -238,7 +238,7 @@ def read_png_text(path: Path) -> dict[str, str]:
         raise PngMetadataError(f"{path}: no such file") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise PngMetadataError(f"{path}: refused, the image is too large ({str(e).split(',')[0]})") from None
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, ValueError) as e:  # ValueError: PIL's text chunk limits
         raise PngMetadataError(f"{path}: not a readable image ({e})") from None
     if fmt != "PNG":
         raise PngMetadataError(f"{path}: not a PNG file ({fmt})")
@@ -254,6 +254,8 @@ def request_from_png(path: Path) -> tuple[dict[str, Any], str, list[str]]:
             payload = json.loads(text[TNR_CHUNK])
         except json.JSONDecodeError as e:
             damage = f"its '{TNR_CHUNK}' chunk is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
+        except RecursionError:
+            damage = f"its '{TNR_CHUNK}' chunk is JSON nested too deeply to be a request"
         else:
             request = payload.get("request") if isinstance(payload, dict) else None
             if isinstance(request, dict):

@@ -109,10 +109,13 @@ def _record(run: Any, store: Store) -> dict[str, Any]:
 
 
 def _atomic_target(out: Path, force: bool) -> Path:
-    if out.exists() and not force:
-        raise HistoryError(f"{out} exists; pass --force to overwrite it")
     if out.exists() and out.is_dir():
         raise HistoryError(f"{out} is a directory")
+    if out.exists() and not out.is_file():
+        # The rename would replace the device or pipe itself (/dev/stdout, /dev/full), even with --force.
+        raise HistoryError(f"{out} is not a regular file (a device, pipe or socket); export writes a file")
+    if out.exists() and not force:
+        raise HistoryError(f"{out} exists; pass --force to overwrite it")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -336,6 +339,8 @@ def _decoded(raw: bytes, number: int, source: str) -> Any:
         return json.loads(line)
     except json.JSONDecodeError as e:
         raise HistoryError(f"{source} line {number}: not JSON ({e.msg})") from None
+    except RecursionError:
+        raise HistoryError(f"{source} line {number}: JSON nested too deeply to be a run record") from None
 
 
 def _line_digest(raw: bytes) -> bytes:
@@ -413,6 +418,14 @@ def _scan(stream: BinaryIO, source: str, limits: ImportLimits) -> _Scan:
                 "--max-runs raises it); nothing was imported"
             )
         rec = _validate_record(rec, f"{source} line {number}")
+        try:
+            json.dumps(rec, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:  # "\ud800" is valid JSON and no text SQLite can store
+            bad = e.object[e.start : e.end].encode("unicode_escape").decode()
+            raise HistoryError(
+                f"{source} line {number}: run {rec['id']} holds text that is not Unicode (a lone surrogate {bad}); "
+                "nothing was imported"
+            ) from None
         first = plans.get(rec["id"])
         if first is not None:
             raise HistoryError(
@@ -796,6 +809,11 @@ def import_png(store: Store, path: Path) -> PngImport:
         raise PngMetadataError(f"{path}: not a regular file")
     request_dict, source, notes = request_from_png(path)
     request = GenerationRequest.from_dict(request_dict)
+    try:
+        json.dumps(request.to_dict(), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:  # "\ud800" in the tnr-lab chunk's JSON: no text SQLite can store
+        bad = e.object[e.start : e.end].encode("unicode_escape").decode()
+        raise PngMetadataError(f"{path}: its request holds text that is not Unicode (a lone surrogate {bad})") from None
     run_id = new_run_id()
     placer = _Placer(store)
     now = utcnow()
