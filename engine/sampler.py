@@ -144,8 +144,8 @@ def _sample(
             raise SamplingCancelled("sampling cancelled")
 
     # The grid and its timesteps: float64 schedule math, handed to the model as Python floats.
-    grid = schedule.grid(steps, request.schedule, request.schedule_rho)
-    grid_t = schedule.grid_timesteps(steps, request.schedule, request.schedule_rho)
+    sampling_grid = schedule.sampling_grid(steps, request.schedule, request.schedule_rho)
+    grid, grid_t = sampling_grid.sigmas, sampling_grid.timesteps
     sigmas = grid.tolist()
 
     plan = GuidancePlan.from_request(request)
@@ -161,6 +161,7 @@ def _sample(
         for i, (text, cut) in enumerate(zip(plan.texts, bundle.dropped_text(list(plan.texts)), strict=True))
         if cut
     ]
+    warnings += sampling_grid.warnings  # a grid that starts low or repeats a sigma (MATH.md 7)
     cond_rows: dict[tuple[int, ...], Any] = {}
 
     def conditioning(rows: tuple[int, ...]) -> Any:
@@ -178,7 +179,7 @@ def _sample(
     )
     true_noise = make_true_noise(request.seed, shape)
     n = true_noise.to(device)
-    init_noise_sigma = schedule.init_noise_sigma(grid, request.schedule)
+    init_noise_sigma = sampling_grid.init_noise_sigma
     x = n * init_noise_sigma
 
     evaluations = 0
@@ -264,7 +265,7 @@ def _sample(
         "dtype": str(bundle.dtype).removeprefix("torch."),
         "sigmas": sigmas,
         "timesteps": grid_t.tolist(),
-        "schedule": schedule.resolve_kind(request.schedule),
+        "schedule": sampling_grid.kind,  # the kind sampled on ("default" may have fallen back to trailing)
         "init_noise_sigma": init_noise_sigma,
         "tnr_factors": tnr_factors if plan.uses_tnr else None,
         "equivalent_cfg_scale": plan.equivalent_cfg_scale,

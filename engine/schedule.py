@@ -9,6 +9,10 @@ One grid is our own, the timestep-power warp:
 
 where t_max = T - 1 and sigma_i = sigma(t_i) by log-sigma interpolation of the training table. rho = 1 spaces
 the timesteps evenly (close to `trailing`); rho > 1 spends more steps at low noise, rho < 1 at high noise.
+
+A run samples on `sampling_grid`, which adds the lab's two checks to diffusers' grids (MATH.md section 7): a grid
+must start near the top of the table (else "default" falls back to trailing spacing and a named kind is kept
+with a warning), and a grid that repeats a sigma says so (a repeated sigma is a zero-length step).
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ GRID_KINDS: tuple[str, ...] = ("default", "leading", "trailing", "linspace", "ka
 SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
 # The exponent each grid kind uses when the request leaves it unset.
 DEFAULT_RHO: dict[str, float] = {"karras": 7.0, "power": 1.0}
+# A grid starts near the top when its first sigma lies within this fraction of the training table's log-sigma
+# range below the table's largest sigma (MATH.md 7); SDXL: sigma_0 >= 5.75 of 14.61 (leading at 6 to 200 steps).
+TOP_FRACTION = 0.15
 
 
 class ScheduleError(ValueError):
@@ -42,6 +49,18 @@ def betas_from_config(config: dict[str, Any]) -> torch.Tensor:
     if kind == "linear":
         return torch.linspace(start, end, T, dtype=torch.float64)
     raise ScheduleError(f"scheduler config: beta_schedule {kind!r} is not supported (use scaled_linear or linear)")
+
+
+@dataclass(frozen=True, eq=False)
+class SamplingGrid:
+    """The grid a run samples on, what it is, and what the lab had to say about it."""
+
+    kind: str  # the concrete kind sampled: leading, trailing, linspace, karras or power
+    spacing: str  # the timestep spacing behind it (Karras end points, the init_noise_sigma rule)
+    sigmas: torch.Tensor  # steps + 1 values, descending, the last one 0 (float64)
+    timesteps: torch.Tensor  # the UNet timestep of each nonzero sigma (float64)
+    init_noise_sigma: float
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,23 +161,97 @@ class Schedule:
         return (1 - w) * self.sigmas[low] + w * self.sigmas[low + 1]
 
     def grid(self, steps: int, kind: str = "default", rho: float | None = None) -> torch.Tensor:
-        """The sigmas of a run: `steps + 1` values, descending, the last one 0 (float64)."""
-        if not isinstance(steps, int) or steps < 1:
-            raise ScheduleError(f"steps must be a whole number of at least 1, got {steps!r}")
+        """diffusers' sigmas for a kind ("default": the config's, as it is): `steps + 1` values, descending,
+        the last one 0 (float64). A run samples on `sampling_grid`, which may replace "default"."""
         kind = self.resolve_kind(kind)
+        return self._sigmas(steps, kind, rho, self._spacing_of(kind))
+
+    def _spacing_of(self, kind: str) -> str:
+        # Karras and power grids keep the config's spacing, as diffusers does with `use_karras_sigmas`.
+        return kind if kind in SPACINGS else self.timestep_spacing
+
+    def _sigmas(self, steps: int, kind: str, rho: float | None, spacing: str) -> torch.Tensor:
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ScheduleError(f"steps must be a whole number of at least 1, got {steps!r}")
         if rho is None:
             rho = DEFAULT_RHO.get(kind, 7.0)
         if kind in SPACINGS:
             sigmas = self.spacing_sigmas(steps, kind)
         elif kind == "karras":
-            sigmas = self.karras_sigmas(steps, rho)
+            sigmas = self.karras_sigmas(steps, rho, spacing)
         else:
             sigmas = self.power_sigmas(steps, rho)
         return torch.cat([sigmas, sigmas.new_zeros(1)])
 
-    def karras_sigmas(self, steps: int, rho: float = 7.0) -> torch.Tensor:
-        """Karras et al. (2022) eq. 5 between the end points of the config's spacing grid, as diffusers does."""
-        base = self.spacing_sigmas(steps, self.timestep_spacing)
+    def _timesteps(self, steps: int, kind: str, sigmas: torch.Tensor) -> torch.Tensor:
+        if kind in SPACINGS:
+            return self.spacing_timesteps(steps, kind)
+        return self.sigma_to_t(sigmas[:-1])
+
+    def top_shortfall(self, sigma: float) -> float:
+        """How far below the table's largest sigma `sigma` lies, as a fraction of the table's log-sigma range
+        (0 at or above the top, 1 at the table's smallest sigma)."""
+        log_top, log_bottom = math.log(float(self.sigmas[-1])), math.log(float(self.sigmas[0]))
+        return max(0.0, (log_top - math.log(sigma)) / (log_top - log_bottom))
+
+    def starts_near_top(self, sigmas: torch.Tensor) -> bool:
+        """Whether a grid's first sigma is within TOP_FRACTION of the table's log-sigma range of its top."""
+        return self.top_shortfall(float(sigmas[0])) <= TOP_FRACTION
+
+    def sampling_grid(self, steps: int, kind: str = "default", rho: float | None = None) -> SamplingGrid:
+        """The grid a run samples on: `grid(steps, kind, rho)`, checked (module docstring, MATH.md 7).
+
+        A "default" grid that does not start near the top is replaced by trailing spacing (a Karras default
+        takes its end points from trailing spacing); a named kind is kept. Either way a warning says so, and
+        another one when the grid repeats a sigma.
+        """
+        concrete = self.resolve_kind(kind)
+        spacing = self._spacing_of(concrete)
+        sigmas = self._sigmas(steps, concrete, rho, spacing)
+        warnings: list[str] = []
+        if not self.starts_near_top(sigmas):
+            t0 = float(self._timesteps(steps, concrete, sigmas)[0])
+            low = (
+                f"{describe_kind(concrete, spacing)} at {steps} step{'s' if steps != 1 else ''} starts at sigma "
+                f"{float(sigmas[0]):.3g} (timestep {t0:.4g}), well below the top of the noise schedule (sigma "
+                f"{float(self.sigmas[-1]):.3g} at timestep {self.num_train_timesteps - 1})"
+            )
+            if kind == "default":
+                spacing = "trailing"
+                concrete = "karras" if concrete == "karras" else "trailing"
+                sigmas = self._sigmas(steps, concrete, rho, spacing)
+                warnings.append(
+                    f"schedule: the model's {low}: sampling on {describe_kind(concrete, spacing)} instead, which "
+                    f"starts there (schedule {self.resolve_kind('default')} keeps the low start)"
+                )
+            else:
+                warnings.append(
+                    f"schedule: {low}: the image will keep noise the steps cannot remove (trailing spacing "
+                    "starts at the top)"
+                )
+        timesteps = self._timesteps(steps, concrete, sigmas)
+        nonzero = sigmas[:-1]
+        repeats = int((nonzero[1:] == nonzero[:-1]).sum())
+        if repeats:
+            warnings.append(
+                f"schedule: {describe_kind(concrete, spacing)} at {steps} steps repeats a sigma {repeats} time"
+                f"{'s' if repeats != 1 else ''} (the model was trained on {self.num_train_timesteps} timesteps): "
+                "a repeated sigma is a zero-length step, which costs model evaluations and does not move the "
+                f"latent (cfg++ alone moves it, by sigma * (ren - den)), so the grid has only {steps - repeats} "
+                f"distinct step{'s' if steps - repeats != 1 else ''}"
+            )
+        return SamplingGrid(
+            kind=concrete,
+            spacing=spacing,
+            sigmas=sigmas,
+            timesteps=timesteps,
+            init_noise_sigma=self._init_noise_sigma(sigmas, spacing),
+            warnings=tuple(warnings),
+        )
+
+    def karras_sigmas(self, steps: int, rho: float = 7.0, spacing: str | None = None) -> torch.Tensor:
+        """Karras et al. (2022) eq. 5 between the end points of a spacing grid (the config's, as diffusers)."""
+        base = self.spacing_sigmas(steps, spacing or self.timestep_spacing)
         sigma_min = float(self.sigma_min) if self.sigma_min is not None else float(base[-1])
         sigma_max = float(self.sigma_max) if self.sigma_max is not None else float(base[0])
         ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
@@ -177,8 +270,9 @@ class Schedule:
         The spacing is the grid's own for leading/trailing/linspace grids, the config's for Karras and power
         grids (diffusers keeps the config's spacing when `use_karras_sigmas` is set).
         """
-        kind = self.resolve_kind(kind)
-        spacing = kind if kind in SPACINGS else self.timestep_spacing
+        return self._init_noise_sigma(grid, self._spacing_of(self.resolve_kind(kind)))
+
+    def _init_noise_sigma(self, grid: torch.Tensor, spacing: str) -> float:
         max_sigma = float(grid.max())
         if spacing in ("linspace", "trailing"):
             return max_sigma
@@ -193,7 +287,16 @@ class Schedule:
         resolved = self.resolve_kind(kind)
         if resolved in SPACINGS:
             return self.spacing_timesteps(steps, resolved)
-        return self.sigma_to_t(self.grid(steps, kind, rho)[:-1])
+        return self._timesteps(steps, resolved, self.grid(steps, kind, rho))
+
+
+def describe_kind(kind: str, spacing: str) -> str:
+    """A grid kind in words: "leading spacing", "karras (end points from trailing spacing)", "power"."""
+    if kind in SPACINGS:
+        return f"{kind} spacing"
+    if kind == "karras":
+        return f"karras (end points from {spacing} spacing)"
+    return kind
 
 
 def abar_of_sigma(sigma: float | torch.Tensor) -> float | torch.Tensor:

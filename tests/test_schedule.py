@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from diffusers import EulerDiscreteScheduler, HeunDiscreteScheduler
 
-from engine.schedule import Schedule, ScheduleError
+from engine.request import GenerationRequest
+from engine.sampler import sample
+from engine.schedule import TOP_FRACTION, Schedule, ScheduleError
+from engine.solvers import TABLEAUS, rk_step
+from tnr_tui.cli import main
+from tnr_tui.history import open_store
 
 SDXL = {
     "num_train_timesteps": 1000,
@@ -158,3 +165,223 @@ def test_bad_configs_and_kinds_say_what_is_wrong() -> None:
         Schedule.from_config(SDXL).grid(5, "zigzag")
     with pytest.raises(ScheduleError, match="steps must be"):
         Schedule.from_config(SDXL).grid(0)
+
+
+# ---- the grid a run samples on: starts near the top, says when it repeats a sigma (MATH.md 7) ------------
+
+
+def leading_start_shortfall(steps: int) -> float:
+    """diffusers' own leading grid: how far below the table's top it starts, in fractions of the log range."""
+    ref = diffusers_euler(SDXL, steps)
+    table = Schedule.from_config(SDXL).sigmas
+    top, bottom = math.log(float(table[-1])), math.log(float(table[0]))
+    return (top - math.log(float(ref.sigmas[0]))) / (top - bottom)
+
+
+def test_a_20_step_default_grid_has_no_warning_and_is_the_diffusers_grid_bit_for_bit() -> None:
+    schedule = Schedule.from_config(SDXL)
+    planned = schedule.sampling_grid(20)
+    assert planned.warnings == () and (planned.kind, planned.spacing) == ("leading", "leading")
+    assert torch.equal(planned.sigmas, schedule.grid(20)) and torch.equal(
+        planned.timesteps, schedule.grid_timesteps(20)
+    )
+    assert planned.init_noise_sigma == schedule.init_noise_sigma(schedule.grid(20))
+    ref = diffusers_euler(SDXL, 20)
+    torch.testing.assert_close(planned.sigmas, ref.sigmas.double(), rtol=SIGMA_RTOL, atol=0)
+    assert planned.timesteps.tolist() == ref.timesteps.double().tolist()
+
+
+@pytest.mark.parametrize("steps", [600, 2000])
+def test_a_default_leading_grid_that_starts_low_falls_back_to_trailing_with_a_warning(steps: int) -> None:
+    schedule = Schedule.from_config(SDXL)
+    low = diffusers_euler(SDXL, steps)  # diffusers: 600 steps start at sigma 2.28, 2000 at 0.041 (every sigma)
+    assert float(low.sigmas[0]) < 2.3 and leading_start_shortfall(steps) > TOP_FRACTION
+    planned = schedule.sampling_grid(steps)
+    assert (planned.kind, planned.spacing) == ("trailing", "trailing")
+    trailing = diffusers_euler(dict(SDXL, timestep_spacing="trailing"), steps)
+    torch.testing.assert_close(planned.sigmas, trailing.sigmas.double(), rtol=SIGMA_RTOL, atol=0)
+    assert planned.timesteps.tolist() == trailing.timesteps.double().tolist()
+    assert planned.timesteps[0] == 999 and planned.init_noise_sigma == float(schedule.sigmas[-1])
+    first = planned.warnings[0]
+    assert f"leading spacing at {steps} steps starts at sigma {float(low.sigmas[0]):.3g}" in first
+    assert "sampling on trailing spacing instead" in first and "schedule leading keeps" in first
+
+
+def test_trailing_past_the_training_timesteps_repeats_sigmas_and_says_so() -> None:
+    schedule = Schedule.from_config(SDXL)
+    planned = schedule.sampling_grid(2000)
+    distinct = len(set(planned.sigmas[:-1].tolist()))
+    assert distinct == 1000 and len(planned.warnings) == 2
+    assert "repeats a sigma 1000 times" in planned.warnings[1] and "only 1000 distinct steps" in planned.warnings[1]
+    # Up to T steps trailing never repeats; one more and it must.
+    for steps in (999, 1000):
+        assert bool((schedule.grid(steps, "trailing")[:-1].diff() < 0).all())
+    assert len(schedule.sampling_grid(1001).warnings) == 2
+    # linspace never repeats: past T steps its timesteps are fractional.
+    assert schedule.sampling_grid(2000, "linspace").warnings == ()
+
+
+@pytest.mark.parametrize("steps", [600, 2000])
+def test_explicit_leading_keeps_diffusers_grid_with_the_warning(steps: int) -> None:
+    schedule = Schedule.from_config(SDXL)
+    ref = diffusers_euler(SDXL, steps)
+    planned = schedule.sampling_grid(steps, "leading")
+    assert (planned.kind, planned.spacing) == ("leading", "leading")
+    torch.testing.assert_close(planned.sigmas, ref.sigmas.double(), rtol=SIGMA_RTOL, atol=0)
+    assert planned.timesteps.tolist() == ref.timesteps.double().tolist()
+    assert planned.init_noise_sigma == pytest.approx(float(ref.init_noise_sigma), rel=SIGMA_RTOL)
+    assert f"leading spacing at {steps} steps starts at sigma {float(ref.sigmas[0]):.3g}" in planned.warnings[0]
+    assert "keep noise" in planned.warnings[0] and "instead" not in planned.warnings[0]
+    if steps == 2000:  # T // 2000 == 0: every timestep is steps_offset, one sigma 2000 times
+        assert set(ref.timesteps.tolist()) == {1.0}
+        assert len(planned.warnings) == 2 and "repeats a sigma 1999 times" in planned.warnings[1]
+    else:
+        assert len(planned.warnings) == 1
+
+
+def test_near_the_top_is_the_top_fraction_of_the_log_sigma_range() -> None:
+    schedule = Schedule.from_config(SDXL)
+    # SDXL leading: 5 steps start at sigma 5.13 (0.168 of the log range down), 6 at 5.91 (0.146).
+    assert leading_start_shortfall(5) > TOP_FRACTION > leading_start_shortfall(6)
+    assert schedule.sampling_grid(5).kind == "trailing" and schedule.sampling_grid(6).kind == "leading"
+    assert schedule.sampling_grid(6).warnings == ()
+    # The usual step counts keep diffusers' leading grid; 1 step of leading is timestep 1 (sigma 0.041).
+    assert all(schedule.sampling_grid(n).kind == "leading" for n in (8, 10, 15, 20, 25, 30, 50, 100))
+    assert schedule.sampling_grid(1).kind == "trailing" and diffusers_euler(SDXL, 1).timesteps.tolist() == [1.0]
+    assert schedule.top_shortfall(float(schedule.sigmas[-1])) == 0.0
+    assert schedule.top_shortfall(float(schedule.sigmas[0])) == pytest.approx(1.0)
+    # trailing, linspace (from 2 steps) and power grids start at the top whatever the step count.
+    for kind in ("trailing", "linspace", "power"):
+        assert all(schedule.sampling_grid(n, kind).warnings == () for n in (2, 5, 600, 1000))
+    assert "linspace spacing at 1 step starts at sigma 0.0292" in schedule.sampling_grid(1, "linspace").warnings[0]
+
+
+def test_a_karras_default_that_starts_low_takes_trailing_end_points() -> None:
+    config = dict(SDXL, use_karras_sigmas=True)
+    schedule = Schedule.from_config(config)
+    planned = schedule.sampling_grid(600)
+    assert (planned.kind, planned.spacing) == ("karras", "trailing")
+    assert float(planned.sigmas[0]) == pytest.approx(float(schedule.sigmas[-1]), rel=1e-12)
+    assert "sampling on karras (end points from trailing spacing)" in planned.warnings[0]
+    assert planned.init_noise_sigma == float(planned.sigmas[0])  # trailing's rule: the largest sigma
+    torch.testing.assert_close(planned.timesteps, schedule.sigma_to_t(planned.sigmas[:-1]))
+    # Named, it keeps diffusers' Karras grid (end points from leading) and warns.
+    named = schedule.sampling_grid(600, "karras")
+    ref = diffusers_euler(config, 600)
+    torch.testing.assert_close(named.sigmas, ref.sigmas.double(), rtol=SIGMA_RTOL, atol=0)
+    assert named.kind == "karras" and "keep noise" in named.warnings[0]
+
+
+@pytest.mark.parametrize("solver", sorted(TABLEAUS))
+def test_a_zero_length_step_moves_the_latent_only_where_den_and_ren_differ(solver: str) -> None:
+    """What the repeated-sigma warning says: nothing moves, except by sigma * (ren - den) (cfg++)."""
+    x = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    den, ren = torch.full_like(x, 0.3), torch.full_like(x, -0.2)
+    same, _ = rk_step(TABLEAUS[solver], lambda x_i, s, i: (den, den), x, 2.0, 2.0)
+    torch.testing.assert_close(same, x, rtol=0, atol=1e-12)
+    moved, _ = rk_step(TABLEAUS[solver], lambda x_i, s, i: (den, ren), x, 2.0, 2.0)
+    torch.testing.assert_close(moved, x + 2.0 * (ren - den), rtol=0, atol=1e-12)
+
+
+class ExactGaussianBundle:
+    """The least a ModelBundle needs for `sample`: the data is N(0, 1/4), eps its exact posterior mean."""
+
+    device, dtype = torch.device("cpu"), torch.float32
+    latent_channels, vae_scale_factor, default_size = 4, 8, (16, 16)
+    force_zeros_for_empty_prompt = True
+
+    def __init__(self) -> None:
+        self.schedule = Schedule.from_config(SDXL)
+        self.timesteps: list[float] = []
+
+    def encode(self, texts, height, width, zero_if_empty=None):
+        return SimpleNamespace(batch=len(texts), select=lambda rows: SimpleNamespace(batch=len(rows)))
+
+    def dropped_text(self, texts):
+        return ["" for _ in texts]
+
+    def eps(self, x, sigma, t, cond):
+        self.timesteps.append(t)
+        return sigma * x / (sigma**2 + 0.25)
+
+    def decode(self, latent):
+        return torch.tanh(latent[:, :3])
+
+    def preview(self, denoised):
+        return None
+
+
+@pytest.mark.parametrize(("steps", "schedule", "kind"), [(600, "default", "trailing"), (600, "leading", "leading")])
+def test_the_run_records_the_grid_it_sampled_and_the_warning(steps: int, schedule: str, kind: str) -> None:
+    bundle = ExactGaussianBundle()
+    result = sample(bundle, GenerationRequest(prompt="x", guidance="none", steps=steps, schedule=schedule))
+    planned = bundle.schedule.sampling_grid(steps, schedule)
+    assert result.stats["schedule"] == kind == planned.kind
+    assert result.stats["sigmas"] == planned.sigmas.tolist() and result.stats["timesteps"] == bundle.timesteps
+    assert bundle.timesteps == planned.timesteps.tolist()
+    assert result.stats["init_noise_sigma"] == planned.init_noise_sigma
+    assert result.stats["warnings"] == list(planned.warnings) and len(planned.warnings) == 1
+    started_at = result.stats["sigmas"][0]
+    assert (started_at > 14.6) if kind == "trailing" else (started_at < 2.3)
+
+
+def test_a_20_step_run_has_no_schedule_warning_and_samples_the_leading_grid() -> None:
+    bundle = ExactGaussianBundle()
+    result = sample(bundle, GenerationRequest(prompt="x", guidance="none", steps=20))
+    leading = sample(
+        ExactGaussianBundle(), GenerationRequest(prompt="x", guidance="none", steps=20, schedule="leading")
+    )
+    assert result.stats["warnings"] == [] and result.stats["schedule"] == "leading"
+    assert result.stats["sigmas"] == bundle.schedule.grid(20).tolist()
+    assert torch.equal(result.latent, leading.latent)
+
+
+def test_generate_prints_the_schedule_warning_and_the_history_keeps_it(tmp_path, tiny_sdxl_dir, capsys) -> None:
+    # 5 steps: the tiny model's SDXL leading grid starts at sigma 5.13, so the run samples trailing spacing.
+    rc = main(
+        ["--data-dir", str(tmp_path / "home"), "generate", "--model", str(tiny_sdxl_dir), "--prompt", "x"]
+        + ["--steps", "5", "--width", "64", "--height", "64", "--out", str(tmp_path / "o.png"), "--json"]
+    )
+    assert rc == 0
+    captured = capsys.readouterr()
+    printed = [line.removeprefix("warning: ") for line in captured.err.splitlines() if line.startswith("warning: ")]
+    assert len(printed) == 1 and "sampling on trailing spacing instead" in printed[0]
+    summary = json.loads(captured.out)
+    assert summary["warnings"] == printed
+    store = open_store(tmp_path / "home")
+    try:
+        stats = store.get_run(summary["run_id"]).stats
+    finally:
+        store.close()
+    assert stats["warnings"] == printed and stats["schedule"] == "trailing"
+    assert stats["sigmas"][0] == pytest.approx(14.6146, abs=1e-4) and stats["timesteps"][0] == 999
+
+
+async def test_the_lab_notifies_the_schedule_warning_and_the_history_keeps_it(tmp_path, tiny_sdxl_dir) -> None:
+    import time
+
+    from textual.widgets import Input
+
+    from tnr_tui.app import TnrLabApp
+
+    app = TnrLabApp(data_dir=tmp_path / "home", model=str(tiny_sdxl_dir), image_protocol="halfcell")
+    async with app.run_test(size=(160, 50)) as pilot:
+        lab = app.lab
+        lab.query_one("#prompt", Input).value = "a red circle"
+        for field, value in (("#steps", "5"), ("#width", "64"), ("#height", "64")):
+            lab.query_one(field, Input).value = value
+        await pilot.press("ctrl+r")
+        deadline = time.monotonic() + 60
+        while not app.ended and time.monotonic() < deadline:
+            await pilot.pause(0.05)
+        assert app.ended and app.ended[0].status == "done", app.ended and app.ended[0].error
+        await pilot.pause(0.1)
+        # Textual has no public list of notifications; App._notifications is its only record.
+        shown = [n.message for n in app._notifications if n.severity == "warning"]
+        assert len(shown) == 1 and "sampling on trailing spacing instead" in shown[0]
+    store = open_store(tmp_path / "home")
+    try:
+        (run,) = store.list_runs()
+        assert run.stats["warnings"] == shown and run.stats["schedule"] == "trailing"
+    finally:
+        store.close()
