@@ -181,3 +181,62 @@ async def test_control_characters_in_user_text_show_as_escapes_everywhere(tmp_da
         await pilot.pause(0.1)
         question = str(app.screen.query_one("Static").content)
         assert visible(HOSTILE) in question and not has_control(question)
+
+
+async def test_the_delete_dialog_lists_the_files_it_deletes_and_keeps_the_users_own(
+    tmp_data_dir: Path, tmp_path: Path
+) -> None:
+    store = open_store(tmp_data_dir)
+    run_id, image = done_run_with_image(store, "to delete")
+    latent = store.new_output_path(run_id, ".safetensors")
+    latent.write_bytes(b"latent bytes")
+    users_own = tmp_path / "my-picture.png"  # recorded by absolute path (an old import-png): never deleted
+    Image.new("RGB", (8, 8)).save(users_own)
+    store.add_output(run_id, OutputFile.of("latent", latent))
+    store.add_output(run_id, OutputFile.of("preview", users_own))
+    expected = store.files_to_delete(run_id)
+    store.close()
+    assert sorted(expected) == sorted([image, latent])
+    app = history_app(tmp_data_dir)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.press("f3")
+        await pilot.pause(0.2)
+        await pilot.press("delete")
+        await pilot.pause(0.1)
+        question = str(app.screen.query_one("Static").content)
+        assert f"Delete run {run_id}?" in question
+        assert "It deletes 2 file(s):" in question and f"  {image}" in question and f"  {latent}" in question
+        assert "It keeps 1 recorded file(s)" in question and f"  {users_own}" in question
+        await pilot.click("#confirm")
+        await pilot.pause(0.1)
+        assert app.store.get_run(run_id) is None
+        assert app.history_screen.query_one("#runs", DataTable).row_count == 0
+        assert any(n.message == f"deleted run {run_id[-8:]} and 2 file(s)" for n in notifications(app))
+    assert not image.exists() and not latent.exists() and users_own.is_file()
+
+
+async def test_a_history_action_that_fails_is_a_notification_not_a_crash(tmp_data_dir: Path) -> None:
+    from tnr_tui.history import HistoryError
+
+    store = open_store(tmp_data_dir)
+    run_id, _ = done_run_with_image(store, "x")
+    store.close()
+    app = history_app(tmp_data_dir)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.press("f3")
+        await pilot.pause(0.2)
+
+        def refuse(*_args: Any, **_kwargs: Any) -> None:
+            raise HistoryError("the history is read-only here")
+
+        app.store.set_favourite = refuse  # what a busy or read-only history raises
+        app.store.files_to_delete = refuse
+        await pilot.press("f")
+        await pilot.press("delete")
+        await pilot.pause(0.1)
+        errors = [n.message for n in notifications(app) if n.severity == "error"]
+        assert errors == [
+            "cannot mark it: the history is read-only here",
+            "cannot delete it: the history is read-only here",
+        ]
+        assert app.is_running and app.screen is app.history_screen  # no dialog for a delete that cannot be listed

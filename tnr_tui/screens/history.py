@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,30 @@ def describe_run(run: Any) -> str:
             continue
         lines.append(f"{key}: {json.dumps(value, ensure_ascii=False)}")
     # Every value may come from an import: one line each, control characters shown (tnr_tui.text).
+    return "\n".join(visible(line) for line in lines)
+
+
+DELETE_LIST_MAX = 8  # files named in the delete dialog; the rest are counted
+
+
+def delete_question(store: Any, run: Any, files: list[Path]) -> str:
+    """The delete dialog's text: the run, and exactly which files go (`Store.files_to_delete`) and which of
+    its recorded files stay (outside the history's outputs/, or another run's too)."""
+    lines = [f"Delete run {run.id}?", run.prompt.replace("\n", " ")[:200], ""]
+    going = {Path(os.path.realpath(p)) for p in files}
+    kept = [store.resolve(o.path) for o in run.outputs if Path(os.path.realpath(store.resolve(o.path))) not in going]
+    if files:
+        lines.append(f"It deletes {len(files)} file(s):")
+        lines += [f"  {p}" for p in files[:DELETE_LIST_MAX]]
+        if len(files) > DELETE_LIST_MAX:
+            lines.append(f"  … and {len(files) - DELETE_LIST_MAX} more")
+    else:
+        lines.append("It deletes no file.")
+    if kept:
+        lines.append(f"It keeps {len(kept)} recorded file(s) that are not the history's own to delete:")
+        lines += [f"  {p}" for p in kept[:DELETE_LIST_MAX]]
+        if len(kept) > DELETE_LIST_MAX:
+            lines.append(f"  … and {len(kept) - DELETE_LIST_MAX} more")
     return "\n".join(visible(line) for line in lines)
 
 
@@ -327,13 +352,25 @@ class HistoryScreen(Screen):
             )
         app.notify(message, markup=False, timeout=8)
 
+    def _store_call(self, what: str, call: Any) -> tuple[bool, Any]:
+        """(True, result) or (False, None) after an error notification: a busy, read-only or damaged history
+        is a message here, never a crash of the app."""
+        try:
+            return True, call()
+        except Exception as exc:
+            from tnr_tui.worker import describe_error
+
+            self.notify(f"{what}: {describe_error(exc)}", title="History", severity="error", markup=False, timeout=10)
+            return False, None
+
     def action_favourite(self) -> None:
         run = self.selected_run()
         if run is None:
             return
         app: Any = self.app
-        app.store.set_favourite(run.id, not run.favourite)
-        self._refresh_run(run.id)
+        ok, _ = self._store_call("cannot mark it", lambda: app.store.set_favourite(run.id, not run.favourite))
+        if ok:
+            self._refresh_run(run.id)
 
     def action_note(self) -> None:
         run = self.selected_run()
@@ -343,8 +380,8 @@ class HistoryScreen(Screen):
         def save(note: str | None) -> None:
             if note is not None:
                 app: Any = self.app
-                app.store.set_note(run.id, note)
-                self._refresh_run(run.id)
+                if self._store_call("cannot save the note", lambda: app.store.set_note(run.id, note))[0]:
+                    self._refresh_run(run.id)
 
         self.app.push_screen(NoteDialog(run.notes), save)
 
@@ -370,18 +407,28 @@ class HistoryScreen(Screen):
         run = self.selected_run()
         if run is None:
             return
+        app: Any = self.app
+        ok, files = self._store_call("cannot delete it", lambda: app.store.files_to_delete(run.id))
+        if not ok:
+            return
 
         def delete(confirmed: bool | None) -> None:
             if not confirmed:
                 return
-            app: Any = self.app
-            app.store.delete_run(run.id, delete_files=True)
-            self._runs.pop(run.id, None)
-            self.query_one("#runs", DataTable).remove_row(run.id)
-            self._show_selected()
-            self.notify(f"deleted run {run.id[-8:]} and its files", markup=False)
+            ok, removed = self._store_call(
+                f"run {run.id[-8:]}", lambda: app.store.delete_run(run.id, delete_files=True)
+            )
+            # A file that could not be removed fails the call after the row went: the run is gone either way.
+            if ok or self._store_call("cannot re-read it", lambda: app.store.get_run(run.id)) == (True, None):
+                self._runs.pop(run.id, None)
+                table = self.query_one("#runs", DataTable)
+                if run.id in table.rows:
+                    table.remove_row(run.id)
+                self._show_selected()
+            if ok:
+                self.notify(f"deleted run {run.id[-8:]} and {len(removed)} file(s)", markup=False)
 
-        self.app.push_screen(ConfirmDialog(f"Delete run {run.id} and its files?\n{run.prompt}"), delete)
+        self.app.push_screen(ConfirmDialog(delete_question(app.store, run, files)), delete)
 
     def run_ended(self, message: Any, owner: str) -> None:
         """A run ended somewhere: show the newest runs (a cheap first-page query)."""
