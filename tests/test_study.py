@@ -204,3 +204,99 @@ def test_study_refuses_a_file_as_out_before_loading_a_model(tmp_path: Path, caps
     blocker.write_text("x")
     assert main(["study", "--model", str(tmp_path / "no-model"), "--out", str(blocker)]) == 2
     assert f"--out {blocker} exists and is not a directory" in capsys.readouterr().err
+
+
+def test_a_study_with_midpoint_on_the_embedded_model_writes_numbers_tables_and_plots(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The smallest study the CLI allows, on the embedded model, with a solver the palette once lacked."""
+    import json
+
+    from tnr_tui.cli import main
+    from tnr_tui.study import solver_colours
+
+    out = tmp_path / "study"
+    args = ["study", "--samples", "2", "--steps", "1", "--budgets", "1", "--scales", "cfg=2", "cfg++=0.5"]
+    args += ["tnr-cfg=2", "--solvers", "euler,midpoint", "--width", "64", "--height", "64", "--out", str(out)]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    arms = json.loads((out / "study.json").read_text())["arms"]
+    midpoint = [a for a in arms if a["solver"] == "midpoint"]
+    assert {a["guidance"] for a in midpoint} == {"none", "tnr"} and all(len(a["accuracy"]) == 2 for a in midpoint)
+    md = (out / "study.md").read_text()
+    assert "| none midpoint 1st | 1 |" in md and "B=1 midpoint: tnr - none" in md
+    for name in ("metrics-vs-scale.png", "solvers-vs-evaluations.png", "contact-sheet.png"):
+        assert f"plot: {out / name}" in captured.out and f"![{name[:-4]}]({name})" in md
+    # midpoint's line is drawn in its own colour (the second of the cycle: its place in --solvers).
+    colour = solver_colours(("euler", "midpoint"))["midpoint"]
+    with Image.open(out / "solvers-vs-evaluations.png") as im:
+        pixels = set(im.convert("RGB").getdata())
+    assert colour in pixels and colour != solver_colours(("euler", "midpoint"))["euler"]
+    # 1 step of the model's leading spacing starts low: every arm sampled trailing, and the study says so.
+    assert all(a["schedules"] == ["trailing"] for a in arms)
+    assert "sigma schedule: default (sampled as trailing)" in md and "## Warnings of the runs" in md
+    assert "warning: schedule: the model's leading spacing at 1 step" in captured.err
+
+
+def test_a_plot_that_fails_is_a_warning_and_the_numbers_are_already_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import tnr_tui.study as study
+
+    seen: list[bool] = []
+
+    def broken_plot(cfg, results, indices, path, embedded):
+        seen.append((tmp_path / "study.json").is_file() and "| tnr euler 4st |" in (tmp_path / "study.md").read_text())
+        raise RuntimeError("no room on the canvas")
+
+    monkeypatch.setattr(study, "plot_accuracy_vs_evaluations", broken_plot)
+    logged: list[str] = []
+    report = run_study(TINY, tmp_path, sample_fn=fake_toy_sampler, model_description="fake", log=logged.append)
+    assert seen == [True]  # study.json and the tables existed when the plot was drawn
+    message = "solvers-vs-evaluations.png was not drawn: RuntimeError: no room on the canvas"
+    assert report.warnings == [message] and f"warning: {message}" in logged
+    arms = json.loads((tmp_path / "study.json").read_text())["arms"]
+    assert len(arms) == len(all_arms(TINY)) and all(len(a["accuracy"]) == 3 for a in arms)
+    md = report.markdown.read_text()
+    assert f"- {message}" in md and "![metrics-vs-scale](metrics-vs-scale.png)" in md
+    assert "solvers-vs-evaluations" not in md.split("## Plots")[1].replace(message, "")
+    assert [p.name for p in report.plots] == ["metrics-vs-scale.png", "contact-sheet.png"]
+    assert not (tmp_path / "solvers-vs-evaluations.png").exists()
+
+
+def test_the_study_cli_prints_a_failed_plot_and_exits_0(
+    tiny_sdxl_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import tnr_tui.study as study
+    from tnr_tui.cli import main
+
+    def broken_sheet(cfg, results, path, embedded):
+        raise MemoryError("contact sheet")
+
+    monkeypatch.setattr(study, "study_sheet", broken_sheet)
+    out = tmp_path / "study"
+    args = ["study", "--model", str(tiny_sdxl_dir), "--samples", "2", "--steps", "1", "--budgets", "1"]
+    args += ["--scales", "cfg=2", "cfg++=0.5", "tnr-cfg=2", "--solvers", "midpoint", "--width", "64"]
+    args += ["--height", "64", "--out", str(out)]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "warning: contact-sheet.png was not drawn: MemoryError: contact sheet" in err
+    assert (out / "study.json").is_file() and (out / "solvers-vs-evaluations.png").is_file()
+
+
+def test_every_solver_gets_a_colour_of_its_own_and_the_legend_wraps() -> None:
+    from PIL import ImageFont
+
+    from tnr_tui.study import Series, legend_layout, solver_colours
+
+    names = [f"solver_{i}" for i in range(20)]
+    colours = solver_colours(names)
+    assert list(colours) == names and len(set(colours.values())) == 20
+    assert solver_colours(names[:3]) == {n: colours[n] for n in names[:3]}  # by position, whatever follows
+    series = [Series(f"{n} tnr", [1.0], [1.0], [1.0], [1.0], colours[n]) for n in names]
+    placed = legend_layout(series, ImageFont.load_default(size=12), 720)
+    font = ImageFont.load_default(size=12)
+    assert max(x + 40 + font.getlength(s.label) for x, _, s in placed) <= 720
+    assert max(row for _, row, _ in placed) >= 2

@@ -73,8 +73,9 @@ class StudyConfig:
     prompts: tuple[str, ...] = ()  # for models without a checker; empty: GENERAL_PROMPTS
     width: int | None = None
     height: int | None = None
-    # "default": the spacing the model's scheduler config names. Note that SDXL's "leading" spacing starts
-    # few-step grids far below sigma_max (2 steps: sigma 1.6), which handicaps solvers that take fewer steps.
+    # "default": the spacing the model's scheduler config names, or trailing where that grid starts low (SDXL's
+    # leading at 1-5 steps, MATH.md 7), so arms of different step counts may sample different kinds: study.md
+    # and study.json say which. "trailing" gives every arm the same kind.
     schedule: str = "default"
 
     def __post_init__(self) -> None:
@@ -172,6 +173,8 @@ class ArmResult:
     evaluations: int  # as counted by the sampler (the mean over seeds; all seeds spend the same)
     seconds: float
     thumbs: dict[int, Any] = field(default_factory=dict)  # seed -> small image, for the first SHEET_SEEDS
+    schedules: list[str] = field(default_factory=list)  # the grid kinds its runs sampled (stats["schedule"])
+    warnings: list[str] = field(default_factory=list)  # its runs' warnings, each once
 
 
 def measure(image: Any, prompt: str, embedded: bool, scorer: Any = None) -> dict[str, float]:
@@ -211,6 +214,8 @@ def run_arms(
         values: dict[str, list[float]] = {}
         evals: list[int] = []
         thumbs: dict[int, Any] = {}
+        schedules: dict[str, None] = {}
+        warnings: dict[str, None] = {}
         arm_start = time.perf_counter()
         for seed in seeds:
             prompt = prompt_for_seed(seed, cfg, embedded)
@@ -233,6 +238,9 @@ def run_arms(
             for name, value in measure(image, prompt, embedded, scorer).items():
                 values.setdefault(name, []).append(value)
             evals.append(int(stats.get("model_evaluations", arm.evaluations)))
+            if stats.get("schedule"):
+                schedules[str(stats["schedule"])] = None
+            warnings.update(dict.fromkeys(str(w) for w in stats.get("warnings", ())))
             if seed <= SHEET_SEEDS:
                 thumbs[seed] = thumbnail(image)  # small copies only: SDXL images would fill memory
             if keep_images is not None:
@@ -241,7 +249,9 @@ def run_arms(
                 image.save(folder / f"seed{seed:03d}.png")
             done += 1
         seconds = time.perf_counter() - arm_start
-        results[arm] = ArmResult(arm, seeds, values, round(float(np.mean(evals))), seconds, thumbs)
+        results[arm] = ArmResult(
+            arm, seeds, values, round(float(np.mean(evals))), seconds, thumbs, list(schedules), list(warnings)
+        )
         elapsed = time.perf_counter() - started
         log(
             f"  {arm.label:<24} {results[arm].evaluations:>3} evaluations  "
@@ -271,6 +281,9 @@ class StudyReport:
     plots: list[Path]
     seconds: float
     images: int
+    json: Path | None = None
+    warnings: list[str] = field(default_factory=list)  # plots that could not be drawn
+    run_warnings: list[str] = field(default_factory=list)  # what the runs warned (a grid that started low), once
 
 
 def run_study(
@@ -286,7 +299,8 @@ def run_study(
     started: float | None = None,
     log: Callable[[str], None] = print,
 ) -> StudyReport:
-    """Sample every arm, then write study.md, study.json, the plots and the contact sheet into `out_dir`.
+    """Sample every arm, then write study.json and study.md (the numbers), then the plots and the contact sheet
+    into `out_dir`. A plot that fails is a warning (in the report, the log and study.md), never a lost study.
 
     `started`: a `time.perf_counter()` taken before the model was loaded, so the reported time covers it."""
     started = time.perf_counter() if started is None else started
@@ -323,25 +337,51 @@ def run_study(
     )
     seconds = time.perf_counter() - started
     indices = bootstrap_indices(cfg.samples)
-    plots = [
-        plot_metrics_vs_scale(cfg, results, indices, out_dir / "metrics-vs-scale.png", embedded),
-        plot_accuracy_vs_evaluations(cfg, results, indices, out_dir / "solvers-vs-evaluations.png", embedded),
-        study_sheet(cfg, results, out_dir / "contact-sheet.png", embedded),
-    ]
     data = {
         "config": {**cfg.__dict__, "scales": {k: list(v) for k, v in cfg.scales.items()}},
         "seconds": seconds,
         "arms": [
-            {**r.arm.__dict__, "label": r.arm.label, "evaluations": r.evaluations, "seconds": r.seconds, **r.values}
+            {
+                **r.arm.__dict__,
+                "label": r.arm.label,
+                "evaluations": r.evaluations,
+                "seconds": r.seconds,
+                "schedules": r.schedules,
+                "warnings": r.warnings,
+                **r.values,
+            }
             for r in results.values()
         ],
     }
-    (out_dir / "study.json").write_text(json.dumps(data, indent=1) + "\n")
+    json_path = _write_text(out_dir / "study.json", json.dumps(data, indent=1) + "\n")
     command = command or f"tnr-lab study --samples {cfg.samples} --steps {cfg.steps} --out {out_dir}"
-    md = write_markdown(
-        cfg, results, indices, out_dir / "study.md", seconds, model_description, embedded, plots, command
-    )
-    return StudyReport(md, plots, seconds, len(arms) * cfg.samples)
+
+    def markdown(plots: list[Path], failed: list[str]) -> Path:
+        return write_markdown(
+            cfg, results, indices, out_dir / "study.md", seconds, model_description, embedded, plots, command, failed
+        )
+
+    md = markdown([], [])  # the tables, before anything that draws
+    plots: list[Path] = []
+    failed: list[str] = []
+    drawings: list[tuple[str, Callable[[Path], Path]]] = [
+        ("metrics-vs-scale.png", lambda path: plot_metrics_vs_scale(cfg, results, indices, path, embedded)),
+        (
+            "solvers-vs-evaluations.png",
+            lambda path: plot_accuracy_vs_evaluations(cfg, results, indices, path, embedded),
+        ),
+        ("contact-sheet.png", lambda path: study_sheet(cfg, results, path, embedded)),
+    ]
+    for name, draw in drawings:
+        try:
+            plots.append(draw(out_dir / name))
+        except Exception as e:  # a plot is a picture of numbers already written: losing it must not lose them
+            failed.append(f"{name} was not drawn: {type(e).__name__}: {e}")
+            log(f"warning: {failed[-1]}")
+    if plots or failed:
+        md = markdown(plots, failed)
+    run_warnings = list(dict.fromkeys(w for r in results.values() for w in r.warnings))
+    return StudyReport(md, plots, seconds, len(arms) * cfg.samples, json_path, failed, run_warnings)
 
 
 def study_sheet(cfg: StudyConfig, results: dict[Arm, ArmResult], path: Path, embedded: bool) -> Path:
@@ -440,6 +480,7 @@ def write_markdown(
     embedded: bool,
     plots: list[Path],
     command: str,
+    failed_plots: Sequence[str] = (),
 ) -> Path:
     import torch
 
@@ -452,7 +493,7 @@ def write_markdown(
         f"Generated by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "",
         f"- model: {model_description or cfg.model}",
-        f"- sigma schedule: {cfg.schedule}",
+        f"- sigma schedule: {cfg.schedule}" + _grids_sampled(results),
         f"- seeds 1..{cfg.samples} per arm"
         + (
             ", each seed with its own toy prompt (the same in every arm)" if embedded else ", prompts cycled over seeds"
@@ -534,10 +575,38 @@ def write_markdown(
     if pairs:
         lines += [*_diff_table(pairs, indices, embedded), ""]
     lines += claim_verdicts(cfg, results, indices, embedded, bests)
+    warnings = list(dict.fromkeys(w for r in results.values() for w in r.warnings))
+    if warnings:
+        lines += ["## Warnings of the runs", "", *(f"- {w}" for w in warnings), ""]
     lines += ["## Plots", ""]
     for p in plots:
         lines += [f"![{p.stem}]({p.name})", ""]
-    path.write_text("\n".join(lines) + "\n")
+    lines += [f"- {text}" for text in failed_plots]
+    if not plots and not failed_plots:
+        lines.append("(drawn after the tables)")
+    return _write_text(path, "\n".join(lines) + "\n")
+
+
+def _grids_sampled(results: dict[Arm, ArmResult]) -> str:
+    """ "; sampled as trailing in arms ..." when the arms did not all sample one grid kind (MATH.md 7)."""
+    kinds: dict[str, list[str]] = {}
+    for r in results.values():
+        for kind in r.schedules:
+            kinds.setdefault(kind, []).append(r.arm.label)
+    if len(kinds) < 2:
+        return f" (sampled as {next(iter(kinds))})" if kinds else ""
+    fewest = sorted(kinds.items(), key=lambda item: len(item[1]))
+    return "; sampled as " + "; ".join(
+        f"{kind} in {'all other arms' if i == len(fewest) - 1 else ', '.join(labels)}"
+        for i, (kind, labels) in enumerate(fewest)
+    )
+
+
+def _write_text(path: Path, text: str) -> Path:
+    """Write a whole file or leave the old one: a half-written study.json is no better than none."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
     return path
 
 
@@ -609,16 +678,36 @@ def claim_verdicts(
 
 # ---- plots (PIL) --------------------------------------------------------------------------------------------
 
-PALETTE: dict[str, tuple[int, int, int]] = {
+# The guidance methods' own colours (every study has these five).
+METHOD_COLOURS: dict[str, tuple[int, int, int]] = {
     "cfg": (31, 119, 180),
     "cfg++": (255, 127, 14),
     "tnr-cfg": (44, 160, 44),
     "none": (127, 127, 127),
     "tnr": (214, 39, 40),
-    "euler": (31, 119, 180),
-    "heun": (255, 127, 14),
-    "rk4": (148, 103, 189),
 }
+# Solvers take these in the order the study lists them (any registered solver, any number of them).
+SOLVER_CYCLE: tuple[tuple[int, int, int], ...] = (
+    (31, 119, 180),
+    (255, 127, 14),
+    (148, 103, 189),
+    (44, 160, 44),
+    (140, 86, 75),
+    (227, 119, 194),
+    (188, 189, 34),
+    (23, 190, 207),
+    (214, 39, 40),
+    (127, 127, 127),
+)
+
+
+def solver_colours(solvers: Sequence[str]) -> dict[str, tuple[int, int, int]]:
+    """One colour per solver, by position: the cycle, darkened by a third on each pass past its end."""
+    colours = {}
+    for i, solver in enumerate(dict.fromkeys(solvers)):
+        shade = (2 / 3) ** (i // len(SOLVER_CYCLE))
+        colours[solver] = tuple(round(c * shade) for c in SOLVER_CYCLE[i % len(SOLVER_CYCLE)])
+    return colours  # type: ignore[return-value]
 
 
 @dataclass
@@ -724,13 +813,30 @@ def draw_panel(
             draw.ellipse((xa - 3, ya - 3, xa + 3, ya + 3), fill=s.colour)
 
 
-def draw_legend(draw: Any, xy: tuple[int, int], series: list[Series], font: Any) -> None:
-    x, y = xy
+LEGEND_ROW = 20  # pixels per legend line
+
+
+def legend_layout(series: list[Series], font: Any, width: int, x0: int = 10) -> list[tuple[int, int, Series]]:
+    """(x, row, series) of each legend entry, wrapped to `width` (a study may compare any number of solvers)."""
+    from PIL import Image, ImageDraw
+
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    x, row, placed = x0, 0, []
     for s in series:
+        span = 40 + int(measure.textlength(s.label + (" (dashed)" if s.dashed else ""), font=font))
+        if x > x0 and x + span > width:
+            x, row = x0, row + 1
+        placed.append((x, row, s))
+        x += span
+    return placed
+
+
+def draw_legend(draw: Any, y: int, placed: list[tuple[int, int, Series]], font: Any) -> None:
+    for x, row, s in placed:
+        ya = y + row * LEGEND_ROW
         for xa in range(x, x + 24, 8 if s.dashed else 24):
-            draw.line((xa, y + 7, xa + (4 if s.dashed else 24), y + 7), fill=s.colour, width=2)
-        draw.text((x + 30, y), s.label + (" (dashed)" if s.dashed else ""), fill=(0, 0, 0), font=font)
-        x += 40 + int(draw.textlength(s.label + (" (dashed)" if s.dashed else ""), font=font))
+            draw.line((xa, ya + 7, xa + (4 if s.dashed else 24), ya + 7), fill=s.colour, width=2)
+        draw.text((x + 30, ya), s.label + (" (dashed)" if s.dashed else ""), fill=(0, 0, 0), font=font)
 
 
 def _series(
@@ -777,13 +883,15 @@ def plot_metrics_vs_scale(
     for i, name in enumerate(metrics):
         unit = " (%)" if name in CHECK_NAMES else ""
         scale = 100.0 if name in CHECK_NAMES else 1.0
-        hlines = [(g, scale * float(np.mean(single[g].values[name])), PALETTE[g]) for g in ("none", "tnr")]
+        hlines = [(g, scale * float(np.mean(single[g].values[name])), METHOD_COLOURS[g]) for g in ("none", "tnr")]
         for j, method in enumerate(methods):
             rows = sorted(
                 (r for a, r in results.items() if a.guidance == method and a in two_prediction_arms(cfg)),
                 key=lambda r: r.arm.scale or 0.0,
             )
-            s = _series(rows, lambda r: float(r.arm.scale or 0.0), name, indices, label=method, colour=PALETTE[method])
+            s = _series(
+                rows, lambda r: float(r.arm.scale or 0.0), name, indices, label=method, colour=METHOD_COLOURS[method]
+            )
             box = (j * pw, 30 + i * ph, (j + 1) * pw, 30 + (i + 1) * ph)
             y_range = (0.0, 100.0) if name in CHECK_NAMES else None
             draw_panel(draw, box, [s], f"{method}: {name}{unit}", "scale", "", font, hlines, y_range=y_range)
@@ -798,9 +906,9 @@ def plot_accuracy_vs_evaluations(
 
     font = ImageFont.load_default(size=12)
     names = ["accuracy", "colourfulness"] if embedded else ["colourfulness", "contrast"]
-    img = Image.new("RGB", (720, 2 * 420 + 50), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    for i, name in enumerate(names):
+    colours = solver_colours(cfg.solvers)
+    panels: list[list[Series]] = []
+    for name in names:
         series = []
         for guidance in ("tnr", "none"):
             for solver in cfg.solvers:
@@ -814,10 +922,16 @@ def plot_accuracy_vs_evaluations(
                         name,
                         indices,
                         label=f"{solver} {guidance}",
-                        colour=PALETTE[solver],
+                        colour=colours[solver],
                         dashed=guidance == "none",
                     )
                 )
+        panels.append(series)
+    placed = legend_layout(panels[-1], font, 720)
+    legend_rows = 1 + max((row for _, row, _ in placed), default=0)
+    img = Image.new("RGB", (720, 2 * 420 + 30 + legend_rows * LEGEND_ROW), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    for i, (name, series) in enumerate(zip(names, panels, strict=True)):
         unit = " (%)" if name in CHECK_NAMES else ""
         draw_panel(
             draw,
@@ -830,5 +944,5 @@ def plot_accuracy_vs_evaluations(
             y_range=(0.0, 100.0) if name in CHECK_NAMES else None,
             dodge=4.0,
         )
-    draw_legend(draw, (10, 2 * 420 + 20), series, font)
+    draw_legend(draw, 2 * 420 + 20, placed, font)
     return _save(img, path)

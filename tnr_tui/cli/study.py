@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -176,6 +177,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     print(f"study: {report.images} images in {report.seconds:.0f} s ({report.seconds / 60:.1f} min)")
     print(f"tables: {report.markdown}")
+    if report.json is not None:
+        print(f"numbers: {report.json}")
     for plot in report.plots:
         print(f"plot: {plot}")
+    for warning in report.run_warnings + report.warnings:  # plot failures were logged too; repeated last
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
