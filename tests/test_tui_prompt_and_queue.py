@@ -66,3 +66,31 @@ async def test_typing_replaces_the_example_and_an_empty_prompt_stays_possible(tm
         assert compare.base_request().prompt == "a blue circle"
         compare_prompt.value = ""
         assert compare.base_request().prompt == ""
+
+
+async def test_ten_fast_runs_show_their_queue_and_escape_cancels_all_ten(tmp_data_dir: Path) -> None:
+    app = TnrLabApp(data_dir=tmp_data_dir, image_protocol="none", threads=1)
+    async with app.run_test(size=(120, 40)) as pilot:
+        lab = app.lab
+        lab.query_one("#steps", Input).value = "5000"  # long enough that nothing ends before the escape
+        state = lab.query_one("#model-state")
+        await wait_for(pilot, lambda: ": loaded" in str(state.content), what="the embedded model")
+        sent: list[str] = []  # every notification, including toasts that timed out meanwhile
+        notify = app.notify
+        app.notify = lambda message, **kwargs: (sent.append(message), notify(message, **kwargs))[1]  # type: ignore[method-assign]
+        for _ in range(10):
+            await pilot.press("ctrl+r")
+        queued = [message for message in sent if message.startswith("run queued")]
+        assert queued[-1] == "run queued: running 1, 9 queued (escape cancels them all)"
+        assert len(queued) == 9  # every run behind another says so; the first just starts
+        progress = lab.query_one("#progress-text")
+        await wait_for(pilot, lambda: str(progress.content).startswith("step "), what="a step")
+        assert str(progress.content).endswith("  · 9 queued")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: len(app.ended) == 10, what="ten cancelled runs")
+        assert [m.status for m in app.ended] == ["cancelled"] * 10
+        assert "cancelling 10 run(s): 1 running, 9 queued" in sent
+        await pilot.pause(0.1)
+        assert str(progress.content) == "cancelled"  # nothing left queued
+    runs = open_store(tmp_data_dir).list_runs(limit=20)
+    assert len(runs) == 10 and {r.status for r in runs} == {"cancelled"}

@@ -214,15 +214,32 @@ class TnrLabApp(App[int]):
         self.job_owner[job_id] = owner
         return job_id
 
+    def queue_text(self) -> str:
+        """The queue as "running 1, 9 queued" while runs wait behind the one in progress (or about to
+        start); "" when there is at most one run."""
+        running, queued = self.worker.queue_counts()
+        total = running + queued
+        return f"running 1, {total - 1} queued" if total > 1 else ""
+
     def cancel_runs(self) -> bool:
         busy = self.worker.current_job is not None
         dropped = self.worker.cancel()
+        unrecorded: list[str] = []
         for job in dropped:
             if job.run_id:
-                self.store.finish_run(job.run_id, "cancelled", error="cancelled before it started")
+                try:
+                    self.store.finish_run(job.run_id, "cancelled", error="cancelled before it started")
+                except Exception as exc:  # the row stays `queued`; the next start marks it interrupted
+                    from tnr_tui.worker import describe_error
+
+                    unrecorded.append(describe_error(exc))
             self.post_message(RunEnded(job.job_id, job.request, "cancelled", run_id=job.run_id))
         if busy or dropped:
-            self.notify(f"cancelling {int(busy) + len(dropped)} run(s)", timeout=2, markup=False)
+            parts = (["1 running"] if busy else []) + ([f"{len(dropped)} queued"] if dropped else [])
+            self.notify(f"cancelling {int(busy) + len(dropped)} run(s): {', '.join(parts)}", timeout=3, markup=False)
+        if unrecorded:
+            message = f"{len(unrecorded)} cancelled run(s) not recorded as cancelled: {unrecorded[0]}"
+            self.notify(message, title="History", severity="error", markup=False, timeout=10)
         return busy or bool(dropped)
 
     def load_model(self, ref: str) -> None:

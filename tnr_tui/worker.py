@@ -168,7 +168,8 @@ class DeviceWorker:
         self._bundles: dict[tuple[str, str, str], Any] = {}  # (model, device, dtype) -> bundle
         self._store: Any = None
         self.current_job: int | None = None
-        self.pending = 0
+        self.pending = 0  # queued runs not started yet; changed by both threads, under _pending_lock
+        self._pending_lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="tnr-device", daemon=True)
 
     # ---- called from the UI thread ----
@@ -188,7 +189,8 @@ class DeviceWorker:
         parent_id: str | None = None,
     ) -> int:
         job = Job(next(self._ids), request, run_id, origin, parent_id)
-        self.pending += 1
+        with self._pending_lock:
+            self.pending += 1
         self._queue.put(("run", job))
         return job.job_id
 
@@ -201,7 +203,8 @@ class DeviceWorker:
                 item = self._queue.get_nowait()
                 if item and item[0] == "run":
                     dropped.append(item[1])
-                    self.pending -= 1
+                    with self._pending_lock:
+                        self.pending -= 1
                 else:
                     kept.append(item)
         except queue.Empty:
@@ -223,6 +226,11 @@ class DeviceWorker:
     @property
     def busy(self) -> bool:
         return self.current_job is not None or self.pending > 0
+
+    def queue_counts(self) -> tuple[int, int]:
+        """(runs in progress, runs queued behind it)."""
+        with self._pending_lock:
+            return int(self.current_job is not None), self.pending
 
     # ---- the thread ----
 
@@ -273,9 +281,10 @@ class DeviceWorker:
         return bundle
 
     def _run_job(self, job: Job) -> None:
-        self.pending -= 1
-        self._cancel.clear()
-        self.current_job = job.job_id
+        self._cancel.clear()  # before current_job is set: a cancel from then on reaches this job
+        with self._pending_lock:
+            self.pending -= 1
+            self.current_job = job.job_id  # together: a reader never sees the job in neither count
         request = job.request
         self._post(RunStarted(job.job_id, request))
         try:

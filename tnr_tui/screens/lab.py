@@ -380,7 +380,12 @@ class LabScreen(Screen):
         if job_id is None:
             return
         self.job_ids.add(job_id)
-        self.query_one("#progress-text", Static).update("queued")
+        queue = app.queue_text()
+        if queue:  # behind another run: say so, or ten fast ctrl+r look like one
+            self.query_one("#progress-text", Static).update(f"queued: {queue}")
+            self.notify(f"run queued: {queue} (escape cancels them all)", timeout=3, markup=False)
+        else:
+            self.query_one("#progress-text", Static).update("queued")
 
     def action_cancel(self) -> None:
         app: Any = self.app
@@ -401,6 +406,11 @@ class LabScreen(Screen):
 
     # ---- worker messages, forwarded by the app ----
 
+    def _with_queue(self, line: str) -> str:
+        app: Any = self.app
+        _, queued = app.worker.queue_counts()
+        return f"{line}  · {queued} queued" if queued else line
+
     def show_model_state(
         self, ref: str, state: str, detail: str, default_scales: dict[str, float] | None = None
     ) -> None:
@@ -417,13 +427,15 @@ class LabScreen(Screen):
     def show_started(self, request: GenerationRequest) -> None:
         bar = self.query_one("#progress", ProgressBar)
         bar.update(total=request.steps, progress=0)
-        self.query_one("#progress-text", Static).update(f"starting: {request.steps} steps")
+        self.query_one("#progress-text", Static).update(self._with_queue(f"starting: {request.steps} steps"))
         self.query_one("#result-text", Static).update("")
 
     def show_progress(self, message: Any) -> None:
         self.query_one("#progress", ProgressBar).update(total=message.steps, progress=message.index + 1)
         self.query_one("#progress-text", Static).update(
-            format_progress(message.index, message.steps, message.sigma, message.tnr_factor, message.elapsed)
+            self._with_queue(
+                format_progress(message.index, message.steps, message.sigma, message.tnr_factor, message.elapsed)
+            )
         )
 
     def show_preview(self, message: Any) -> None:
@@ -436,7 +448,7 @@ class LabScreen(Screen):
         self.query_one("#result-text", Static).update(visible(text, keep_newlines=True))
         for warning in message.stats.get("warnings", []):
             self.notify(warning, severity="warning", markup=False, timeout=10)
-        self.query_one("#progress-text", Static).update(message.status)
+        self.query_one("#progress-text", Static).update(self._with_queue(message.status))
         if message.image is not None:
             seed = message.request.seed
             self.query_one("#preview", Picture).show(message.image, f"final image, seed {seed}")
