@@ -154,3 +154,46 @@ async def test_the_lab_beside_a_sweep_and_history_list_loses_no_run(tmp_data_dir
     for cell in cells:
         assert rows.get(cell["run_id"]) == ("done", "sweep", sweep_id, 1), cell["run_id"]
     assert len(rows) == len(ended) + len(cells)
+
+
+HOLD_THE_LOCK = r"""
+import sqlite3, sys, time
+c = sqlite3.connect(sys.argv[1], isolation_level=None)
+c.execute("BEGIN IMMEDIATE")  # the write lock, as a long import or a stuck process holds it
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+c.execute("COMMIT")
+"""
+
+
+async def test_a_history_held_by_another_process_is_a_waiting_notice_then_the_run(
+    tmp_data_dir: Path, monkeypatch
+) -> None:
+    from tnr_tui.history import store as store_module
+
+    monkeypatch.setattr(store_module, "BUSY_SLICE_S", 0.2)  # SQLite's wait per attempt: the notice comes after it
+    app = TnrLabApp(data_dir=tmp_data_dir, image_protocol="none", threads=1)
+    sent: list[tuple[str, str]] = []
+    notify = app.notify
+
+    def spy(message: str, **kwargs: Any) -> None:
+        sent.append((message, kwargs.get("severity", "information")))
+        notify(message, **kwargs)
+
+    app.notify = spy  # type: ignore[method-assign]
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.lab.query_one("#steps", Input).value = "2"
+        assert app.store.count_runs() == 0  # the lab has its history open before the other process locks it
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_THE_LOCK, str(tmp_data_dir / DB_NAME), "1.5"], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+            await pilot.press("ctrl+r")  # its `queued` row waits for the lock
+            await wait_for(pilot, lambda: app.ended, 60, "the run")
+        finally:
+            assert holder.wait(30) == 0
+        assert app.ended[0].status == "done", app.ended[0].error
+        waiting = [m for m, severity in sent if m.startswith("waiting for the history (held by another process)")]
+        assert waiting and all(severity != "error" for _, severity in sent)
+    assert seen_by_another_process(tmp_data_dir)["rows"] == [[app.ended[0].run_id, "done", "tui", None, 1]]

@@ -154,12 +154,18 @@ class TnrLabApp(App[int]):
                 else:
                     from tnr_tui.history import open_store
 
-                    self._store = open_store(self.data_dir)
+                    # Its warnings (network filesystem) and "waiting for the history (held by another
+                    # process)" become toasts: printed to stderr they would land in the middle of the screen.
+                    self._store = open_store(self.data_dir, warn=self._history_warning)
             except Exception as exc:  # HistoryError, OSError, SQLAlchemy's errors: the message is what matters
                 from tnr_tui.worker import describe_error
 
                 raise HistoryUnavailable(f"the history cannot be opened: {describe_error(exc)}") from exc
         return self._store
+
+    def _history_warning(self, message: str) -> None:
+        """From the store, in whichever thread waits (App.notify is thread-safe)."""
+        self.notify(message, title="History", severity="warning", markup=False, timeout=8)
 
     async def action_quit(self) -> None:
         # The run in progress sees the stop flag at its next model evaluation; the thread is a daemon.
