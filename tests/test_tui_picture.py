@@ -28,3 +28,12 @@ def test_no_answer_falls_back_to_half_cells_and_forced_protocols_win() -> None:
     assert choose_protocol("none", TerminalCaps(sixel=True)) == "none"
     with pytest.raises(ValueError, match="unknown image protocol 'kitty'"):
         choose_protocol("kitty")
+
+
+def test_no_kitty_query_under_tmux_or_screen_which_would_make_it_the_window_title() -> None:
+    from tnr_tui.widgets.picture import probe_queries
+
+    assert probe_queries({"TERM": "xterm-kitty"}).startswith("\x1b_Gi=31")
+    for env in ({"TMUX": "/tmp/tmux-0/default,1,0", "TERM": "xterm"}, {"STY": "1.pts"}, {"TERM": "screen-256color"}):
+        queries = probe_queries(env)
+        assert "\x1b_" not in queries and queries.endswith("\x1b[c")  # the cell size and DA1 are still asked

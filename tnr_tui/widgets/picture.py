@@ -56,6 +56,18 @@ def parse_probe_reply(reply: str) -> TerminalCaps:
     )
 
 
+def under_multiplexer(env: Any) -> bool:
+    """tmux and GNU screen: they take an APC string (the kitty query) as the window title, and pass no
+    kitty graphics through anyway."""
+    return bool(env.get("TMUX") or env.get("STY")) or str(env.get("TERM", "")).startswith(("screen", "tmux"))
+
+
+def probe_queries(env: Any) -> str:
+    """The batched probe: kitty graphics (not under a multiplexer), cell size, device attributes last."""
+    kitty = "" if under_multiplexer(env) else _KITTY_QUERY
+    return kitty + _CELL_QUERY + _DA1_QUERY
+
+
 def probe_terminal(timeout: float = 2.0) -> TerminalCaps:
     """Send all queries at once and read until the device-attributes answer (or the timeout)."""
     if sys.platform == "win32" or not (sys.__stdin__ and sys.__stdout__):
@@ -71,7 +83,7 @@ def probe_terminal(timeout: float = 2.0) -> TerminalCaps:
     reply = ""
     try:
         tty.setcbreak(fd, termios.TCSANOW)
-        sys.__stdout__.write(_KITTY_QUERY + _CELL_QUERY + _DA1_QUERY)
+        sys.__stdout__.write(probe_queries(os.environ))
         sys.__stdout__.flush()
         deadline = time.monotonic() + timeout
         while not _DA1_REPLY.search(reply):
