@@ -20,10 +20,12 @@ from typing import Any
 import torch
 from PIL import Image
 
+from engine.evaluations import planned_evaluations
 from engine.guidance import GuidancePlan, StepGuidance
+from engine.noise import NoiseSource, make_true_noise  # noqa: F401  (make_true_noise: re-exported)
 from engine.preview import decoded_to_image
 from engine.request import GenerationRequest, RequestError
-from engine.solvers import Pair, rk_step, tableau_for_step
+from engine.solvers import Prediction, SolverContext, make_solver
 
 
 class SamplingCancelled(Exception):
@@ -55,12 +57,6 @@ class Result:
     true_noise: torch.Tensor  # CPU float32
     stats: dict[str, Any] = field(default_factory=dict)
     request: GenerationRequest | None = None  # the request with resolved sizes
-
-
-def make_true_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """The true noise n: one standard normal draw, float32 on the CPU whatever the device (MATH.md 2)."""
-    generator = torch.Generator("cpu").manual_seed(seed)
-    return torch.randn(shape, generator=generator, dtype=torch.float32)
 
 
 def denoised_estimate(x: torch.Tensor, sigma: float, den: torch.Tensor) -> torch.Tensor:
@@ -162,14 +158,15 @@ def _sample(
         if cut
     ]
     warnings += sampling_grid.warnings  # a grid that starts low or repeats a sigma (MATH.md 7)
-    cond_rows: dict[tuple[int, ...], Any] = {}
+    cond_rows: dict[tuple[tuple[int, ...], int], Any] = {}
 
-    def conditioning(rows: tuple[int, ...]) -> Any:
-        if rows == tuple(range(cond.batch)):
-            return cond
-        if rows not in cond_rows:
-            cond_rows[rows] = cond.select(list(rows))
-        return cond_rows[rows]
+    def conditioning(rows: tuple[int, ...], batch: int) -> Any:
+        """The rows of the encoded texts a call evaluates, each repeated for the batch's images (a a b b)."""
+        key = (rows, batch)
+        if key not in cond_rows:
+            picked = cond if rows == tuple(range(cond.batch)) else cond.select(list(rows))
+            cond_rows[key] = picked if batch == 1 else picked.repeat(batch)
+        return cond_rows[key]
 
     shape = (
         1,
@@ -177,55 +174,67 @@ def _sample(
         request.height // bundle.vae_scale_factor,
         request.width // bundle.vae_scale_factor,
     )
-    true_noise = make_true_noise(request.seed, shape)
+    noise = NoiseSource([request.seed], shape, device)
+    true_noise = noise.true_noise
     n = true_noise.to(device)
     init_noise_sigma = sampling_grid.init_noise_sigma
     x = n * init_noise_sigma
 
+    solver = make_solver(request.solver, request.solver_params)
     evaluations = 0
     tnr_factors: list[float] = []
     loop_started = time.perf_counter()
     final_image: Image.Image | None = None
+    # The step being taken, for `predict` (a solver calls it once per stage, in any order it likes).
+    step: dict[str, Any] = {}
+    # Grid sigmas use the grid's own timesteps (diffusers' fractional linspace ones included); a solver's
+    # intermediate sigmas (Heun's and RK's stages, dpm_2's midpoint) are interpolated in log sigma (MATH.md 1).
+    grid_timestep = {}
+    for sigma_i, t_i in zip(sigmas[:-1], grid_t.tolist(), strict=True):
+        grid_timestep.setdefault(sigma_i, t_i)
+
+    def timestep(s: float) -> float:
+        t = grid_timestep.get(s)
+        return float(schedule.sigma_to_t(s)) if t is None else float(t)
+
+    def predict(x_stage: torch.Tensor, s: float) -> Prediction:
+        """One model evaluation at (x_stage, s): the step's predictions, batched, combined by its guidance."""
+        nonlocal evaluations
+        check_stop()
+        guide: StepGuidance = step["guide"]
+        rows = guide.normal_rows
+        batch = x_stage.shape[0]
+        model_input = x_stage.expand(len(rows), *x_stage.shape[1:]) if batch == 1 else x_stage.repeat(len(rows), 1, 1, 1)
+        predictions = bundle.eps(model_input, s, timestep(s), conditioning(rows, batch))
+        perturbed = None
+        if guide.perturbed_rows:
+            perturbed = bundle.eps_perturbed(
+                x_stage, s, timestep(s), conditioning(guide.perturbed_rows, batch), plan.method.perturbation()
+            ).float()
+        evaluations += len(guide.rows)
+        den, ren = guide.pair(predictions.float(), ctx.true_noise, perturbed)
+        prediction = Prediction(x_stage, s, den, ren)
+        if step["first"] is None:
+            step["first"] = prediction
+        return prediction
+
+    ctx = SolverContext(sigmas=sigmas, predict=predict, noise=noise, true_noise=n)
 
     for i in range(steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        guide: StepGuidance = plan.for_step(sigma, sigma_next)
+        guide = plan.for_step(sigma, sigma_next, i, steps)
         if guide.S is not None:
             tnr_factors.append(guide.S)
-        step_cond = conditioning(guide.rows)
-        k = len(guide.rows)
-
-        def timestep(s: float, i: int = i, sigma_next: float = sigma_next) -> float:
-            # Grid sigmas use the grid's own timesteps (diffusers' fractional linspace ones included).
-            if s == sigmas[i]:
-                return float(grid_t[i])
-            if s == sigma_next and i + 1 < steps:
-                return float(grid_t[i + 1])
-            return float(schedule.sigma_to_t(s))
-
-        def pair_at(
-            x_stage: torch.Tensor,
-            s: float,
-            stage: int,
-            guide: StepGuidance = guide,
-            step_cond: Any = step_cond,
-            k: int = k,
-        ) -> Pair:
-            nonlocal evaluations
-            check_stop()
-            predictions = bundle.eps(x_stage.expand(k, *x_stage.shape[1:]), s, timestep(s), step_cond)
-            evaluations += k
-            return guide.pair(predictions.float(), n)
-
-        x_start = x
-        x, (den, _) = rk_step(tableau_for_step(request.solver, sigma_next), pair_at, x, sigma, sigma_next)
+        step.update(guide=guide, first=None)
+        x = solver.step(ctx, x, i)
         if not bool(torch.isfinite(x).all()):
             raise SamplingError(
                 f"non-finite latent at step {i + 1} of {steps} (sigma {sigma:.4g} -> {sigma_next:.4g}); try fewer steps, a smaller scale or float32"
             )
 
         if on_step is not None:
-            denoised = denoised_estimate(x_start, sigma, den).detach().float().cpu()
+            first: Prediction = step["first"]
+            denoised = first.denoised.detach().float().cpu()
             last = i == steps - 1
             preview = None
             if request.preview_every and ((i + 1) % request.preview_every == 0 or last):
@@ -260,6 +269,7 @@ def _sample(
         "seconds": time.perf_counter() - started,
         "seconds_per_step": loop_seconds / steps,
         "model_evaluations": evaluations,
+        "planned_evaluations": planned_evaluations(request, sigmas),
         "steps": steps,
         "device": str(device),
         "dtype": str(bundle.dtype).removeprefix("torch."),

@@ -47,6 +47,8 @@ class DPMpp2M(Solver):
             self.previous = denoised
             return denoised
         h = math.log(sigma) - math.log(sigma_next)
+        if h == 0:  # a repeated sigma (some grids past T steps): a zero-length step, the history kept
+            return p.renoised
         if self.previous is None or self.h_previous is None:
             mixed = denoised
         else:
