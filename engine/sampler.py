@@ -204,7 +204,9 @@ def _sample(
         guide: StepGuidance = step["guide"]
         rows = guide.normal_rows
         batch = x_stage.shape[0]
-        model_input = x_stage.expand(len(rows), *x_stage.shape[1:]) if batch == 1 else x_stage.repeat(len(rows), 1, 1, 1)
+        model_input = (
+            x_stage.expand(len(rows), *x_stage.shape[1:]) if batch == 1 else x_stage.repeat(len(rows), 1, 1, 1)
+        )
         predictions = bundle.eps(model_input, s, timestep(s), conditioning(rows, batch))
         perturbed = None
         if guide.perturbed_rows:

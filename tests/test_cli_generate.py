@@ -89,9 +89,13 @@ def test_weighted_prompts_build_the_n_prompt_form(tmp_path, tiny_sdxl_dir, capsy
 BAD_INPUTS = [
     (["--prompt", "x", "--steps", "0"], "steps must be a whole number in 1..10000"),
     (["--prompt", "x", "--steps", "many"], "steps must be a whole number"),
-    (["--prompt", "x", "--solver", "dpm"], "unknown solver 'dpm'; choose one of: euler, heun, midpoint, rk4"),
-    (["--prompt", "x", "--guidance", "pag"], "unknown guidance method 'pag'"),
+    (["--prompt", "x", "--solver", "dpm"], "unknown solver 'dpm'; choose one of: euler, "),
+    (["--prompt", "x", "--guidance", "pagg"], "unknown guidance method 'pagg'"),
     (["--prompt", "x", "--scale", "nan"], "must be a finite number"),
+    (["--prompt", "x", "--guidance", "apg", "--guidance-param", "eta=foo"], "eta must be a number, got 'foo'"),
+    (["--prompt", "x", "--guidance-param", "eta=1"], "--guidance-param eta: the guidance method 'cfg' takes no parameters"),
+    (["--prompt", "x", "--guidance", "apg", "--guidance-param", "eta"], "--guidance-param expects NAME=VALUE"),
+    (["--prompt", "x", "--solver-param", "order=3"], "--solver-param order: the solver 'euler' takes no parameters"),
     (["--prompt", "x", "--width", "30"], "width must be a positive multiple of 8"),
     (["--prompt", "x", "--seed", "-1"], "seed must be a whole number in 0.."),
     (["--prompt", "x", "--cfg-rescale", "2"], "CFG rescale must be between 0 and 1"),
@@ -247,3 +251,51 @@ def test_sigterm_during_generate_records_the_run_cancelled_like_ctrl_c(tmp_path,
         assert run.status == "cancelled" and run.error == "terminated (SIGTERM)"
         assert run.outputs == [] and list(store.outputs_dir.rglob("*")) == []
     assert not out.exists()
+
+
+def test_unit_parameters_reach_the_request_and_the_history(tmp_path, tmp_data_dir, capsys):
+    out = tmp_path / "apg.png"
+    code = main(
+        [
+            "generate",
+            "--prompt",
+            "a red circle on a blue background",
+            "--steps",
+            "4",
+            "--solver",
+            "dpmpp_2m",
+            "--guidance",
+            "apg",
+            "--guidance-param",
+            "eta=0",
+            "--guidance-param",
+            "adaptive-projected-guidance-rescale=5",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    with open_store(tmp_data_dir) as store:
+        run = store.list_runs()[0]
+    assert run.solver == "dpmpp_2m" and run.guidance == "apg"
+    assert run.request["guidance_params"] == {"eta": 0.0, "adaptive_projected_guidance_rescale": 5.0}
+    assert run.request["format"] == 2
+
+
+def test_long_options_are_never_abbreviated(capsys):
+    # argparse's default would read --tnr as --tnr-power (issue 13).
+    with pytest.raises(SystemExit):
+        main(["generate", "--prompt", "x", "--tnr", "2", "--out", "x.png"])
+    assert "unrecognized arguments: --tnr" in capsys.readouterr().err
+
+
+def test_units_command_lists_every_registered_unit_with_its_parameters(capsys):
+    from engine import units
+
+    assert main(["units"]) == 0
+    listing = capsys.readouterr().out
+    for registry in (units.SOLVERS, units.GUIDANCE, units.SCHEDULES):
+        for unit in registry:
+            assert f"\n{unit.name}: " in "\n" + listing
+            for param in unit.params:
+                assert f"    {param.name}=" in listing

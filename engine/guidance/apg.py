@@ -65,9 +65,7 @@ class AdaptiveProjectedGuidance(GuidanceMethod):
 
     def active(self, step: StepInfo) -> bool:
         s = self.settings
-        return in_step_window(step, s["start"], s["stop"]) and not guider_off(
-            self.scale, s["use_original_formulation"]
-        )
+        return in_step_window(step, s["start"], s["stop"]) and not guider_off(self.scale, s["use_original_formulation"])
 
     def needs(self, step: StepInfo) -> tuple[str, ...]:
         return self.kinds if self.active(step) else ("cond",)

@@ -62,9 +62,7 @@ class StepGuidance:
     def perturbed_rows(self) -> tuple[int, ...]:
         return tuple(r for r, k in zip(self.rows, self.kinds, strict=True) if k == "perturbed")
 
-    def pair(
-        self, predictions: torch.Tensor, true_noise: torch.Tensor, perturbed: torch.Tensor | None = None
-    ) -> Pair:
+    def pair(self, predictions: torch.Tensor, true_noise: torch.Tensor, perturbed: torch.Tensor | None = None) -> Pair:
         """(den, ren) from the predictions of one batched call (`batch` rows per entry of `normal_rows`, in
         order) and, where the step has one, the perturbed pass's output."""
         batch = true_noise.shape[0]
@@ -164,9 +162,7 @@ class GuidancePlan:
         rows = {"cond": len(texts) - 1}
         if unit.uses_negative():
             rows["uncond"] = 0
-        return cls(
-            texts=texts, rows_of_kind=rows, guided_rows=(), conditional_row=rows["cond"], scales=(), **common
-        )
+        return cls(texts=texts, rows_of_kind=rows, guided_rows=(), conditional_row=rows["cond"], scales=(), **common)
 
     def in_window(self, sigma: float) -> bool:
         """Guidance applies while the step's start sigma lies in [sigma_min, sigma_max] (either end optional)."""

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 
 # Subcommand modules, in the order `--help` lists them. A module missing here is a bug, not a feature flag.
-SUBCOMMANDS = ("generate", "history", "sweep", "study")
+SUBCOMMANDS = ("generate", "history", "sweep", "study", "units")
 
 
 THREADS_HELP = (
@@ -32,6 +32,7 @@ class UserError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tnr-lab",
+        allow_abbrev=False,  # --tnr must never be taken for --tnr-power
         description="A terminal lab for diffusion-model sampling. With no command, opens the lab (TUI).",
     )
     parser.add_argument(
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", default=None, help="model for the TUI (default: the embedded model)")
     parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_NoAbbrevParser)
     for name in SUBCOMMANDS:
         try:
             module = importlib.import_module(f"tnr_tui.cli.{name}")
@@ -57,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module.add_parser(sub)
     return parser
+
+
+class _NoAbbrevParser(argparse.ArgumentParser):
+    """Subcommand parsers: no abbreviations of long options (argparse's default would read --tnr as --tnr-power)."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
 
 class Terminated(KeyboardInterrupt):

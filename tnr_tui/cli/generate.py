@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from engine import units
 from tnr_tui.cli import THREADS_HELP, UserError
+from tnr_tui.cli.unit_options import add_unit_options, names_help, unit_params
 
 # CLI flag -> request field, parsed by engine.request.parse_field (one message format for CLI and TUI).
 FIELD_FLAGS = {
@@ -45,14 +47,14 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--model", help="diffusers directory, .safetensors file, hub id, or 'embedded' (default)")
     p.add_argument("--prompt", help="the prompt (required unless --weighted prompts are given)")
     p.add_argument("--negative", help="the negative prompt")
-    p.add_argument("--solver", help="euler (default), heun, midpoint, rk4")
-    p.add_argument("--guidance", help="none, cfg (default), cfg++, tnr, tnr-cfg")
+    p.add_argument("--solver", help=names_help(units.SOLVERS, "euler"))
+    p.add_argument("--guidance", help=names_help(units.GUIDANCE, "cfg"))
     p.add_argument("--scale", help="guidance scale (default: the method's own)")
     p.add_argument("--steps", help="sampling steps (default 20)")
     p.add_argument("--seed", help="seed of the true noise (default 0)")
     p.add_argument("--width", help="image width, a multiple of 8 (default: the model's)")
     p.add_argument("--height", help="image height, a multiple of 8 (default: the model's)")
-    p.add_argument("--schedule", help="sigma schedule: default, leading, trailing, linspace, karras, power")
+    p.add_argument("--schedule", help="sigma schedule: " + names_help(units.SCHEDULES, "default"))
     p.add_argument("--schedule-rho", dest="schedule_rho", help="Karras rho / power-warp exponent (default: 7 / 1)")
     p.add_argument("--sigma-min", dest="sigma_min", help="guidance window: below this sigma, use the conditional eps")
     p.add_argument("--sigma-max", dest="sigma_max", help="guidance window: above this sigma, use the conditional eps")
@@ -66,6 +68,7 @@ def add_parser(subparsers: Any) -> None:
         metavar="TEXT:SCALE",
         help="one prompt of the N-prompt form with its scale; repeat (at least twice)",
     )
+    add_unit_options(p)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", help="auto (default), float32, float16, bfloat16")
     p.add_argument("--threads", type=int, default=argparse.SUPPRESS, help=THREADS_HELP)
@@ -104,8 +107,12 @@ def build_request(args: argparse.Namespace) -> Any:
     if args.prompt is None and not weighted:
         raise RequestError("give --prompt TEXT (or at least two --weighted TEXT:SCALE prompts)")
     prompt = args.prompt if args.prompt is not None else weighted[0][0]
+    try:
+        values.update(unit_params(args, values.get("solver", "euler"), values.get("guidance", "cfg")))
+    except units.UnitError as e:
+        raise RequestError(str(e)) from None
     request = GenerationRequest(prompt=prompt, **values)
-    if request.guidance in ("none", "tnr") and request.negative_prompt:
+    if not units.GUIDANCE.get(request.guidance).uses_negative() and request.negative_prompt:
         print(f"tnr-lab: note: guidance {request.guidance} does not use the negative prompt", file=sys.stderr)
     return request
 
