@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from diffusers_reference import NEGATIVE, PROMPT, SEED, SIZE, load_pipe, reference_latent, relative_error
+
 from engine.models import load_bundle
 from engine.request import GenerationRequest, RequestError
 from engine.sampler import sample

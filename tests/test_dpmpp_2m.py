@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from diffusers_reference import NEGATIVE, PROMPT, SEED, SIZE, load_pipe, reference_latent, relative_error
+
 from engine.models import load_bundle
 from engine.request import GenerationRequest
 from engine.sampler import sample
