@@ -123,7 +123,7 @@ def check_lab_runs(ended: list[Any], lister: Loop, seen: dict[str, Any]) -> dict
     lab_ids = [m.run_id for m in ended]
     assert len(set(lab_ids)) == len(lab_ids)
     lost = {run_id: rows.get(run_id) for run_id in lab_ids if rows.get(run_id) != ("done", "tui", None, 1)}
-    assert not lost, f"the lab's runs as another process sees them: {lost}"
+    assert not lost, f"{len(lost)} of the lab's {len(lab_ids)} runs, as another process sees them: {lost}"
     return rows
 
 
