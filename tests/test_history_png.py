@@ -111,29 +111,65 @@ def test_a1111_png_maps_sampler_names_and_fields(tmp_path):
         "negative_prompt": "lowres",
         "steps": 30,
         "seed": 42,
-        "solver": "heun",
+        "solver": "dpmpp_2m",
         "guidance": "cfg",
         "scale": 7.0,
         "width": 832,
         "height": 1216,
         "schedule": "karras",
     }
-    assert any("DPM++ 2M" in n for n in notes)
+    assert not any("DPM++ 2M" in n for n in notes)  # a sampler the lab has: no approximation to report
     from engine.request import GenerationRequest
 
-    assert GenerationRequest.from_dict(request).solver == "heun"
+    assert GenerationRequest.from_dict(request).solver == "dpmpp_2m"
 
 
-@pytest.mark.parametrize(
-    "sampler,solver",
-    [("Euler", "euler"), ("Euler a", "euler"), ("Heun", "heun"), ("DPM2", "midpoint"), ("UniPC", "euler")],
-)
-def test_a1111_sampler_mapping(tmp_path, sampler, solver):
+def read_sampler(tmp_path, sampler: str, extra: str = ""):
     info = PngInfo()
-    info.add_text("parameters", f"p\nSteps: 5, Sampler: {sampler}, CFG scale: 4, Seed: 1, Size: 64x64")
+    info.add_text("parameters", f"p\nSteps: 5, Sampler: {sampler}, CFG scale: 4, Seed: 1, Size: 64x64{extra}")
     path = tmp_path / "x.png"
     Image.new("RGB", (8, 8)).save(path, pnginfo=info)
-    assert request_from_png(path)[0]["solver"] == solver
+    return request_from_png(path)
+
+
+@pytest.mark.parametrize("sampler,solver", [("Euler", "euler"), ("Heun", "heun"), ("DPM++ 2M", "dpmpp_2m")])
+def test_a1111_sampler_mapping(tmp_path, sampler, solver):
+    assert read_sampler(tmp_path, sampler)[0]["solver"] == solver
+
+
+def test_every_registered_solver_round_trips_through_its_a1111_name(tmp_path):
+    from engine.units import SOLVERS
+    from tnr_tui.history.png import a1111_sampler_name, solver_from_a1111
+
+    for unit in SOLVERS:
+        assert solver_from_a1111(a1111_sampler_name(unit.name)) == (unit.name, None, []), unit.name
+
+
+def test_an_old_style_sampler_name_carries_its_schedule(tmp_path):
+    request, _, notes = read_sampler(tmp_path, "DPM++ 2M Karras")
+    assert (request["solver"], request["schedule"], notes) == ("dpmpp_2m", "karras", [])
+
+
+def test_an_unknown_sampler_becomes_a_registered_one_with_a_note(tmp_path):
+    from engine.units import SOLVERS
+
+    request, _, notes = read_sampler(tmp_path, "Restart Sampler 9000")
+    assert request["solver"] in SOLVERS
+    assert any("'Restart Sampler 9000' has no counterpart here; using the nearest" in n for n in notes)
+
+
+def test_unit_parameters_round_trip_through_a1111_text(tmp_path):
+    from engine.request import GenerationRequest
+    from tnr_tui.history.png import a1111_parameters, request_from_a1111
+
+    request = GenerationRequest(
+        prompt="a cat", guidance="apg", scale=3.0, guidance_params={"eta": 0.0}, solver="dpmpp_2m", seed=3, steps=7
+    ).to_dict()
+    text = a1111_parameters(request)
+    assert "Sampler: DPM++ 2M" in text
+    back, notes = request_from_a1111(text)
+    assert GenerationRequest.from_dict(back).guidance_params == {"eta": 0.0}
+    assert back["guidance"] == "apg" and back["solver"] == "dpmpp_2m" and notes == []
 
 
 def test_png_without_parameters_and_non_png_are_refused(tmp_path):

@@ -25,23 +25,36 @@ from typing import Any
 TNR_CHUNK = "tnr-lab"
 A1111_CHUNK = "parameters"
 
-SAMPLER_NAMES = {"euler": "Euler", "heun": "Heun", "midpoint": "Midpoint", "rk4": "RK4"}
-# A1111 sampler names -> our solver; ancestral and multistep samplers have no exact counterpart here, so
-# they map to the deterministic solver of the same order (the note says so).
-A1111_SAMPLERS: dict[str, str] = {
-    "euler": "euler",
-    "euler a": "euler",
-    "heun": "heun",
-    "midpoint": "midpoint",
-    "rk4": "rk4",
-    "dpm2": "midpoint",
-    "dpm2 a": "midpoint",
-    "lms": "euler",
-    "dpm++ 2m": "heun",
-    "dpm++ 2s a": "midpoint",
-    "ddim": "euler",
-}
-A1111_SCHEDULES = {"karras": "karras", "uniform": "linspace", "automatic": "default", "sgm uniform": "trailing"}
+# A1111's names come from the units (engine.units: each solver's `a1111` name and `aliases`, each schedule's
+# `a1111` "Schedule type"). Older A1111 files put the schedule into the sampler's name ("DPM++ 2M Karras").
+A1111_SCHEDULE_SUFFIXES = ("karras", "exponential", "sgm uniform", "uniform", "simple", "beta", "kl optimal")
+
+
+def a1111_sampler_name(solver: str) -> str:
+    from engine.units import SOLVERS  # torch-free
+
+    unit = SOLVERS.get(solver) if solver in SOLVERS else None
+    return (unit.a1111 or unit.name) if unit is not None else solver
+
+
+def solver_from_a1111(sampler: str) -> tuple[str, str | None, list[str]]:
+    """(solver, schedule or None, notes) for an A1111 sampler name; an unknown one becomes the nearest we have."""
+    import difflib
+
+    from engine.units import SCHEDULES, SOLVERS
+
+    name, schedule = sampler.strip(), None
+    for suffix in A1111_SCHEDULE_SUFFIXES:
+        if name.lower().endswith(" " + suffix) and SOLVERS.canonical(name[: -len(suffix) - 1]):
+            name, schedule = name[: -len(suffix) - 1], SCHEDULES.canonical(suffix)
+            break
+    solver = SOLVERS.canonical(name)
+    if solver is not None:
+        return solver, schedule, []
+    known = {alias: unit.name for unit in SOLVERS for alias in (unit.name, *unit.aliases)}
+    close = difflib.get_close_matches(name.lower(), [a.lower() for a in known], n=1, cutoff=0.5)
+    nearest = next((n for a, n in known.items() if close and a.lower() == close[0]), "euler")
+    return nearest, schedule, [f"sampler {sampler!r} has no counterpart here; using the nearest, {nearest}"]
 
 
 class PngMetadataError(ValueError):
@@ -60,19 +73,23 @@ def a1111_parameters(request: dict[str, Any], *, model_name: str = "", model_has
     """The `parameters` text for a (resolved) request dict."""
     scale = request.get("scale")
     if scale is None:
-        from engine.request import DEFAULT_SCALE  # torch-free
+        from engine.units import GUIDANCE  # torch-free
 
-        scale = DEFAULT_SCALE.get(request.get("guidance", "cfg"), 1.0)
+        method = request.get("guidance", "cfg")
+        scale = GUIDANCE.get(method).default_scale if method in GUIDANCE else 1.0
     lines = [request.get("prompt", "")]
     if request.get("negative_prompt"):
         lines.append(f"Negative prompt: {request['negative_prompt']}")
     fields: list[tuple[str, str]] = [
         ("Steps", str(request.get("steps", 20))),
-        ("Sampler", SAMPLER_NAMES.get(request.get("solver", "euler"), request.get("solver", "euler"))),
+        ("Sampler", a1111_sampler_name(request.get("solver", "euler"))),
     ]
+    from engine.units import SCHEDULES
+
     schedule = request.get("schedule", "default")
-    if schedule == "karras":
-        fields.append(("Schedule type", "Karras"))
+    schedule_type = SCHEDULES.get(schedule).a1111 if schedule in SCHEDULES and schedule != "default" else None
+    if schedule_type:
+        fields.append(("Schedule type", schedule_type))
     fields += [
         ("CFG scale", _format_number(float(scale))),
         ("Seed", str(request.get("seed", 0))),
@@ -84,11 +101,16 @@ def a1111_parameters(request: dict[str, Any], *, model_name: str = "", model_has
     if model_hash:
         fields.append(("Model hash", model_hash))
     fields.append(("Guidance", request.get("guidance", "cfg")))
-    if request.get("guidance") in ("tnr", "tnr-cfg"):
+    if request.get("guidance") in ("tnr", "tnr-cfg") or request.get("tnr"):
         fields.append(("TNR p", _format_number(float(request.get("tnr_power", 0.25)))))
     if request.get("cfg_rescale"):
         fields.append(("CFG rescale", _format_number(float(request["cfg_rescale"]))))
-    if schedule not in ("default", "karras"):
+    # The units' own parameters, as JSON (A1111 has no field for them; its readers keep unknown fields).
+    if request.get("guidance_params"):
+        fields.append(("Guidance params", json.dumps(request["guidance_params"], sort_keys=True)))
+    if request.get("solver_params"):
+        fields.append(("Sampler params", json.dumps(request["solver_params"], sort_keys=True)))
+    if schedule != "default" and not schedule_type:
         fields.append(("Sigma schedule", schedule))
     from tnr_tui import __version__
 
@@ -188,18 +210,25 @@ def request_from_a1111(text: str) -> tuple[dict[str, Any], list[str]]:
         request["steps"] = steps
     if (seed := number("Seed", int)) is not None:
         request["seed"] = seed
-    sampler = fields.get("Sampler", "Euler")
-    solver = A1111_SAMPLERS.get(sampler.lower())
-    if solver is None:
-        solver = "euler"
-        notes.append(f"sampler {sampler!r} has no counterpart here; using euler")
-    elif sampler.lower() not in SAMPLER_NAMES and sampler.lower() not in ("euler", "heun"):
-        notes.append(f"sampler {sampler!r} approximated by the deterministic {solver} solver")
-    elif sampler.lower() == "euler a":
-        notes.append("sampler 'Euler a' (ancestral) approximated by deterministic euler")
+    from engine.units import GUIDANCE, SCHEDULES
+
+    solver, sampler_schedule, sampler_notes = solver_from_a1111(fields.get("Sampler", "Euler"))
+    notes += sampler_notes
     request["solver"] = solver
+    if sampler_schedule:
+        request["schedule"] = sampler_schedule
     guidance = fields.get("Guidance", "cfg")
-    request["guidance"] = guidance
+    request["guidance"] = GUIDANCE.canonical(guidance) or guidance
+    for field, key in (("Guidance params", "guidance_params"), ("Sampler params", "solver_params")):
+        if field in fields:
+            try:
+                params = json.loads(fields[field])
+            except ValueError:
+                params = None
+            if isinstance(params, dict):
+                request[key] = params
+            else:
+                notes.append(f"{field.lower()} {fields[field]!r} is not a JSON object; ignored")
     if (scale := number("CFG scale", float)) is not None:
         request["scale"] = scale
     if "Size" in fields:
@@ -208,7 +237,10 @@ def request_from_a1111(text: str) -> tuple[dict[str, Any], list[str]]:
             request["width"], request["height"] = int(m.group(1)), int(m.group(2))
     schedule_type = fields.get("Schedule type")
     if schedule_type:
-        request["schedule"] = A1111_SCHEDULES.get(schedule_type.lower(), "default")
+        schedule = SCHEDULES.canonical(schedule_type)
+        if schedule is None:
+            notes.append(f"schedule type {schedule_type!r} has no counterpart here; using the model's default")
+        request["schedule"] = schedule or "default"
     if "Sigma schedule" in fields:
         request["schedule"] = fields["Sigma schedule"]
     if (p := number("TNR p", float)) is not None:
