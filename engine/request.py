@@ -64,6 +64,7 @@ class GenerationRequest:
     scale: float | None = None  # None: the method's default (its unit's default_scale, or the model's)
     tnr_power: float = 0.25  # exponent p of the TNR factor S = 2 - abar(sigma_next)**p
     cfg_rescale: float = 0.0  # phi of CFG rescale, 0 = off
+    tnr: bool = False  # True Noise Removal on the method's guided pair (--tnr; tnr and tnr-cfg have it always)
     guidance_sigma_min: float | None = None  # outside [min, max] guidance falls back to the conditional eps
     guidance_sigma_max: float | None = None
     preview_every: int = 1  # cheap latent-to-RGB preview every N steps (0 = never)
@@ -124,7 +125,11 @@ class GenerationRequest:
         try:
             units.resolve_params(units.SOLVERS.get(self.solver), self.solver_params)
             method = units.GUIDANCE.get(self.guidance)
-            units.resolve_params(method, self.guidance_params)
+            resolved = units.resolve_params(method, self.guidance_params)
+            check = getattr(method, "check_settings", None)  # parameters that must agree with each other
+            conflict = check(resolved) if check is not None else None
+            if conflict:
+                raise units.UnitError(f"guidance method {self.guidance!r}: {conflict}")
         except units.UnitError as e:
             raise RequestError(str(e)) from None
         if self.prompts and method.uses_scale and not method.n_prompt:
@@ -293,6 +298,8 @@ def validate_field(name: str, value: Any) -> str | None:
         if msg is None and value <= 0:
             return f"TNR exponent p must be positive, got {value!r}"
         return msg
+    if name == "tnr":
+        return None if isinstance(value, bool) else f"tnr must be true or false, got {value!r}"
     if name == "cfg_rescale":
         msg = _finite("CFG rescale", value)
         if msg is None and not 0.0 <= value <= 1.0:

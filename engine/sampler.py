@@ -144,7 +144,7 @@ def _sample(
     grid, grid_t = sampling_grid.sigmas, sampling_grid.timesteps
     sigmas = grid.tolist()
 
-    plan = GuidancePlan.from_request(request)
+    plan = GuidancePlan.from_request(request, prediction_type=getattr(bundle, "prediction_type", "epsilon"))
     check_stop()
     zero_if_empty = [
         bundle.force_zeros_for_empty_prompt and text == "" and i != plan.conditional_row
@@ -214,7 +214,7 @@ def _sample(
                 x_stage, s, timestep(s), conditioning(guide.perturbed_rows, batch), plan.method.perturbation()
             ).float()
         evaluations += len(guide.rows)
-        den, ren = guide.pair(predictions.float(), ctx.true_noise, perturbed)
+        den, ren = guide.pair(predictions.float(), ctx.true_noise, perturbed, x=x_stage, sigma=s)
         prediction = Prediction(x_stage, s, den, ren)
         if step["first"] is None:
             step["first"] = prediction

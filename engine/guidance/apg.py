@@ -39,6 +39,7 @@ class AdaptiveProjectedGuidance(GuidanceMethod):
     default_scale = 7.5
     scale_help = "guidance_scale g"
     rescale = True
+    output_space = True  # nonlinear: on a v-prediction model it combines v, as diffusers' guider
     params = (
         Param("eta", 1.0, help="weight of the part of c - u parallel to c (0 drops it: the oversaturating part)"),
         Param(

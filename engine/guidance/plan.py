@@ -23,9 +23,11 @@ from engine.guidance.base import (
     Predictions,
     StepInfo,
     abar_of_sigma,
+    eps_to_v,
     equivalent_cfg_scale,
     tnr_factor,
     tnr_push,
+    v_to_eps,
 )
 from engine.units import GUIDANCE
 
@@ -62,15 +64,32 @@ class StepGuidance:
     def perturbed_rows(self) -> tuple[int, ...]:
         return tuple(r for r, k in zip(self.rows, self.kinds, strict=True) if k == "perturbed")
 
-    def pair(self, predictions: torch.Tensor, true_noise: torch.Tensor, perturbed: torch.Tensor | None = None) -> Pair:
+    def pair(
+        self,
+        predictions: torch.Tensor,
+        true_noise: torch.Tensor,
+        perturbed: torch.Tensor | None = None,
+        *,
+        x: torch.Tensor | None = None,
+        sigma: float | None = None,
+    ) -> Pair:
         """(den, ren) from the predictions of one batched call (`batch` rows per entry of `normal_rows`, in
-        order) and, where the step has one, the perturbed pass's output."""
+        order) and, where the step has one, the perturbed pass's output. `x` and `sigma` (the point of the
+        evaluation) are needed where a method combines in a v-prediction model's output space."""
         batch = true_noise.shape[0]
         rows = [predictions[j * batch : (j + 1) * batch] for j in range(len(self.normal_rows))]
         plan = self.plan
         by_kind = dict(zip([k for k in self.kinds if k != "perturbed"], rows, strict=False))
         if not self.inside_window:
             return by_kind["cond"], by_kind["cond"]
+        # The model's output space (MATH.md 5): a v-prediction model's nonlinear guidance sees v, as diffusers'.
+        convert = plan.prediction_type == "v_prediction" and plan.method.acts_in_output_space()
+        if convert:
+            if x is None or sigma is None:
+                raise ValueError(f"{plan.name} on a v-prediction model needs the point (x, sigma) of the evaluation")
+            rows = [eps_to_v(r, x, sigma) for r in rows]
+            by_kind = {k: eps_to_v(r, x, sigma) for k, r in by_kind.items()}
+            perturbed = None if perturbed is None else eps_to_v(perturbed, x, sigma)
         if plan.n_prompt:
             preds = Predictions(
                 cond=rows[0],
@@ -81,11 +100,21 @@ class StepGuidance:
             )
         else:
             preds = Predictions(
-                cond=by_kind["cond"], uncond=by_kind.get("uncond"), perturbed=perturbed, true_noise=true_noise
+                cond=by_kind["cond"],
+                uncond=by_kind.get("uncond"),
+                perturbed=perturbed,
+                true_noise=true_noise,
+                empty=by_kind.get("empty"),
+                cond2=by_kind.get("cond2"),
             )
         den, ren = plan.method.combine(preds, self.info)
+        if convert:
+            same = ren is den
+            den = v_to_eps(den, x, sigma)
+            ren = den if same else v_to_eps(ren, x, sigma)
         if self.info.S is None:
             return den, ren
+        # TNR as a modifier (MATH.md 5): every eps of the pair is pushed, the re-noising one too.
         pushed = tnr_push(den, true_noise, self.info.S)
         return pushed, pushed if ren is den else tnr_push(ren, true_noise, self.info.S)
 
@@ -111,6 +140,7 @@ class GuidancePlan:
     sigma_min: float | None
     sigma_max: float | None
     rescale_reference: int = 0
+    prediction_type: str = "epsilon"  # the model's output (MATH.md 5: where nonlinear methods combine)
 
     @property
     def name(self) -> str:
@@ -127,11 +157,13 @@ class GuidancePlan:
         return self.scale if self.method.uses_scale else None
 
     @classmethod
-    def from_request(cls, request: GenerationRequest) -> GuidancePlan:
+    def from_request(cls, request: GenerationRequest, prediction_type: str = "epsilon") -> GuidancePlan:
+        """The plan of a request; `prediction_type` is the model's ("epsilon" or "v_prediction")."""
         unit = GUIDANCE.get(request.guidance)
         method = unit(
             request.effective_scale, getattr(request, "guidance_params", None), cfg_rescale=request.cfg_rescale
         )
+        method.run_seed = request.seed
         common: dict[str, Any] = dict(
             method=method,
             scale=request.effective_scale,
@@ -139,6 +171,7 @@ class GuidancePlan:
             uses_tnr=unit.tnr or bool(getattr(request, "tnr", False)),
             sigma_min=request.guidance_sigma_min,
             sigma_max=request.guidance_sigma_max,
+            prediction_type=prediction_type,
         )
         if request.prompts and unit.n_prompt:
             texts = [p.text for p in request.prompts]
@@ -158,11 +191,17 @@ class GuidancePlan:
                 rescale_reference=reference,
                 **common,
             )
-        texts = (request.negative_prompt, request.prompt) if unit.uses_negative() else (request.prompt,)
+        texts = [request.negative_prompt, request.prompt] if unit.uses_negative() else [request.prompt]
         rows = {"cond": len(texts) - 1}
         if unit.uses_negative():
             rows["uncond"] = 0
-        return cls(texts=texts, rows_of_kind=rows, guided_rows=(), conditional_row=rows["cond"], scales=(), **common)
+        for kind, text in method.extra_texts().items():  # appended: the rows above stay where they were
+            rows[kind] = len(texts)
+            texts.append(text)
+        rows["perturbed"] = rows[unit.perturbed_prompt] if "perturbed" in unit.kinds else rows["cond"]
+        return cls(
+            texts=tuple(texts), rows_of_kind=rows, guided_rows=(), conditional_row=rows["cond"], scales=(), **common
+        )
 
     def in_window(self, sigma: float) -> bool:
         """Guidance applies while the step's start sigma lies in [sigma_min, sigma_max] (either end optional)."""
@@ -179,7 +218,7 @@ class GuidancePlan:
         if self.n_prompt:
             return StepGuidance(self.guided_rows, ("prompt",) * len(self.guided_rows), self, info, True)
         kinds = self.method.needs(info)
-        rows = tuple(self.rows_of_kind["cond" if k == "perturbed" else k] for k in kinds)
+        rows = tuple(self.rows_of_kind[k] for k in kinds)
         return StepGuidance(rows, tuple(kinds), self, info, inside_window=True)
 
     def evaluations(self, sigmas: Sequence[float] | None, steps: int) -> list[int]:

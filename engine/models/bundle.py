@@ -236,6 +236,16 @@ class ModelBundle:
             raise ModelError(f"{self.path}: prediction_type {self.prediction_type!r} is not supported")
         return out
 
+    def eps_perturbed(
+        self, x: torch.Tensor, sigma: float, t: float, cond: Conditioning, perturbation: Any
+    ) -> torch.Tensor:
+        """`eps` through a perturbed model (PAG, SEG, SLG, autoguidance): diffusers' hooks for this one call
+        (engine/models/perturb.py; `perturbation` is an engine.guidance.base.Perturbation)."""
+        from engine.models.perturb import perturbed
+
+        with perturbed(self.unet, perturbation):
+            return self.eps(x, sigma, t, cond)
+
     # ---- images --------------------------------------------------------------------------------------
 
     def decode(self, latent_model_space: torch.Tensor) -> torch.Tensor:

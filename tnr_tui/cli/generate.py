@@ -58,6 +58,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--schedule-rho", dest="schedule_rho", help="Karras rho / power-warp exponent (default: 7 / 1)")
     p.add_argument("--sigma-min", dest="sigma_min", help="guidance window: below this sigma, use the conditional eps")
     p.add_argument("--sigma-max", dest="sigma_max", help="guidance window: above this sigma, use the conditional eps")
+    p.add_argument(
+        "--tnr",
+        action="store_true",
+        default=None,
+        help="True Noise Removal on the method's guided prediction: n + S (e - n) (cfg --tnr is tnr-cfg)",
+    )
     p.add_argument("--tnr-power", dest="tnr_power", help="TNR exponent p (default 0.25)")
     p.add_argument("--cfg-rescale", dest="cfg_rescale", help="CFG rescale phi in [0, 1] (default 0)")
     p.add_argument(
@@ -101,6 +107,8 @@ def build_request(args: argparse.Namespace) -> Any:
         if text is not None:
             value = text if name in ("negative_prompt", "model") else parse_field(name, text)
             values[name] = value
+    if getattr(args, "tnr", None):
+        values["tnr"] = True
     weighted = parse_weighted(args.weighted or [])
     if weighted:
         values["prompts"] = tuple(weighted)
