@@ -18,10 +18,10 @@ from pathlib import Path
 
 from sqlalchemy import insert
 
-from tnr_tui.history import RunFilter, open_store
-from tnr_tui.history.ids import new_run_id
-from tnr_tui.history.models import Run, utcnow
-from tnr_tui.history.transfer import export_runs
+from tnr_tui.services.history import RunFilter, open_store
+from tnr_tui.services.history.ids import new_run_id
+from tnr_tui.services.history.models import Run, utcnow
+from tnr_tui.services.history.transfer import export_runs
 
 SHAPES = ("circle", "square", "triangle", "star", "ring", "cross")
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white")

@@ -22,7 +22,7 @@ from pathlib import Path
 FIRST_FRAME_SCRIPT = r"""
 import time, sys
 t0 = time.perf_counter()
-from tnr_tui.app import TnrLabApp
+from tnr_tui.ui.app import TnrLabApp
 import asyncio
 
 HEAVY = ("torch", "sqlalchemy", "textual_image")
@@ -57,7 +57,7 @@ def first_frame(data_dir: str) -> tuple[float, str]:
 async def loop_lag(model: str, steps: int, size: int, data_dir: str) -> tuple[list[float], float]:
     from textual.widgets import Input
 
-    from tnr_tui.app import TnrLabApp
+    from tnr_tui.ui.app import TnrLabApp
 
     app = TnrLabApp(data_dir=Path(data_dir), model=model, image_protocol="halfcell")
     lags: list[float] = []

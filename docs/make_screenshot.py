@@ -16,7 +16,7 @@ from pathlib import Path
 
 from textual.widgets import Input, Select
 
-from tnr_tui.app import TnrLabApp
+from tnr_tui.ui.app import TnrLabApp
 
 DOCS = Path(__file__).resolve().parent
 

@@ -12,7 +12,7 @@ import pytest
 from safetensors.torch import load_file
 
 from tnr_tui.cli import main
-from tnr_tui.history import open_store
+from tnr_tui.services.history import open_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,7 +93,10 @@ BAD_INPUTS = [
     (["--prompt", "x", "--guidance", "pagg"], "unknown guidance method 'pagg'"),
     (["--prompt", "x", "--scale", "nan"], "must be a finite number"),
     (["--prompt", "x", "--guidance", "apg", "--guidance-param", "eta=foo"], "eta must be a number, got 'foo'"),
-    (["--prompt", "x", "--guidance-param", "eta=1"], "--guidance-param eta: the guidance method 'cfg' takes no parameters"),
+    (
+        ["--prompt", "x", "--guidance-param", "eta=1"],
+        "--guidance-param eta: the guidance method 'cfg' takes no parameters",
+    ),
     (["--prompt", "x", "--guidance", "apg", "--guidance-param", "eta"], "--guidance-param expects NAME=VALUE"),
     (["--prompt", "x", "--solver-param", "order=3"], "--solver-param order: the solver 'euler' takes no parameters"),
     (["--prompt", "x", "--width", "30"], "width must be a positive multiple of 8"),
@@ -283,10 +286,13 @@ def test_unit_parameters_reach_the_request_and_the_history(tmp_path, tmp_data_di
 
 
 def test_long_options_are_never_abbreviated(capsys):
-    # argparse's default would read --tnr as --tnr-power (issue 13).
+    # argparse's default would read --tnr as --tnr-power (issue 13); --tnr is now its own flag, taking no value.
     with pytest.raises(SystemExit):
         main(["generate", "--prompt", "x", "--tnr", "2", "--out", "x.png"])
-    assert "unrecognized arguments: --tnr" in capsys.readouterr().err
+    assert "unrecognized arguments: 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["generate", "--prompt", "x", "--tnr-p", "2", "--out", "x.png"])
+    assert "unrecognized arguments: --tnr-p" in capsys.readouterr().err
 
 
 def test_units_command_lists_every_registered_unit_with_its_parameters(capsys):

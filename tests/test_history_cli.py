@@ -13,8 +13,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from tnr_tui.cli import main
-from tnr_tui.history import open_store
-from tnr_tui.history.store import OutputFile
+from tnr_tui.services.history import open_store
+from tnr_tui.services.history.store import OutputFile
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,7 +110,7 @@ def test_corrupt_history_is_a_message_and_the_file_is_untouched(tmp_path, capsys
 def test_import_png_records_a_run_once_and_reports_bad_files(home, tmp_path, capsys):
     info = PngInfo()
     info.add_text(
-        "parameters", "a cat\nNegative prompt: dog\nSteps: 12, Sampler: Euler a, CFG scale: 6, Seed: 9, Size: 64x64"
+        "parameters", "a cat\nNegative prompt: dog\nSteps: 12, Sampler: Restart, CFG scale: 6, Seed: 9, Size: 64x64"
     )
     png = tmp_path / "a1111.png"
     Image.new("RGB", (64, 64), "white").save(png, pnginfo=info)
@@ -124,7 +124,7 @@ def test_import_png_records_a_run_once_and_reports_bad_files(home, tmp_path, cap
     store = open_store(home)
     run = store.get_run(entry["run_id"])
     assert (run.prompt, run.negative_prompt, run.steps, run.seed, run.scale) == ("a cat", "dog", 12, 9, 6.0)
-    assert run.origin == "import-png" and "Euler a" in run.notes
+    assert run.origin == "import-png" and "Restart" in run.notes
     # The history records its own copy (outputs/<day>/<run id>.png), never the user's file.
     copy = store.resolve(run.output("image").path)
     assert copy.parent.parent == store.outputs_dir and copy.name == f"{run.id}.png"

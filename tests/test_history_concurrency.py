@@ -23,8 +23,8 @@ from typing import Any
 
 from textual.widgets import Input
 
-from tnr_tui.app import TnrLabApp
-from tnr_tui.history.paths import DB_NAME
+from tnr_tui.ui.app import TnrLabApp
+from tnr_tui.services.history.paths import DB_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "tnr_tui"]
@@ -169,7 +169,7 @@ c.execute("COMMIT")
 async def test_a_history_held_by_another_process_is_a_waiting_notice_then_the_run(
     tmp_data_dir: Path, monkeypatch
 ) -> None:
-    from tnr_tui.history import store as store_module
+    from tnr_tui.services.history import store as store_module
 
     monkeypatch.setattr(store_module, "BUSY_SLICE_S", 0.2)  # SQLite's wait per attempt: the notice comes after it
     app = TnrLabApp(data_dir=tmp_data_dir, image_protocol="none", threads=1)

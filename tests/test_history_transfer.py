@@ -9,9 +9,9 @@ import zipfile
 import pytest
 from PIL import Image
 
-from tnr_tui.history import HistoryError, RunFilter, open_store
-from tnr_tui.history.store import OutputFile
-from tnr_tui.history.transfer import export_runs, import_runs
+from tnr_tui.services.history import HistoryError, RunFilter, open_store
+from tnr_tui.services.history.store import OutputFile
+from tnr_tui.services.history.transfer import export_runs, import_runs
 
 
 def make_history(data_dir, n=3):

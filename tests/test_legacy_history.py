@@ -34,7 +34,7 @@ def test_every_legacy_run_resamples_to_its_stored_latent_and_pixels(legacy_home)
     from engine.models import load_bundle
     from engine.request import GenerationRequest
     from engine.sampler import sample
-    from tnr_tui.history import open_store
+    from tnr_tui.services.history import open_store
 
     bundle = load_bundle("embedded")
     store = open_store(legacy_home)

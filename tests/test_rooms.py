@@ -44,7 +44,7 @@ def test_tui_and_cli_parsing_load_no_heavy_library(code):
 
 
 def test_history_loads_neither_torch_nor_textual():
-    loaded = modules_after("import tnr_tui.history")
+    loaded = modules_after("import tnr_tui.services.history")
     assert not loaded & {"torch", "textual", "diffusers", "transformers"}
 
 

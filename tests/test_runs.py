@@ -1,4 +1,4 @@
-"""tnr_tui.runs.execute on the tiny model: the row is `running` while sampling, then points at complete files;
+"""tnr_tui.services.runs.execute on the tiny model: the row is `running` while sampling, then points at complete files;
 cancel and failure are recorded; the PNG carries the request."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from engine.request import GenerationRequest
-from tnr_tui.history import open_store
-from tnr_tui.history.store import sha256_file
-from tnr_tui.runs import execute
+from tnr_tui.services.history import open_store
+from tnr_tui.services.history.store import sha256_file
+from tnr_tui.services.runs import execute
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from engine.sampler import sample
 from engine.schedule import TOP_FRACTION, Schedule, ScheduleError
 from engine.solvers import TABLEAUS, rk_step
 from tnr_tui.cli import main
-from tnr_tui.history import open_store
+from tnr_tui.services.history import open_store
 
 SDXL = {
     "num_train_timesteps": 1000,
@@ -362,7 +362,7 @@ async def test_the_lab_notifies_the_schedule_warning_and_the_history_keeps_it(tm
 
     from textual.widgets import Input
 
-    from tnr_tui.app import TnrLabApp
+    from tnr_tui.ui.app import TnrLabApp
 
     app = TnrLabApp(data_dir=tmp_path / "home", model=str(tiny_sdxl_dir), image_protocol="halfcell")
     async with app.run_test(size=(160, 50)) as pilot:

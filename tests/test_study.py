@@ -10,7 +10,7 @@ from PIL import Image
 from test_metrics import build_tiny_clip
 
 from engine.request import GenerationRequest
-from tnr_tui.study import (
+from tnr_tui.services.study import (
     Arm,
     StudyConfig,
     StudyError,
@@ -213,7 +213,7 @@ def test_a_study_with_midpoint_on_the_embedded_model_writes_numbers_tables_and_p
     import json
 
     from tnr_tui.cli import main
-    from tnr_tui.study import solver_colours
+    from tnr_tui.services.study import solver_colours
 
     out = tmp_path / "study"
     args = ["study", "--samples", "2", "--steps", "1", "--budgets", "1", "--scales", "cfg=2", "cfg++=0.5"]
@@ -243,7 +243,7 @@ def test_a_plot_that_fails_is_a_warning_and_the_numbers_are_already_written(
 ) -> None:
     import json
 
-    import tnr_tui.study as study
+    import tnr_tui.services.study as study
 
     seen: list[bool] = []
 
@@ -269,7 +269,7 @@ def test_a_plot_that_fails_is_a_warning_and_the_numbers_are_already_written(
 def test_the_study_cli_prints_a_failed_plot_and_exits_0(
     tiny_sdxl_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import tnr_tui.study as study
+    import tnr_tui.services.study as study
     from tnr_tui.cli import main
 
     def broken_sheet(cfg, results, path, embedded):
@@ -289,7 +289,7 @@ def test_the_study_cli_prints_a_failed_plot_and_exits_0(
 def test_every_solver_gets_a_colour_of_its_own_and_the_legend_wraps() -> None:
     from PIL import ImageFont
 
-    from tnr_tui.study import Series, legend_layout, solver_colours
+    from tnr_tui.services.study import Series, legend_layout, solver_colours
 
     names = [f"solver_{i}" for i in range(20)]
     colours = solver_colours(names)

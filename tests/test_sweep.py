@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tnr_tui.sweep import (
+from tnr_tui.services.sweep import (
     Cell,
     SweepError,
     SweepSpec,
@@ -168,7 +168,7 @@ def test_tiny_sweep_records_runs_and_writes_sheet_and_csv(tiny_sdxl_dir, tmp_pat
     from PIL import Image
 
     from tnr_tui.cli import main
-    from tnr_tui.history import RunFilter, open_store
+    from tnr_tui.services.history import RunFilter, open_store
 
     out = tmp_path / "sweep"
     assert main(sweep_argv(tmp_path / "home", tiny_sdxl_dir, out)) == 0
@@ -202,7 +202,7 @@ def test_tiny_sweep_records_runs_and_writes_sheet_and_csv(tiny_sdxl_dir, tmp_pat
 
 def test_sweep_resume_skips_done_cells(tiny_sdxl_dir, tmp_path, capsys) -> None:
     from tnr_tui.cli import main
-    from tnr_tui.history import RunFilter, open_store
+    from tnr_tui.services.history import RunFilter, open_store
 
     home, out = tmp_path / "home", tmp_path / "sweep"
     assert main(sweep_argv(home, tiny_sdxl_dir, out, "1")) == 0

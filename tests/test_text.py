@@ -1,4 +1,4 @@
-"""`tnr_tui.text.visible`: control characters of user text are shown as escapes; ordinary text is kept."""
+"""`tnr_tui.services.text.visible`: control characters of user text are shown as escapes; ordinary text is kept."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import unicodedata
 
 import pytest
 
-from tnr_tui.text import visible
+from tnr_tui.services.text import visible
 
 HOSTILE = "\x1b]0;TITLE\x07 then \x1b[2J and a bare \r here"
 
@@ -67,6 +67,6 @@ def test_what_is_escaped_is_exactly_the_documented_set_by_unicode_category():
 
 
 def test_text_module_is_pure():
-    code = "import sys, tnr_tui.text; print(sorted(m for m in ('torch', 'textual', 'sqlalchemy') if m in sys.modules))"
+    code = "import sys, tnr_tui.services.text; print(sorted(m for m in ('torch', 'textual', 'sqlalchemy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

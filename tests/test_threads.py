@@ -1,11 +1,11 @@
-"""CPU thread policy of the lab and `generate` (tnr_tui.threads) and its flags."""
+"""CPU thread policy of the lab and `generate` (tnr_tui.services.threads) and its flags."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tnr_tui import threads
+from tnr_tui.services import threads
 from tnr_tui.cli import main
 
 

@@ -100,7 +100,7 @@ def test_tnr_lab_generate_writes_the_picture_of_the_prompt(tmp_path: Path) -> No
     assert completed.returncode == 0, completed.stderr[-2000:]
     from PIL import Image
 
-    from tnr_tui.history import open_store
+    from tnr_tui.services.history import open_store
 
     with open_store(tmp_path / "home") as store:
         assert store.list_runs()[0].request["scale"] == BEST_CFG  # no --scale: the model's default

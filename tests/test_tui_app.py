@@ -15,13 +15,13 @@ import pytest
 from textual.widgets import DataTable, Input, Select
 
 from engine.request import GenerationRequest
-from tnr_tui.app import TnrLabApp
-from tnr_tui.history import open_store
-from tnr_tui.screens.compare import parse_methods, plan_grid
-from tnr_tui.screens.lab import equivalent_cfg_scale, format_progress
-from tnr_tui.sweep import evaluations, matched_steps
-from tnr_tui.widgets.fields import RequestField
-from tnr_tui.widgets.picture import Picture
+from tnr_tui.ui.app import TnrLabApp
+from tnr_tui.services.history import open_store
+from tnr_tui.ui.screens.compare import parse_methods, plan_grid
+from tnr_tui.ui.screens.lab import equivalent_cfg_scale, format_progress
+from tnr_tui.services.sweep import evaluations, matched_steps
+from tnr_tui.ui.widgets.fields import RequestField
+from tnr_tui.ui.widgets.picture import Picture
 
 MARKUP_PROMPT = "a red [bold]circle[/ on a blue background"
 
@@ -216,7 +216,7 @@ async def test_quit_during_a_run_is_quick(tmp_data_dir: Path, tiny_sdxl_dir: Pat
 def history_with_runs(tmp_data_dir: Path, tiny_sdxl_dir: Path) -> Path:
     """Three finished runs through the real runs.execute: two mention a circle, one a square."""
     from engine.models import load_bundle
-    from tnr_tui.runs import execute
+    from tnr_tui.services.runs import execute
 
     store = open_store(tmp_data_dir)
     bundle = load_bundle(str(tiny_sdxl_dir))
@@ -492,7 +492,7 @@ def test_loading_a_model_freezes_the_long_lived_objects_for_the_gc() -> None:
     import gc
     import weakref
 
-    from tnr_tui.worker import DeviceWorker
+    from tnr_tui.ui.worker import DeviceWorker
 
     class Model:  # a reference cycle, as torch modules have: only the collector frees it
         def __init__(self) -> None:

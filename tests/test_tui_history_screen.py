@@ -13,8 +13,8 @@ from PIL import Image
 from textual.widgets import DataTable
 
 from engine.request import GenerationRequest
-from tnr_tui.app import TnrLabApp
-from tnr_tui.history import OutputFile, open_store
+from tnr_tui.ui.app import TnrLabApp
+from tnr_tui.services.history import OutputFile, open_store
 
 
 def notifications(app: TnrLabApp) -> list[Any]:
@@ -104,7 +104,7 @@ async def test_a_stored_image_that_cannot_be_read_is_a_caption_not_a_crash(tmp_d
 
 
 async def test_an_image_too_large_to_decode_is_refused_before_decoding(tmp_data_dir: Path, monkeypatch) -> None:
-    from tnr_tui.widgets import picture
+    from tnr_tui.ui.widgets import picture
 
     store = open_store(tmp_data_dir)
     run_id, path = done_run_with_image(store, "big")
@@ -128,7 +128,7 @@ def has_control(text: str) -> bool:
 
 
 async def test_control_characters_in_user_text_show_as_escapes_everywhere(tmp_data_dir: Path) -> None:
-    from tnr_tui.text import visible
+    from tnr_tui.services.text import visible
 
     store = open_store(tmp_data_dir)
     run_id = store.create_run(
@@ -216,7 +216,7 @@ async def test_the_delete_dialog_lists_the_files_it_deletes_and_keeps_the_users_
 
 
 async def test_a_history_action_that_fails_is_a_notification_not_a_crash(tmp_data_dir: Path) -> None:
-    from tnr_tui.history import HistoryError
+    from tnr_tui.services.history import HistoryError
 
     store = open_store(tmp_data_dir)
     run_id, _ = done_run_with_image(store, "x")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tnr_tui.widgets.picture import TerminalCaps, choose_protocol, parse_probe_reply
+from tnr_tui.ui.widgets.picture import TerminalCaps, choose_protocol, parse_probe_reply
 
 
 def test_kitty_reply_with_cell_size_and_device_attributes() -> None:
@@ -31,7 +31,7 @@ def test_no_answer_falls_back_to_half_cells_and_forced_protocols_win() -> None:
 
 
 def test_no_kitty_query_under_tmux_or_screen_which_would_make_it_the_window_title() -> None:
-    from tnr_tui.widgets.picture import probe_queries
+    from tnr_tui.ui.widgets.picture import probe_queries
 
     assert probe_queries({"TERM": "xterm-kitty"}).startswith("\x1b_Gi=31")
     for env in ({"TMUX": "/tmp/tmux-0/default,1,0", "TERM": "xterm"}, {"STY": "1.pts"}, {"TERM": "screen-256color"}):

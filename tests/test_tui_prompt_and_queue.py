@@ -9,9 +9,9 @@ from typing import Any
 
 from textual.widgets import Input
 
-from tnr_tui.app import TnrLabApp
-from tnr_tui.history import open_store
-from tnr_tui.screens.lab import EXAMPLE_PROMPT
+from tnr_tui.ui.app import TnrLabApp
+from tnr_tui.services.history import open_store
+from tnr_tui.ui.screens.lab import EXAMPLE_PROMPT
 
 
 def notifications(app: TnrLabApp) -> list[Any]:

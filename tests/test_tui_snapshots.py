@@ -10,7 +10,7 @@ from pathlib import Path
 
 from textual.widgets import Input
 
-from tnr_tui.app import TnrLabApp
+from tnr_tui.ui.app import TnrLabApp
 
 SIZE = (150, 46)
 
@@ -68,7 +68,7 @@ def test_export_dialog(snap_compare, tmp_data_dir: Path) -> None:
     from sqlalchemy import text
 
     from engine.request import GenerationRequest
-    from tnr_tui.history import open_store
+    from tnr_tui.services.history import open_store
 
     store = open_store(tmp_data_dir)
     store.create_run(GenerationRequest(prompt="p"), status="queued", run_id="01ARZ3NDEKTSV4RRFFQ69G5FAV")

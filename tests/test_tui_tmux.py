@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tnr_tui.history import open_store
+from tnr_tui.services.history import open_store
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
@@ -82,7 +82,7 @@ def test_hostile_history_content_in_a_real_terminal(tmp_path: Path) -> None:
     from PIL import Image
 
     from engine.request import GenerationRequest
-    from tnr_tui.history import OutputFile
+    from tnr_tui.services.history import OutputFile
 
     home = tmp_path / "home"
     store = open_store(home)

@@ -98,14 +98,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if args.command is None:
-            from tnr_tui.app import run_app
+            from tnr_tui.ui.app import run_app
 
             return run_app(args)
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below, not at exit
         return code
     except (UserError, RequestError) as e:
-        from tnr_tui.text import visible  # messages quote user input (paths, prompts, record fields)
+        from tnr_tui.services.text import visible  # messages quote user input (paths, prompts, record fields)
 
         print(f"tnr-lab: error: {visible(e)}", file=sys.stderr)
         return 2

@@ -154,7 +154,7 @@ class ProgressBar:
         self.drawn = False
 
     def message(self, text: str) -> None:
-        from tnr_tui.text import visible  # a model name or path is user text: no raw control byte
+        from tnr_tui.services.text import visible  # a model name or path is user text: no raw control byte
 
         self.stream.write(f"{visible(text)}\n")
         self.stream.flush()
@@ -194,8 +194,8 @@ def run_request(
     from engine.models import ModelError
     from engine.request import RequestError
     from engine.sampler import SamplingError
-    from tnr_tui.history import HistoryError
-    from tnr_tui.runs import execute
+    from tnr_tui.services.history import HistoryError
+    from tnr_tui.services.runs import execute
 
     bar = ProgressBar()
     bar.message(f"loading model {request.model} ...")
@@ -256,8 +256,8 @@ def run(args: argparse.Namespace) -> int:
     check_paths(out, save_latent)
 
     from tnr_tui.cli.history import open_history
-    from tnr_tui.text import visible
-    from tnr_tui.threads import apply_cpu_threads
+    from tnr_tui.services.text import visible
+    from tnr_tui.services.threads import apply_cpu_threads
 
     try:
         apply_cpu_threads(getattr(args, "threads", None))

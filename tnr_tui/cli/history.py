@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tnr_tui.cli import UserError
-from tnr_tui.text import visible
+from tnr_tui.services.text import visible
 
 RUN_STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 MAX_LIMIT = 100_000  # runs per `list` page
@@ -98,7 +98,7 @@ def _parse_time(flag: str, text: str | None) -> datetime | None:
 
 
 def filters_of(args: argparse.Namespace) -> Any:
-    from tnr_tui.history import FilterError, RunFilter
+    from tnr_tui.services.history import FilterError, RunFilter
 
     try:
         return RunFilter(
@@ -121,7 +121,7 @@ def open_history(args: argparse.Namespace) -> Any:
     Commands whose parser sets `readonly` (list, show, export) open it read-only: they work on a read-only
     history and never create one (`NoHistory` passes through for `run` to word).
     """
-    from tnr_tui.history import HistoryError, NoHistory, open_store
+    from tnr_tui.services.history import HistoryError, NoHistory, open_store
 
     try:
         return open_store(getattr(args, "data_dir", None), readonly=getattr(args, "readonly", False))
@@ -134,7 +134,7 @@ def open_history(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import DatabaseError
 
-    from tnr_tui.history import HistoryError, NoHistory
+    from tnr_tui.services.history import HistoryError, NoHistory
 
     try:
         store = open_history(args)
@@ -281,7 +281,7 @@ def cmd_show(args: argparse.Namespace, store: Any) -> int:
 
 
 def cmd_export(args: argparse.Namespace, store: Any) -> int:
-    from tnr_tui.history.transfer import export_runs
+    from tnr_tui.services.history.transfer import export_runs
 
     out = Path(args.out).expanduser()
     # A file that is gone or changed since its run is left out of a zip, one warning line each.
@@ -307,7 +307,7 @@ def parse_size(flag: str, text: str) -> int:
 
 
 def cmd_import(args: argparse.Namespace, store: Any) -> int:
-    from tnr_tui.history.transfer import ImportLimits, import_runs
+    from tnr_tui.services.history.transfer import ImportLimits, import_runs
 
     try:
         max_runs = int(args.max_runs)
@@ -379,7 +379,7 @@ def _refuse_stored_output(store: Any, run: Any, out: Path) -> None:
 def cmd_rerun(args: argparse.Namespace, store: Any) -> int:
     from engine.request import GenerationRequest, RequestError
     from tnr_tui.cli.generate import check_paths, run_request
-    from tnr_tui.history.store import sha256_file
+    from tnr_tui.services.history.store import sha256_file
 
     old = store.find_run(args.id)
     try:
@@ -429,9 +429,9 @@ def cmd_rerun(args: argparse.Namespace, store: Any) -> int:
 def cmd_import_png(args: argparse.Namespace, store: Any) -> int:
     """Each PNG becomes a `done` run (origin `import-png`) with the history's own copy of the image."""
     from engine.request import RequestError
-    from tnr_tui.history import HistoryError
-    from tnr_tui.history.png import PngMetadataError
-    from tnr_tui.history.transfer import import_png
+    from tnr_tui.services.history import HistoryError
+    from tnr_tui.services.history.png import PngMetadataError
+    from tnr_tui.services.history.transfer import import_png
 
     results, failures = [], 0
     for name in args.files:

@@ -40,7 +40,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 def set_cpu_threads(bundle: object, threads: int) -> None:
     """Pin torch's CPU threads for a CPU model (see --threads); the count is checked as the lab's is."""
-    from tnr_tui.threads import choose_cpu_threads
+    from tnr_tui.services.threads import choose_cpu_threads
 
     try:
         chosen = choose_cpu_threads(threads)  # 0 -> None (torch's default); bounds as for the lab and generate
@@ -125,8 +125,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     from engine.request import SOLVERS, validate_field
-    from tnr_tui.study import StudyConfig, StudyError
-    from tnr_tui.sweep import SweepError, parse_list, parse_scales
+    from tnr_tui.services.study import StudyConfig, StudyError
+    from tnr_tui.services.sweep import SweepError, parse_list, parse_scales
 
     for name in ("device", "dtype", "width", "height", "schedule"):
         message = validate_field(name, getattr(args, name))
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
 
     from engine.models import ModelError, load_bundle
-    from tnr_tui.study import run_study
+    from tnr_tui.services.study import run_study
 
     out = prepare_out_dir(args.out)
     try:

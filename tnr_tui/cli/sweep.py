@@ -59,7 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def build_spec(args: argparse.Namespace):  # -> SweepSpec (kept lazy-typed: importing sweep is cheap anyway)
     from engine.request import GUIDANCE_METHODS, SCHEDULES, SOLVERS, validate_field
-    from tnr_tui.sweep import SweepError, SweepSpec, parse_list, parse_scales, parse_seeds
+    from tnr_tui.services.sweep import SweepError, SweepSpec, parse_list, parse_scales, parse_seeds
 
     out = Path(args.out)
     if not args.prompt:
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
     from engine.models import ModelError, load_bundle
     from tnr_tui.cli.history import open_history
-    from tnr_tui.sweep import SweepError, run_sweep
+    from tnr_tui.services.sweep import SweepError, run_sweep
 
     out = prepare_out_dir(args.out)
     store = open_history(args)

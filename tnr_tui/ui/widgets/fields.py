@@ -11,7 +11,7 @@ from textual.validation import ValidationResult, Validator
 from textual.widgets import Input, Label, Static
 
 from engine.request import RequestError, parse_field
-from tnr_tui.text import visible
+from tnr_tui.services.text import visible
 
 
 class TextInput(Input):

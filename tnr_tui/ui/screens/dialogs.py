@@ -12,8 +12,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
-from tnr_tui.text import visible
-from tnr_tui.widgets.fields import TextInput
+from tnr_tui.services.text import visible
+from tnr_tui.ui.widgets.fields import TextInput
 
 EXPORT_FORMATS: tuple[str, ...] = ("png", "json", "request")
 

@@ -1,6 +1,6 @@
 """Sweeps: a grid of runs over prompts x guidance methods x scales x solvers x seeds, recorded in the history.
 
-Every cell is an ordinary history run (made by `tnr_tui.runs.execute`) tagged `{"sweep": <id>}`. A sweep writes
+Every cell is an ordinary history run (made by `tnr_tui.services.runs.execute`) tagged `{"sweep": <id>}`. A sweep writes
 into its output directory a CSV of one row per image (parameters, evaluations, metrics, the checker's verdicts
 on the embedded model) and one labelled contact sheet PNG per prompt. Cells already done (in the CSV or in the
 history under the same sweep id) are skipped, so an interrupted sweep resumes where it stopped.
@@ -366,7 +366,7 @@ def history_done_cells(store: Any, sweep_id: str, model_identity: str) -> dict[s
     """Cells of this sweep done in the history with these weights: key -> {run_id, request, image, stats, metrics}.
 
     The newest done run of a cell wins (ids sort by creation time and `iter_runs` lists newest first)."""
-    from tnr_tui.history import RunFilter
+    from tnr_tui.services.history import RunFilter
 
     done: dict[str, dict[str, Any]] = {}
     for run in store.iter_runs(RunFilter(sweep=sweep_id, status="done")):
@@ -460,7 +460,7 @@ def run_sweep(
 
     ran = failed = 0
     if todo:
-        from tnr_tui import runs
+        from tnr_tui.services import runs
 
         for i, cell in enumerate(todo, 1):
             request = cell.request(spec, sweep_id)

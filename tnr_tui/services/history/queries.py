@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Select, or_
 
-from tnr_tui.history.models import RUN_STATUSES, Run
+from tnr_tui.services.history.models import RUN_STATUSES, Run
 
 
 class FilterError(ValueError):

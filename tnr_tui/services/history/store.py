@@ -30,11 +30,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.pool import QueuePool
 
-from tnr_tui.history import migrations
-from tnr_tui.history.errors import HistoryBusy, HistoryError, HistoryUnwritable, NoHistory
-from tnr_tui.history.ids import new_run_id
-from tnr_tui.history.models import LIVE_STATUSES, OUTPUT_KINDS, RUN_STATUSES, Output, Run, utcnow
-from tnr_tui.history.paths import (
+from tnr_tui.services.history import migrations
+from tnr_tui.services.history.errors import HistoryBusy, HistoryError, HistoryUnwritable, NoHistory
+from tnr_tui.services.history.ids import new_run_id
+from tnr_tui.services.history.models import LIVE_STATUSES, OUTPUT_KINDS, RUN_STATUSES, Output, Run, utcnow
+from tnr_tui.services.history.paths import (
     DB_NAME,
     NO_SPACE,
     OUTPUTS,
@@ -45,7 +45,7 @@ from tnr_tui.history.paths import (
     place_problem,
     resolve_data_dir,
 )
-from tnr_tui.history.queries import RunFilter
+from tnr_tui.services.history.queries import RunFilter
 
 T = TypeVar("T")
 
@@ -616,7 +616,7 @@ class Store:
         """
         from sqlalchemy.exc import IntegrityError, InterfaceError
 
-        from tnr_tui.history.models import parse_iso
+        from tnr_tui.services.history.models import parse_iso
 
         replayable = isinstance(records, Sequence)  # a generator can be consumed once: no retry after it began
 

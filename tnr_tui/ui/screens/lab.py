@@ -24,10 +24,10 @@ from engine.request import (
     WeightedPrompt,
     parse_field,
 )
-from tnr_tui.screens import preset_breakpoints
-from tnr_tui.text import visible
-from tnr_tui.widgets.fields import RequestField, TextInput
-from tnr_tui.widgets.picture import Picture
+from tnr_tui.ui.screens import preset_breakpoints
+from tnr_tui.services.text import visible
+from tnr_tui.ui.widgets.fields import RequestField, TextInput
+from tnr_tui.ui.widgets.picture import Picture
 
 # Which guidance parameters each method has (MATH.md 5); the others are hidden.
 METHOD_PARAMS: dict[str, tuple[str, ...]] = {

@@ -22,10 +22,10 @@ from engine.request import (
     RequestError,
     parse_field,
 )
-from tnr_tui.screens import preset_breakpoints
-from tnr_tui.screens.lab import EXAMPLE_PROMPT
-from tnr_tui.widgets.fields import TextInput
-from tnr_tui.widgets.picture import Picture
+from tnr_tui.ui.screens import preset_breakpoints
+from tnr_tui.ui.screens.lab import EXAMPLE_PROMPT
+from tnr_tui.ui.widgets.fields import TextInput
+from tnr_tui.ui.widgets.picture import Picture
 
 DEFAULT_METHODS = "none cfg:3 cfg:7 cfg++:0.8 tnr tnr-cfg:5"
 
@@ -53,10 +53,10 @@ def plan_grid(base: GenerationRequest, methods: str, solvers: str) -> list[list[
     """Rows of cells: one row per solver, one cell per method:scale. In each column (one method) every
     solver gets the step count whose model evaluations are nearest those of the base request's steps with
     Euler under that method: P * (k * (steps - 1) + 1), the last step being Euler, the sweep's own rule
-    (`tnr_tui.sweep.matched_steps`), so a grid cell and the sweep's matched cell are the same run.
+    (`tnr_tui.services.sweep.matched_steps`), so a grid cell and the sweep's matched cell are the same run.
     Methods are compared at the same steps, as typed (`tnr-lab sweep --match-evaluations` also matches
     the methods' budgets)."""
-    from tnr_tui.sweep import evaluations, matched_steps  # here: the sweep module is not needed for the first frame
+    from tnr_tui.services.sweep import evaluations, matched_steps  # here: the sweep module is not needed for the first frame
 
     names = solvers.replace(",", " ").split() or [base.solver]
     for name in names:

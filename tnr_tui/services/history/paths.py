@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tnr_tui.history.errors import HistoryError
+from tnr_tui.services.history.errors import HistoryError
 
 DB_NAME = "history.sqlite"
 OUTPUTS = "outputs"

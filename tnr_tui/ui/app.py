@@ -19,12 +19,12 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from engine.request import EMBEDDED_MODEL, GenerationRequest
-from tnr_tui.screens.compare import CompareScreen
-from tnr_tui.screens.history import HistoryScreen
-from tnr_tui.screens.lab import LabScreen
-from tnr_tui.text import visible
-from tnr_tui.widgets.picture import ENV_PROTOCOL, import_image_library, load_image_class, prepare_images
-from tnr_tui.worker import DeviceWorker, ModelState, RunEnded, RunPreview, RunProgress, RunStarted
+from tnr_tui.ui.screens.compare import CompareScreen
+from tnr_tui.ui.screens.history import HistoryScreen
+from tnr_tui.ui.screens.lab import LabScreen
+from tnr_tui.services.text import visible
+from tnr_tui.ui.widgets.picture import ENV_PROTOCOL, import_image_library, load_image_class, prepare_images
+from tnr_tui.ui.worker import DeviceWorker, ModelState, RunEnded, RunPreview, RunProgress, RunStarted
 
 KEYMAP_FILE = "keymap.json"  # {"binding id": "keys"}, e.g. {"lab.run": "ctrl+g"}, in the data directory
 
@@ -108,7 +108,7 @@ class TnrLabApp(App[int]):
 
     def _import_deferred(self) -> None:
         """Off the UI thread: the libraries the first frame did without; then back to it to use them."""
-        import tnr_tui.history  # noqa: F401  (SQLAlchemy, for the keymap's data directory)
+        import tnr_tui.services.history  # noqa: F401  (SQLAlchemy, for the keymap's data directory)
 
         import_image_library()
         try:
@@ -132,7 +132,7 @@ class TnrLabApp(App[int]):
             self.notify(f"keymap ignored: {exc}", severity="warning", markup=False)
 
     def resolved_data_dir(self) -> Path:
-        from tnr_tui.history import resolve_data_dir
+        from tnr_tui.services.history import resolve_data_dir
 
         return resolve_data_dir(self.data_dir)
 
@@ -152,13 +152,13 @@ class TnrLabApp(App[int]):
                 if self._store_fn is not None:
                     self._store = self._store_fn(self.data_dir)
                 else:
-                    from tnr_tui.history import open_store
+                    from tnr_tui.services.history import open_store
 
                     # Its warnings (network filesystem) and "waiting for the history (held by another
                     # process)" become toasts: printed to stderr they would land in the middle of the screen.
                     self._store = open_store(self.data_dir, warn=self._history_warning)
             except Exception as exc:  # HistoryError, OSError, SQLAlchemy's errors: the message is what matters
-                from tnr_tui.worker import describe_error
+                from tnr_tui.ui.worker import describe_error
 
                 raise HistoryUnavailable(f"the history cannot be opened: {describe_error(exc)}") from exc
         return self._store
@@ -209,7 +209,7 @@ class TnrLabApp(App[int]):
         try:
             run_id = self.store.create_run(request, status="queued", origin=origin, parent_id=parent_id)
         except Exception as exc:
-            from tnr_tui.worker import describe_error
+            from tnr_tui.ui.worker import describe_error
 
             message = (
                 str(exc) if isinstance(exc, HistoryUnavailable) else f"cannot record the run: {describe_error(exc)}"
@@ -236,7 +236,7 @@ class TnrLabApp(App[int]):
                 try:
                     self.store.finish_run(job.run_id, "cancelled", error="cancelled before it started")
                 except Exception as exc:  # the row stays `queued`; the next start marks it interrupted
-                    from tnr_tui.worker import describe_error
+                    from tnr_tui.ui.worker import describe_error
 
                     unrecorded.append(describe_error(exc))
             self.post_message(RunEnded(job.job_id, job.request, "cancelled", run_id=job.run_id))
@@ -314,7 +314,7 @@ class TnrLabApp(App[int]):
 def run_app(args: Any) -> int:
     """Entry point from the CLI: args has data_dir, image_protocol, model, threads."""
     from tnr_tui.cli import UserError
-    from tnr_tui.threads import choose_cpu_threads
+    from tnr_tui.services.threads import choose_cpu_threads
 
     protocol = getattr(args, "image_protocol", None) or os.environ.get(ENV_PROTOCOL, "auto")
     data_dir = getattr(args, "data_dir", None)

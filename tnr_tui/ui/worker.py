@@ -114,20 +114,20 @@ RunFn = Callable[..., Any]
 
 def _default_load(ref: str, device: str = "auto", dtype: str = "auto", threads: int | None = None) -> Any:
     from engine.models import load_bundle
-    from tnr_tui.threads import apply_cpu_threads
+    from tnr_tui.services.threads import apply_cpu_threads
 
     apply_cpu_threads(threads)  # here, not at start-up: torch loads after the first frame
     return load_bundle(ref, device=device, dtype=dtype)
 
 
 def _default_run(request: GenerationRequest, store: Any, **kwargs: Any) -> Any:
-    from tnr_tui.runs import execute
+    from tnr_tui.services.runs import execute
 
     return execute(request, store, **kwargs)
 
 
 def _default_store(data_dir: Path | None) -> Any:
-    from tnr_tui.history import open_store
+    from tnr_tui.services.history import open_store
 
     return open_store(data_dir)
 

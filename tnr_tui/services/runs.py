@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tnr_tui.history import store as store_module
-from tnr_tui.history.errors import HistoryBusy, HistoryError, HistoryUnwritable
-from tnr_tui.history.store import OutputFile, Store
+from tnr_tui.services.history import store as store_module
+from tnr_tui.services.history.errors import HistoryBusy, HistoryError, HistoryUnwritable
+from tnr_tui.services.history.store import OutputFile, Store
 
 
 class RunNotRecorded(HistoryError):
@@ -146,7 +146,7 @@ def _metrics(image: Any, prompt: str, model: str, bundle: Any) -> dict[str, floa
     import numpy as np
 
     from engine.metrics import image_metrics
-    from tnr_tui.sweep import check_verdicts, is_embedded
+    from tnr_tui.services.sweep import check_verdicts, is_embedded
 
     values = image_metrics(np.asarray(image.convert("RGB"), dtype=np.uint8))
     if is_embedded(model, bundle):
@@ -219,7 +219,7 @@ def execute(
 
         resolved = result.request or request
         resolved_dict = resolved.to_dict()
-        from tnr_tui.history.png import png_info, write_png
+        from tnr_tui.services.history.png import png_info, write_png
 
         # The history's own files under its data dir; `out` / `save_latent` get the user's copies.
         stored_image = store.new_output_path(run_id, ".png")

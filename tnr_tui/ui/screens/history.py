@@ -18,11 +18,11 @@ from textual.timer import Timer
 from textual.widgets import Checkbox, DataTable, Footer, Header, Input, Select, Static
 
 from engine.request import GUIDANCE_METHODS, GenerationRequest, RequestError
-from tnr_tui.screens import preset_breakpoints
-from tnr_tui.screens.dialogs import ConfirmDialog, ExportDialog, NoteDialog
-from tnr_tui.text import visible
-from tnr_tui.widgets.fields import TextInput
-from tnr_tui.widgets.picture import Picture, read_image
+from tnr_tui.ui.screens import preset_breakpoints
+from tnr_tui.ui.screens.dialogs import ConfirmDialog, ExportDialog, NoteDialog
+from tnr_tui.services.text import visible
+from tnr_tui.ui.widgets.fields import TextInput
+from tnr_tui.ui.widgets.picture import Picture, read_image
 
 PAGE_SIZE = 60
 PREFETCH_ROWS = 15  # fetch the next page when the cursor gets this close to the last loaded row
@@ -65,7 +65,7 @@ def describe_run(run: Any) -> str:
         if key == "format":
             continue
         lines.append(f"{key}: {json.dumps(value, ensure_ascii=False)}")
-    # Every value may come from an import: one line each, control characters shown (tnr_tui.text).
+    # Every value may come from an import: one line each, control characters shown (tnr_tui.services.text).
     return "\n".join(visible(line) for line in lines)
 
 
@@ -185,7 +185,7 @@ class HistoryScreen(Screen):
     # ---- loading pages ----
 
     def filters(self) -> Any:
-        from tnr_tui.history import RunFilter
+        from tnr_tui.services.history import RunFilter
 
         status = self.query_one("#status-filter", Select).value
         method = self.query_one("#method-filter", Select).value
@@ -215,7 +215,7 @@ class HistoryScreen(Screen):
         try:
             runs = app.store.list_runs(self.filters(), after=self._last_id, limit=PAGE_SIZE)
         except Exception as exc:  # HistoryUnavailable or a database error: say so, show what is loaded
-            from tnr_tui.worker import describe_error
+            from tnr_tui.ui.worker import describe_error
 
             self._exhausted = True
             self.notify(describe_error(exc), title="History", severity="error", markup=False, timeout=10)
@@ -358,7 +358,7 @@ class HistoryScreen(Screen):
         try:
             return True, call()
         except Exception as exc:
-            from tnr_tui.worker import describe_error
+            from tnr_tui.ui.worker import describe_error
 
             self.notify(f"{what}: {describe_error(exc)}", title="History", severity="error", markup=False, timeout=10)
             return False, None

@@ -35,7 +35,7 @@ import numpy as np
 
 from engine.metrics import METRIC_NAMES, image_metrics
 from engine.request import EMBEDDED_MODEL, GenerationRequest
-from tnr_tui.sweep import draw_sheet, evaluations, matched_steps, reference_budget, thumbnail
+from tnr_tui.services.sweep import draw_sheet, evaluations, matched_steps, reference_budget, thumbnail
 
 CHECK_NAMES: tuple[str, ...] = ("accuracy", "colour_ok", "background_ok", "shape_ok")
 BOOTSTRAP_RESAMPLES = 2000
@@ -311,7 +311,7 @@ def run_study(
 
             bundle = load_bundle(cfg.model)
         sample_fn = engine_sampler(bundle)
-    from tnr_tui.sweep import is_embedded
+    from tnr_tui.services.sweep import is_embedded
 
     embedded = is_embedded(cfg.model, bundle)
     if not model_description and bundle is not None:

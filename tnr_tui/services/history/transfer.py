@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, BinaryIO
 
-from tnr_tui.history.models import OUTPUT_KINDS, RUN_STATUSES, parse_iso, utcnow
-from tnr_tui.history.queries import RunFilter
-from tnr_tui.history.store import HistoryError, Store, _stderr_warning, sha256_file
+from tnr_tui.services.history.models import OUTPUT_KINDS, RUN_STATUSES, parse_iso, utcnow
+from tnr_tui.services.history.queries import RunFilter
+from tnr_tui.services.history.store import HistoryError, Store, _stderr_warning, sha256_file
 
 EXPORT_FORMATS = ("jsonl", "csv", "zip")
 RECORD_FORMAT = 1  # the "tnr_lab_run" marker of an exported line
@@ -220,7 +220,7 @@ def _validate_record(rec: Any, where: str) -> dict[str, Any]:
 
     if not isinstance(rec, dict) or rec.get("tnr_lab_run") != RECORD_FORMAT:
         raise HistoryError(f'{where}: not a tnr-lab run record (no "tnr_lab_run": {RECORD_FORMAT})')
-    from tnr_tui.history.ids import is_run_id
+    from tnr_tui.services.history.ids import is_run_id
 
     if not isinstance(rec.get("id"), str) or not is_run_id(rec["id"]):
         raise HistoryError(f"{where}: run id {rec.get('id')!r} is not a tnr-lab run id")
@@ -794,9 +794,9 @@ def import_png(store: Store, path: Path) -> PngImport:
     RequestError (a value no run can have) or HistoryError, with a message for the user.
     """
     from engine.request import GenerationRequest  # torch-free
-    from tnr_tui.history.ids import new_run_id
-    from tnr_tui.history.models import iso
-    from tnr_tui.history.png import PngMetadataError, request_from_png
+    from tnr_tui.services.history.ids import new_run_id
+    from tnr_tui.services.history.models import iso
+    from tnr_tui.services.history.png import PngMetadataError, request_from_png
 
     path = Path(path)
     try:

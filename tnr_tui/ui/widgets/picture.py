@@ -23,7 +23,7 @@ from textual.app import ComposeResult
 from textual.containers import Container
 from textual.widgets import Static
 
-from tnr_tui.text import visible
+from tnr_tui.services.text import visible
 
 PROTOCOLS: tuple[str, ...] = ("auto", "tgp", "sixel", "halfcell", "unicode", "none")
 ENV_PROTOCOL = "TNR_LAB_IMAGE_PROTOCOL"

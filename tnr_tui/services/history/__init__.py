@@ -5,10 +5,10 @@ Entry point: `open_store(data_dir=None, readonly=False) -> Store` (see docs/CONT
 
 from __future__ import annotations
 
-from tnr_tui.history.models import RUN_STATUSES, Output, Run
-from tnr_tui.history.paths import resolve_data_dir
-from tnr_tui.history.queries import FilterError, RunFilter
-from tnr_tui.history.store import (
+from tnr_tui.services.history.models import RUN_STATUSES, Output, Run
+from tnr_tui.services.history.paths import resolve_data_dir
+from tnr_tui.services.history.queries import FilterError, RunFilter
+from tnr_tui.services.history.store import (
     HistoryBusy,
     HistoryError,
     HistoryUnwritable,
