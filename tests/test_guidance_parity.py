@@ -181,3 +181,80 @@ def test_parameters_are_validated():
         GenerationRequest(prompt="x", guidance="tcfg", guidance_params={"start": 0.6, "stop": 0.4})
     with pytest.raises(RequestError, match="alpha must be a number"):
         GenerationRequest(prompt="x", guidance="mag", guidance_params={"alpha": "big"})
+
+
+# ---- fdg ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "params, rescale",
+    [
+        ({}, 0.0),  # the guider's defaults: [10, 5]
+        ({"guidance_scales": [6.0, 3.0], "parallel_weights": 0.3}, 0.0),
+        ({"guidance_scales": [5.0, 4.0, 2.0], "parallel_weights": [0.5, 1.0, 0.2], "upcast_to_double": False}, 0.0),
+        ({"guidance_scales": [6.0, 3.0], "use_original_formulation": True, "start": 0.25, "stop": 0.75}, 0.0),
+        ({"guidance_scales": [6.0, 3.0]}, 0.5),
+        ({"guidance_scales": [6.0, 3.0], "guidance_rescale_space": "freq"}, 0.5),
+    ],
+)
+def test_fdg_equals_diffusers_guider(pipe, bundle, tiny_sdxl_dir, params, rescale):
+    from diffusers.guiders import FrequencyDecoupledGuidance
+
+    reference = guider_latent(pipe, FrequencyDecoupledGuidance(guidance_rescale=rescale, **params))
+    result = ours(bundle, str(tiny_sdxl_dir), "fdg", None, params, cfg_rescale=rescale)
+    check(result, reference)
+
+
+def test_fdg_with_equal_scales_is_cfg(bundle, tiny_sdxl_dir):
+    # A Laplacian pyramid sums back exactly, so one scale on every level is CFG with that scale.
+    model = str(tiny_sdxl_dir)
+    fdg = ours(bundle, model, "fdg", None, {"guidance_scales": [4.0, 4.0]})
+    cfg = ours(bundle, model, "cfg", 4.0, {})
+    assert relative_error(fdg.latent, cfg.latent) <= 1e-5
+    split = ours(bundle, model, "fdg", None, {"guidance_scales": [8.0, 2.0]})
+    assert relative_error(split.latent, cfg.latent) > 1e-3
+
+
+def test_fdg_keeps_a_level_outside_its_own_window_where_diffusers_fails():
+    import torch
+    from diffusers.guiders import FrequencyDecoupledGuidance
+
+    from engine.guidance.base import StepInfo
+    from engine.guidance.fdg import FrequencyDecoupled, from_pyramid, laplacian_pyramid
+
+    torch.manual_seed(0)
+    c, u = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    params = {"guidance_scales": [6.0, 3.0], "start": 0.0, "stop": [1.0, 0.5]}
+    guider = FrequencyDecoupledGuidance(**params)
+    guider.set_state(step=6, num_inference_steps=8, timestep=None)
+    with pytest.raises(RuntimeError):  # diffusers 0.42 appends level 0's c for level 1: shapes do not match
+        guider.forward(pred_cond=c, pred_uncond=u)
+    from engine.guidance.base import Predictions
+
+    den, _ = FrequencyDecoupled(1.0, params).combine(Predictions(cond=c, uncond=u), StepInfo(6, 8, 1.0, 0.5))
+    pc, pu = laplacian_pyramid(c, 2), laplacian_pyramid(u, 2)
+    expected = from_pyramid([pu[0] + 6.0 * (pc[0] - pu[0]), pc[1]])
+    torch.testing.assert_close(den, expected)
+
+
+def test_fdg_works_on_sizes_kornia_pads():
+    import torch
+
+    from engine.guidance.base import Predictions, StepInfo
+    from engine.guidance.fdg import FrequencyDecoupled
+
+    torch.manual_seed(0)
+    c, u = torch.randn(1, 4, 12, 9), torch.randn(1, 4, 12, 9)
+    method = FrequencyDecoupled(1.0, {"guidance_scales": [4.0, 4.0, 4.0]})
+    den, _ = method.combine(Predictions(cond=c, uncond=u), StepInfo(0, 4, 1.0, 0.5))
+    assert den.shape == c.shape
+    torch.testing.assert_close(den, u + 4.0 * (c - u), atol=1e-5, rtol=1e-5)
+
+
+def test_fdg_parameters_are_validated():
+    with pytest.raises(RequestError, match="parallel_weights has 3 values but guidance_scales has 2"):
+        GenerationRequest(prompt="x", guidance="fdg", guidance_params={"parallel_weights": [0.1, 0.2, 0.3]})
+    with pytest.raises(RequestError, match="guidance_scales must be a list of numbers"):
+        GenerationRequest(prompt="x", guidance="fdg", guidance_params={"guidance_scales": "big"})
+    with pytest.raises(RequestError, match="stop must be at most 1"):
+        GenerationRequest(prompt="x", guidance="fdg", guidance_params={"stop": [1.0, 1.5]})
