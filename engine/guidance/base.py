@@ -370,3 +370,57 @@ def flat_norm(t: torch.Tensor) -> torch.Tensor:
 def flat_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-sample dot product over all non-batch dimensions, shaped to broadcast."""
     return (a.flatten(1) * b.flatten(1)).sum(dim=1).view(-1, *([1] * (a.ndim - 1)))
+
+
+class PerturbedGuider(DiffusersGuider):
+    """Base of PAG, SEG and SLG as diffusers' guiders: CFG (c, u) plus a perturbed pass p of the prompt,
+
+        den = ren = u + g (c - u) + s (c - p)          (c + ... with use_original_formulation)
+
+    where each term is on inside its own window: CFG in int(start N) <= i < int(stop N) and away from scale 1,
+    the perturbed term strictly inside int(p_start N) < i < int(p_stop N) and away from s = 0. With CFG off it
+    is p + s (c - p) (c + s (c - p)). Subclasses name the perturbed scale and window parameters as their guider.
+    (diffusers 0.42's guiders install their hooks by counting prepare_models calls, which with CFG off leaves
+    the second, perturbed, pass unperturbed: the lab perturbs it.)
+    """
+
+    kinds = ("uncond", "cond", "perturbed")
+    perturbed_names: ClassVar[tuple[str, str, str]] = ("", "", "")  # scale, start, stop parameter names
+
+    def perturbed_scale(self) -> float:
+        return float(self.settings[self.perturbed_names[0]])
+
+    def perturbed_active(self, step: StepInfo) -> bool:
+        _, start, stop = self.perturbed_names
+        inside = in_strict_step_window(step, self.settings[start], self.settings[stop])
+        return inside and not math.isclose(self.perturbed_scale(), 0.0)
+
+    def needs(self, step: StepInfo) -> tuple[str, ...]:
+        kinds = ("uncond", "cond") if self.cfg_active(step) else ("cond",)
+        return (*kinds, "perturbed") if self.perturbed_active(step) else kinds
+
+    def combine(self, p: Predictions, step: StepInfo) -> Pair:
+        c = p.cond
+        cfg, perturbed = self.cfg_active(step), self.perturbed_active(step)
+        s = self.perturbed_scale()
+        if not cfg and not perturbed:
+            return self.finish(c, c)
+        if not cfg:
+            return self.finish(self.base(c, p.perturbed) + s * (c - p.perturbed), c)
+        pred = self.base(c, p.uncond) + self.scale * (c - p.uncond)
+        if perturbed:
+            pred = pred + s * (c - p.perturbed)
+        return self.finish(pred, c)
+
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, Any]) -> str | None:
+        _, start, stop = cls.perturbed_names
+        if settings[start] > settings[stop]:
+            return f"{start} ({settings[start]}) is after {stop} ({settings[stop]})"
+        return super().check_settings(settings)
+
+
+LAYERS_HELP = (
+    "self-attention layers as the PAG pipelines name them: comma-separated patterns searched in the UNet's "
+    "module names (mid, down_blocks.2, up_blocks.0.attentions.1)"
+)
