@@ -5,10 +5,17 @@ and each later draw is the next noise a stochastic solver asks for, in order (as
 `generator=torch.Generator("cpu").manual_seed(seed)` draws its latents and then its schedulers' noise).
 Float32 on the CPU whatever the device, so a re-run is bit-identical and GPU and CPU runs see the same noise.
 Deterministic solvers never draw past n, so their runs do not depend on this rule beyond n.
+
+The DPM++ SDE samplers draw Brownian-tree increments instead (`NoiseSource.brownian`): one
+`torchsde.BrownianTree` per image over [smallest nonzero sigma, largest sigma] of the grid, entropy = the
+image's seed, times in float32, state float32 on the CPU, as k-diffusion's and ComfyUI's
+BrownianTreeNoiseSampler (so the same seed and sigmas give ComfyUI's Brownian noise). They take nothing from
+the generator after n.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -34,6 +41,59 @@ class NoiseSource:
         """The next standard normal draw of every image, on the run's device (float32)."""
         self.draws += 1
         return self._draw().to(self.device)
+
+    def brownian(self, sigma_min: float, sigma_max: float) -> BrownianNoise:
+        """The Brownian-tree noise of every image over [sigma_min, sigma_max] (built once per interval)."""
+        trees = getattr(self, "_brownian", None)
+        if trees is None:
+            trees = self._brownian = {}
+        key = (float(sigma_min), float(sigma_max))
+        if key not in trees:
+            trees[key] = BrownianNoise(self.seeds, self.shape, sigma_min, sigma_max, self.device)
+        return trees[key]
+
+
+def float32(value: float) -> float:
+    """A sigma as the Brownian tree sees it: rounded to float32, as ComfyUI's and diffusers' sigma tensors are."""
+    return float(torch.tensor(value, dtype=torch.float32))
+
+
+class BrownianNoise:
+    """k-diffusion's BrownianTreeNoiseSampler: noise(sigma, sigma_next) = (W(sigma_next) - W(sigma)) / sqrt(|dt|).
+
+    A standard normal per element for every interval; increments over overlapping intervals are correlated as
+    a Brownian motion's are (dpmpp_sde's two sub-steps share their start).
+    """
+
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        shape: tuple[int, ...],
+        sigma_min: float,
+        sigma_max: float,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        import torchsde
+
+        self.device = torch.device(device)
+        t0, t1 = float32(sigma_min), float32(sigma_max)
+        if not t0 < t1:  # a one-sigma grid: any nonempty interval around it
+            t1 = t0 + 1.0
+        self.t0, self.t1 = t0, t1
+        w0 = torch.zeros(shape, dtype=torch.float32)
+        self.trees = [torchsde.BrownianTree(t0, w0, t1, entropy=int(seed)) for seed in seeds]
+
+    def __call__(self, sigma: float, sigma_next: float) -> torch.Tensor:
+        a, b = float32(sigma), float32(sigma_next)
+        low, high, sign = (a, b, 1.0) if a < b else (b, a, -1.0)
+        low, high = max(low, self.t0), min(high, self.t1)
+        with warnings.catch_warnings():
+            # torchsde rounds the tree's ends to its tolerance's digits and then warns (and clamps) when a query
+            # at the grid's own first or last sigma lies past them by that rounding; k-diffusion's queries do too.
+            warnings.filterwarnings("ignore", message="Should have t", category=UserWarning)
+            w = torch.cat([tree(low, high) for tree in self.trees]) * sign
+        scale = (torch.tensor(b, dtype=torch.float32) - torch.tensor(a, dtype=torch.float32)).abs().sqrt()
+        return (w / scale).to(self.device)
 
 
 def make_true_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:

@@ -13,8 +13,13 @@ from typing import Any
 
 from engine import units
 
-# 2: solver_params / guidance_params (units' own knobs). Older requests are upgraded by `from_dict`.
-REQUEST_FORMAT = 2
+# 2: solver_params / guidance_params (units' own knobs). 3: schedule "karras" is k-diffusion's (the full trained
+# range); format 2's "karras" (diffusers' Euler end points) is "karras_diffusers". Older requests are upgraded
+# by `from_dict`.
+REQUEST_FORMAT = 3
+
+# Format 2's "karras" took its end points from the config's spacing grid, as diffusers' Euler does.
+KARRAS_BEFORE_FORMAT_3 = "karras_diffusers"
 
 EMBEDDED_MODEL = "embedded"
 
@@ -32,6 +37,22 @@ MAX_SIZE = 16_384  # pixels per side (SDXL's native size is 1024)
 
 class RequestError(ValueError):
     """A request parameter is invalid; the message is meant for the user as is."""
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA of a run: its file, its weight, and (once the run has read it) the file's sha256.
+
+    The sha256 is filled in by the sampler (the resolved request the history keeps): a re-run of the request
+    checks it, so a LoRA file changed since the run is said, not silently used.
+    """
+
+    path: str
+    weight: float = 1.0
+    sha256: str | None = None
+
+
+PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction")
 
 
 @dataclass(frozen=True)
@@ -59,11 +80,14 @@ class GenerationRequest:
     schedule: str = "default"  # "default": the spacing the model's scheduler config names
     # Karras rho, and the exponent of the "power" timestep warp; None: the schedule's own default (7 and 1).
     schedule_rho: float | None = None
+    # Hand the UNet the nearest trained timestep instead of the fractional t of log-sigma interpolation (as
+    # ComfyUI and diffusers' multistep schedulers do); the input scaling keeps the exact sigma (MATH.md 9).
+    discrete_timesteps: bool = False
     guidance: str = "cfg"
     guidance_params: dict[str, Any] = field(default_factory=dict)  # the guidance unit's own knobs
     scale: float | None = None  # None: the method's default (its unit's default_scale, or the model's)
     tnr_power: float = 0.25  # exponent p of the TNR factor S = 2 - abar(sigma_next)**p
-    cfg_rescale: float = 0.0  # phi of CFG rescale, 0 = off
+    cfg_rescale: float | None = None  # phi of CFG rescale, 0 = off; None: the model's default (MATH.md 8)
     tnr: bool = False  # True Noise Removal on the method's guided pair (--tnr; tnr and tnr-cfg have it always)
     guidance_sigma_min: float | None = None  # outside [min, max] guidance falls back to the conditional eps
     guidance_sigma_max: float | None = None
@@ -72,6 +96,12 @@ class GenerationRequest:
     device: str = "auto"
     dtype: str = "auto"
     tags: dict[str, str] = field(default_factory=dict)  # free labels, e.g. {"sweep": "<id>"}
+    # LoRAs applied to the model for this run (safetensors files, in order); switching them does not reload
+    # the model (engine.models.lora).
+    loras: tuple[LoraSpec, ...] = ()
+    # Overrides of what the model's files say (None: the model's own): a single file without markers.
+    prediction_type: str | None = None  # "epsilon" or "v_prediction"
+    zero_snr: bool | None = None  # rescale_betas_zero_snr (and trailing spacing when it turns it on)
 
     def __post_init__(self) -> None:
         # Normalise the prompts given as lists/dicts (JSON) into WeightedPrompt tuples.
@@ -96,6 +126,7 @@ class GenerationRequest:
                 raise RequestError(f"prompts: each entry must be (text, scale), got {p!r}")
         object.__setattr__(self, "prompts", tuple(norm))
         object.__setattr__(self, "tags", dict(self.tags))
+        object.__setattr__(self, "loras", _lora_specs(self.loras))
         self.validate()
 
     # ---- derived values -------------------------------------------------------------------------
@@ -140,6 +171,7 @@ class GenerationRequest:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["prompts"] = [{"text": p.text, "scale": p.scale} for p in self.prompts]
+        d["loras"] = [_lora_dict(lora) for lora in self.loras]
         d["format"] = REQUEST_FORMAT
         return d
 
@@ -175,6 +207,8 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
     """A stored request (any format this version knows) in today's format, `format` key removed.
 
     1 -> 2: the units' parameter dicts are new (empty: every unit of format 1 had only flat fields).
+    2 -> 3: schedule "karras" becomes "karras_diffusers" (the grid those runs sampled; "karras" is now
+    k-diffusion's full-range Karras), so a stored run re-samples bit-identically.
     """
     fmt = data.pop("format", REQUEST_FORMAT)
     if not _is_int(fmt) or not 1 <= fmt <= REQUEST_FORMAT:
@@ -182,6 +216,8 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
     if fmt < 2:
         data.setdefault("solver_params", {})
         data.setdefault("guidance_params", {})
+    if fmt < 3 and data.get("schedule") == "karras":
+        data["schedule"] = KARRAS_BEFORE_FORMAT_3
     return data
 
 
@@ -196,6 +232,31 @@ def __getattr__(name: str) -> Any:
     if name == "DEFAULT_SCALE":
         return {u.name: u.default_scale for u in units.GUIDANCE}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _lora_specs(value: Any) -> tuple[LoraSpec, ...]:
+    """LoRAs given as LoraSpec, {"path", "weight", "sha256"} dicts (JSON) or (path, weight) pairs."""
+    if not isinstance(value, (list, tuple)):
+        raise RequestError(f"loras must be a list of (path, weight) pairs, got {value!r}")
+    specs = []
+    for item in value:
+        if isinstance(item, LoraSpec):
+            specs.append(item)
+        elif isinstance(item, dict) and set(item) <= {"path", "weight", "sha256"} and "path" in item:
+            sha = item.get("sha256")
+            specs.append(LoraSpec(item["path"], _as_float("LoRA weight", item.get("weight", 1.0)), sha))
+        elif isinstance(item, (list, tuple)) and len(item) == 2:
+            specs.append(LoraSpec(item[0], _as_float("LoRA weight", item[1])))
+        else:
+            raise RequestError(f"loras: each entry must be (path, weight), got {item!r}")
+    return tuple(specs)
+
+
+def _lora_dict(lora: LoraSpec) -> dict[str, Any]:
+    d: dict[str, Any] = {"path": lora.path, "weight": lora.weight}
+    if lora.sha256 is not None:
+        d["sha256"] = lora.sha256
+    return d
 
 
 def _as_float(name: str, value: Any) -> float:
@@ -300,7 +361,11 @@ def validate_field(name: str, value: Any) -> str | None:
         return msg
     if name == "tnr":
         return None if isinstance(value, bool) else f"tnr must be true or false, got {value!r}"
+    if name == "discrete_timesteps":
+        return None if isinstance(value, bool) else f"discrete timesteps must be true or false, got {value!r}"
     if name == "cfg_rescale":
+        if value is None:
+            return None
         msg = _finite("CFG rescale", value)
         if msg is None and not 0.0 <= value <= 1.0:
             return f"CFG rescale must be between 0 and 1, got {value!r}"
@@ -315,6 +380,26 @@ def validate_field(name: str, value: Any) -> str | None:
         return None
     if name == "dtype":
         return _choice("dtype", value, DTYPES)
+    if name == "loras":
+        for lora in value:
+            if not isinstance(lora.path, str) or not lora.path.strip():
+                return "a LoRA needs a file path"
+            msg = _finite("LoRA weight", lora.weight)
+            if msg:
+                return msg
+            if lora.sha256 is not None and (
+                not isinstance(lora.sha256, str)
+                or len(lora.sha256) != 64
+                or any(ch not in "0123456789abcdef" for ch in lora.sha256)
+            ):
+                return f"LoRA {lora.path}: sha256 must be 64 lower-case hex digits, got {lora.sha256!r}"
+        return None
+    if name == "prediction_type":
+        if value is None:
+            return None
+        return _choice("prediction type", value, PREDICTION_TYPES)
+    if name == "zero_snr":
+        return None if value is None or isinstance(value, bool) else f"zero_snr must be true or false, got {value!r}"
     if name == "tags":
         if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
             return "tags must map text to text"
@@ -331,7 +416,7 @@ def parse_field(name: str, text: str) -> Any:
         except ValueError:
             raise RequestError(f"{name.replace('_', ' ')} must be a whole number, got {text!r}") from None
     elif name in ("scale", "tnr_power", "cfg_rescale", "schedule_rho", "guidance_sigma_min", "guidance_sigma_max"):
-        if text == "" and name in ("scale", "schedule_rho", "guidance_sigma_min", "guidance_sigma_max"):
+        if text == "" and name in ("scale", "cfg_rescale", "schedule_rho", "guidance_sigma_min", "guidance_sigma_max"):
             return None
         value = _as_float(name.replace("_", " "), text)
     else:

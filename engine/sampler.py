@@ -69,8 +69,16 @@ def shorten(text: str, limit: int = 40) -> str:
 
 
 def resolve_request(bundle: Any, request: GenerationRequest) -> GenerationRequest:
-    """Fill in the model's native size and its default scale (when the request has none and the model names
-    one for the method), and check the size against the model's latent factor."""
+    """Fill in the model's native size, its default scale (when the request has none and the model names
+    one for the method) and its default CFG rescale, and check the size against the model's latent factor.
+
+    A bundle with `configure` (engine.models) first takes the request's LoRAs and prediction overrides; the
+    request it returns names each LoRA's sha256 (what the history keeps)."""
+    configure = getattr(bundle, "configure", None)
+    if configure is not None:
+        request = configure(request)
+    if request.cfg_rescale is None:
+        request = request.replace(cfg_rescale=float(getattr(bundle, "default_cfg_rescale", 0.0)))
     height, width = bundle.default_size
     request = request.replace(width=request.width or width, height=request.height or height)
     model_scale = getattr(bundle, "default_scales", {}).get(request.guidance)
@@ -193,9 +201,14 @@ def _sample(
     for sigma_i, t_i in zip(sigmas[:-1], grid_t.tolist(), strict=True):
         grid_timestep.setdefault(sigma_i, t_i)
 
+    discrete = bool(getattr(request, "discrete_timesteps", False))
+
     def timestep(s: float) -> float:
         t = grid_timestep.get(s)
-        return float(schedule.sigma_to_t(s)) if t is None else float(t)
+        t = float(schedule.sigma_to_t(s)) if t is None else float(t)
+        # --discrete-timesteps: the nearest trained timestep, as ComfyUI and diffusers' multistep schedulers
+        # hand the UNet (np.round: halves to even); the input scaling keeps the exact sigma (MATH.md 9).
+        return float(round(t)) if discrete else t
 
     def predict(x_stage: torch.Tensor, s: float) -> Prediction:
         """One model evaluation at (x_stage, s): the step's predictions, batched, combined by its guidance."""
@@ -214,7 +227,10 @@ def _sample(
                 x_stage, s, timestep(s), conditioning(guide.perturbed_rows, batch), plan.method.perturbation()
             ).float()
         evaluations += len(guide.rows)
-        den, ren = guide.pair(predictions.float(), ctx.true_noise, perturbed, x=x_stage, sigma=s)
+        # float64 predictions (a v-prediction model's eps, engine.models.bundle) stay float64: at zero terminal
+        # SNR the step needs it (MATH.md 8); float32 and narrower become float32.
+        wide = predictions.dtype == torch.float64
+        den, ren = guide.pair(predictions if wide else predictions.float(), ctx.true_noise, perturbed, x=x_stage, sigma=s)
         prediction = Prediction(x_stage, s, den, ren)
         if step["first"] is None:
             step["first"] = prediction

@@ -24,10 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-GRID_KINDS: tuple[str, ...] = ("default", "leading", "trailing", "linspace", "karras", "power")
+from engine.units import SCHEDULES
+
 SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
-# The exponent each grid kind uses when the request leaves it unset.
-DEFAULT_RHO: dict[str, float] = {"karras": 7.0, "power": 1.0}
+# diffusers' Karras (end points from the config's spacing grid, `use_karras_sigmas`): what "default" means on a
+# config with Karras sigmas, and what schedule "karras" meant before request format 3 (engine.request).
+KARRAS_DIFFUSERS = "karras_diffusers"
 # A grid starts near the top when its first sigma lies within this fraction of the training table's log-sigma
 # range below the table's largest sigma (MATH.md 7); SDXL: sigma_0 >= 5.75 of 14.61 (leading at 6 to 200 steps).
 TOP_FRACTION = 0.15
@@ -35,6 +37,24 @@ TOP_FRACTION = 0.15
 
 class ScheduleError(ValueError):
     """The scheduler config cannot be used; the message says which key and why."""
+
+
+# diffusers' EulerDiscreteScheduler sets abar[T-1] = 2**-24 (float16's smallest subnormal) under
+# `rescale_betas_zero_snr`, so that the first sigma is finite: sigma_max = sqrt(2**24 - 1) = 4095.9999. ComfyUI
+# clamps to 4.8973451890853435e-08 instead (sigma_max 4518.8); DDIM keeps 0 (it never divides by it); the
+# multistep DPM/UniPC schedulers start from the noise n itself.
+ZERO_SNR_LAST_ABAR = 2.0**-24
+
+
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Lin et al. 2023 (arXiv:2305.08891) Algorithm 1, in float64: shift sqrt(abar) so its last value is 0 and
+    scale it so its first is unchanged, then back to betas (the last beta becomes 1)."""
+    root = torch.cumprod(1.0 - betas.to(torch.float64), dim=0).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * (first / (first - last))
+    abar = root**2
+    alphas = torch.cat([abar[:1], abar[1:] / abar[:-1]])
+    return 1.0 - alphas
 
 
 def betas_from_config(config: dict[str, Any]) -> torch.Tensor:
@@ -82,10 +102,16 @@ class Schedule:
         spacing = config.get("timestep_spacing", "linspace")
         if spacing not in SPACINGS:
             raise ScheduleError(f"scheduler config: timestep_spacing {spacing!r} is not one of {', '.join(SPACINGS)}")
-        if config.get("rescale_betas_zero_snr"):
-            raise ScheduleError("scheduler config: rescale_betas_zero_snr is not supported (sigma would be infinite)")
         betas = betas_from_config(config)
+        zero_snr = bool(config.get("rescale_betas_zero_snr"))
+        if zero_snr:
+            betas = rescale_zero_terminal_snr(betas)
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        if zero_snr:
+            # abar[T-1] is exactly 0 after the rescale: sigma_max would be infinite. diffusers' Euler clamps it
+            # to ZERO_SNR_LAST_ABAR (MATH.md 8), so sigma_max = sqrt((1 - 2^-24) / 2^-24) ~ 4096.
+            alphas_cumprod = alphas_cumprod.clone()
+            alphas_cumprod[-1] = ZERO_SNR_LAST_ABAR
         return cls(
             betas=betas,
             alphas_cumprod=alphas_cumprod,
@@ -130,9 +156,9 @@ class Schedule:
     def resolve_kind(self, kind: str) -> str:
         """The concrete grid kind: "default" is what the model's scheduler config says."""
         if kind == "default":
-            return "karras" if self.use_karras_sigmas else self.timestep_spacing
-        if kind not in GRID_KINDS:
-            raise ScheduleError(f"unknown schedule {kind!r}; choose one of: {', '.join(GRID_KINDS)}")
+            return KARRAS_DIFFUSERS if self.use_karras_sigmas else self.timestep_spacing
+        if kind not in SCHEDULES:
+            raise ScheduleError(f"unknown schedule {kind!r}; choose one of: {', '.join(SCHEDULES.names())}")
         return kind
 
     def spacing_timesteps(self, steps: int, spacing: str) -> torch.Tensor:
@@ -173,14 +199,19 @@ class Schedule:
     def _sigmas(self, steps: int, kind: str, rho: float | None, spacing: str) -> torch.Tensor:
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise ScheduleError(f"steps must be a whole number of at least 1, got {steps!r}")
+        unit = SCHEDULES.get(kind)
         if rho is None:
-            rho = DEFAULT_RHO.get(kind, 7.0)
+            rho = unit.default_rho if unit.default_rho is not None else 7.0
         if kind in SPACINGS:
             sigmas = self.spacing_sigmas(steps, kind)
-        elif kind == "karras":
+        elif kind == KARRAS_DIFFUSERS:
             sigmas = self.karras_sigmas(steps, rho, spacing)
-        else:
+        elif kind == "power":
             sigmas = self.power_sigmas(steps, rho)
+        else:  # the k-diffusion / ComfyUI schedules (engine/schedules/, MATH.md 10)
+            sigmas = unit.sigmas(self, steps, rho).to(torch.float64)
+            if sigmas.shape != (steps,):
+                raise ScheduleError(f"schedule {kind!r} made {sigmas.numel()} sigmas for {steps} steps")
         return torch.cat([sigmas, sigmas.new_zeros(1)])
 
     def _timesteps(self, steps: int, kind: str, sigmas: torch.Tensor) -> torch.Tensor:
@@ -218,7 +249,7 @@ class Schedule:
             )
             if kind == "default":
                 spacing = "trailing"
-                concrete = "karras" if concrete == "karras" else "trailing"
+                concrete = KARRAS_DIFFUSERS if concrete == KARRAS_DIFFUSERS else "trailing"
                 sigmas = self._sigmas(steps, concrete, rho, spacing)
                 warnings.append(
                     f"schedule: the model's {low}: sampling on {describe_kind(concrete, spacing)} instead, which "
@@ -229,6 +260,7 @@ class Schedule:
                     f"schedule: {low}: the image will keep noise the steps cannot remove (trailing spacing "
                     "starts at the top)"
                 )
+        warnings += SCHEDULES.get(concrete).warnings(self, steps)
         timesteps = self._timesteps(steps, concrete, sigmas)
         nonzero = sigmas[:-1]
         repeats = int((nonzero[1:] == nonzero[:-1]).sum())
@@ -245,7 +277,7 @@ class Schedule:
             spacing=spacing,
             sigmas=sigmas,
             timesteps=timesteps,
-            init_noise_sigma=self._init_noise_sigma(sigmas, spacing),
+            init_noise_sigma=self._init_noise_sigma(sigmas, spacing, concrete),
             warnings=tuple(warnings),
         )
 
@@ -270,10 +302,16 @@ class Schedule:
         The spacing is the grid's own for leading/trailing/linspace grids, the config's for Karras and power
         grids (diffusers keeps the config's spacing when `use_karras_sigmas` is set).
         """
-        return self._init_noise_sigma(grid, self._spacing_of(self.resolve_kind(kind)))
+        resolved = self.resolve_kind(kind)
+        return self._init_noise_sigma(grid, self._spacing_of(resolved), resolved)
 
-    def _init_noise_sigma(self, grid: torch.Tensor, spacing: str) -> float:
+    def _init_noise_sigma(self, grid: torch.Tensor, spacing: str, kind: str | None = None) -> float:
         max_sigma = float(grid.max())
+        if kind is not None and SCHEDULES.get(kind).full_range:
+            # ComfyUI's txt2img start (EPS.noise_scaling with max_denoise): n sqrt(1 + sigma^2) from the table's
+            # top, n sigma_0 from below it (MATH.md 10). k-diffusion and A1111 start at n sigma_0.
+            top = float(self.sigmas[-1])
+            return math.sqrt(max_sigma**2 + 1) if max_sigma >= top * (1 - 1e-5) else max_sigma
         if spacing in ("linspace", "trailing"):
             return max_sigma
         return math.sqrt(max_sigma**2 + 1)
@@ -294,8 +332,8 @@ def describe_kind(kind: str, spacing: str) -> str:
     """A grid kind in words: "leading spacing", "karras (end points from trailing spacing)", "power"."""
     if kind in SPACINGS:
         return f"{kind} spacing"
-    if kind == "karras":
-        return f"karras (end points from {spacing} spacing)"
+    if kind == KARRAS_DIFFUSERS:
+        return f"{KARRAS_DIFFUSERS} (end points from {spacing} spacing)"
     return kind
 
 

@@ -282,7 +282,7 @@ def test_unit_parameters_reach_the_request_and_the_history(tmp_path, tmp_data_di
         run = store.list_runs()[0]
     assert run.solver == "dpmpp_2m" and run.guidance == "apg"
     assert run.request["guidance_params"] == {"eta": 0.0, "adaptive_projected_guidance_rescale": 5.0}
-    assert run.request["format"] == 2
+    assert run.request["format"] == 3
 
 
 def test_long_options_are_never_abbreviated(capsys):

@@ -39,7 +39,8 @@ from engine.request import (
         ({"seed": 2**63}, f"seed must be a whole number in 0..{MAX_SEED}, got {2**63}"),
         (
             {"schedule": "cosine"},
-            "unknown schedule 'cosine'; choose one of: default, leading, trailing, linspace, karras, power",
+            "unknown schedule 'cosine'; choose one of: default, leading, trailing, linspace, karras, karras_diffusers, "
+            "exponential, sgm_uniform, simple, ddim_uniform, beta, kl_optimal, ays, power",
         ),
         ({"schedule_rho": 0.0}, "schedule rho must be positive, got 0.0"),
         ({"tnr_power": -1.0}, "TNR exponent p must be positive, got -1.0"),

@@ -116,7 +116,7 @@ def test_same_seed_same_latent_other_seed_other_latent() -> None:
 
 def test_rk4_reaches_the_closed_form_solution() -> None:
     bundle = GaussianBundle()
-    result = sample(bundle, request(guidance="none", solver="rk4", steps=30, schedule="karras"))
+    result = sample(bundle, request(guidance="none", solver="rk4", steps=30, schedule="karras_diffusers"))
     mu = bundle.text_mean("a red square")
     sigma_T = result.stats["sigmas"][0]
     x_T = result.true_noise * result.stats["init_noise_sigma"]

@@ -260,16 +260,16 @@ def test_a_karras_default_that_starts_low_takes_trailing_end_points() -> None:
     config = dict(SDXL, use_karras_sigmas=True)
     schedule = Schedule.from_config(config)
     planned = schedule.sampling_grid(600)
-    assert (planned.kind, planned.spacing) == ("karras", "trailing")
+    assert (planned.kind, planned.spacing) == ("karras_diffusers", "trailing")
     assert float(planned.sigmas[0]) == pytest.approx(float(schedule.sigmas[-1]), rel=1e-12)
-    assert "sampling on karras (end points from trailing spacing)" in planned.warnings[0]
+    assert "sampling on karras_diffusers (end points from trailing spacing)" in planned.warnings[0]
     assert planned.init_noise_sigma == float(planned.sigmas[0])  # trailing's rule: the largest sigma
     torch.testing.assert_close(planned.timesteps, schedule.sigma_to_t(planned.sigmas[:-1]))
     # Named, it keeps diffusers' Karras grid (end points from leading) and warns.
-    named = schedule.sampling_grid(600, "karras")
+    named = schedule.sampling_grid(600, "karras_diffusers")
     ref = diffusers_euler(config, 600)
     torch.testing.assert_close(named.sigmas, ref.sigmas.double(), rtol=SIGMA_RTOL, atol=0)
-    assert named.kind == "karras" and "keep noise" in named.warnings[0]
+    assert named.kind == "karras_diffusers" and "keep noise" in named.warnings[0]
 
 
 @pytest.mark.parametrize("solver", sorted(TABLEAUS))

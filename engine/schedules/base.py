@@ -24,12 +24,20 @@ class SigmaSchedule:
     summary: ClassVar[str] = ""
     params: ClassVar[tuple[Param, ...]] = ()
     default_rho: ClassVar[float | None] = None  # the exponent `schedule_rho` None stands for, where it has one
+    # A k-diffusion / ComfyUI schedule over the whole trained table (MATH.md 10): its timesteps are sigma_to_t
+    # of its sigmas and it starts from ComfyUI's noise, n sqrt(1 + sigma_0^2) when sigma_0 is the table's top.
+    full_range: ClassVar[bool] = False
     rank: ClassVar[int] = 100
 
     @classmethod
     def sigmas(cls, table: Any, steps: int, rho: float | None) -> torch.Tensor:
         """The grid's `steps` nonzero sigmas, descending (float64)."""
         raise NotImplementedError
+
+    @classmethod
+    def warnings(cls, table: Any, steps: int) -> tuple[str, ...]:
+        """What the run's stats should say about this grid (where it departs from its peers' definition)."""
+        return ()
 
 
 RHO = Param("rho", None, optional=True, minimum=1e-3, help="exponent of the schedule (schedule_rho)")

@@ -56,6 +56,14 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--height", help="image height, a multiple of 8 (default: the model's)")
     p.add_argument("--schedule", help="sigma schedule: " + names_help(units.SCHEDULES, "default"))
     p.add_argument("--schedule-rho", dest="schedule_rho", help="Karras rho / power-warp exponent (default: 7 / 1)")
+    p.add_argument(
+        "--discrete-timesteps",
+        dest="discrete_timesteps",
+        action="store_true",
+        default=None,
+        help="hand the model the nearest trained timestep (ComfyUI, diffusers' multistep schedulers) instead of "
+        "the fractional one of log-sigma interpolation (k-diffusion, A1111; the default)",
+    )
     p.add_argument("--sigma-min", dest="sigma_min", help="guidance window: below this sigma, use the conditional eps")
     p.add_argument("--sigma-max", dest="sigma_max", help="guidance window: above this sigma, use the conditional eps")
     p.add_argument(
@@ -109,6 +117,8 @@ def build_request(args: argparse.Namespace) -> Any:
             values[name] = value
     if getattr(args, "tnr", None):
         values["tnr"] = True
+    if getattr(args, "discrete_timesteps", None):
+        values["discrete_timesteps"] = True
     weighted = parse_weighted(args.weighted or [])
     if weighted:
         values["prompts"] = tuple(weighted)
