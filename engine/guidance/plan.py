@@ -88,7 +88,7 @@ class StepGuidance:
             if x is None or sigma is None:
                 raise ValueError(f"{plan.name} on a v-prediction model needs the point (x, sigma) of the evaluation")
             rows = [eps_to_v(r, x, sigma) for r in rows]
-            by_kind = {k: eps_to_v(r, x, sigma) for k, r in by_kind.items()}
+            by_kind = dict(zip(by_kind, rows, strict=True))
             perturbed = None if perturbed is None else eps_to_v(perturbed, x, sigma)
         if plan.n_prompt:
             preds = Predictions(
