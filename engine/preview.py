@@ -1,8 +1,9 @@
 """Previews and the final image's rounding (MATH.md section 6).
 
 Cheap preview: rgb = D @ F + b per latent pixel (D the denoised estimate in model space, F [C, 3], b [3]), then
-(rgb + 1) / 2 to 0..255. SDXL's factors are public (ComfyUI's `latent_formats.SDXL`); any other model's are
-fitted by least squares on its decoder's outputs (`fit_latent_rgb`).
+(rgb + 1) / 2 to 0..255. SDXL's and SD 1.5's factors are public (ComfyUI's `latent_formats.SDXL` and
+`latent_formats.SD15`; SD 2.x has SD 1.5's VAE, so its factors too); any other model's are fitted by least
+squares on its decoder's outputs (`fit_latent_rgb`) and stored beside it (`latent_rgb.json`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,26 @@ SDXL_LATENT_RGB_FACTORS = torch.tensor(
     dtype=torch.float32,
 )
 SDXL_LATENT_RGB_BIAS = torch.tensor([0.1084, -0.0175, -0.0011], dtype=torch.float32)
+# SD 1.x / 2.x (ComfyUI's latent_formats.SD15, which has no bias).
+SD15_LATENT_RGB_FACTORS = torch.tensor(
+    [
+        [0.3512, 0.2297, 0.3227],
+        [0.3250, 0.4974, 0.2350],
+        [-0.2829, 0.1762, 0.2721],
+        [-0.2120, -0.2616, -0.7177],
+    ],
+    dtype=torch.float32,
+)
+SD15_LATENT_RGB_BIAS = torch.zeros(3, dtype=torch.float32)
+
+
+def public_latent_rgb(family: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The public factors (F [4, 3], b [3]) of a family's VAE: "sdxl", or "sd1"/"sd2" (the same VAE)."""
+    if family == "sdxl":
+        return SDXL_LATENT_RGB_FACTORS.clone(), SDXL_LATENT_RGB_BIAS.clone()
+    if family in ("sd1", "sd2"):
+        return SD15_LATENT_RGB_FACTORS.clone(), SD15_LATENT_RGB_BIAS.clone()
+    raise ValueError(f"no public latent-to-RGB factors for family {family!r}")
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:

@@ -34,3 +34,33 @@ def tmp_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     data_dir.mkdir()
     monkeypatch.setenv("TNR_LAB_HOME", str(data_dir))
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random SD 1.5-topology directory (engine.models.tiny.build_tiny_sd, family "sd1"): one
+    quick_gelu CLIP text encoder, no added conditioning, SD 1.5's published scheduler config (no
+    timestep_spacing). Read-only, like tiny_sdxl_dir."""
+    from engine.models.tiny import build_tiny_sd
+
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd15") / "tiny-sd15", "sd1")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2v_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random SD 2.x 768-v-topology directory (family "sd2"): gelu text encoder padding with "!",
+    linear projections, upcast_attention, v-prediction. Read-only."""
+    from engine.models.tiny import build_tiny_sd
+
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd2v") / "tiny-sd2v", "sd2")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_vzsnr_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SDXL fixture's weights with a v-prediction, zero-terminal-SNR, trailing scheduler config
+    (NoobAI-XL v-pred's kind). Read-only."""
+    from engine.models.tiny import build_tiny_sdxl
+
+    return build_tiny_sdxl(
+        tmp_path_factory.mktemp("tiny-sdxl-vzsnr") / "tiny-sdxl-vzsnr", prediction_type="v_prediction", zero_snr=True
+    )

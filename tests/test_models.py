@@ -219,7 +219,8 @@ def test_v_prediction_becomes_eps_with_diffusers_denoised_estimate(tiny_sdxl_dir
         ).sample
     # diffusers' EulerDiscreteScheduler.step, v_prediction branch:
     pred_original = v * (-sigma / (sigma**2 + 1) ** 0.5) + x / (sigma**2 + 1)
-    assert torch.allclose(x - sigma * eps, pred_original, atol=1e-5)
+    assert eps.dtype == torch.float64  # v models: float64 eps (zero terminal SNR needs it, MATH.md 8)
+    assert torch.allclose((x - sigma * eps).float(), pred_original, atol=1e-5)
 
 
 def test_decode_and_preview(bundle):
@@ -297,7 +298,7 @@ def test_truncated_weights_are_named(tiny_sdxl_dir, tmp_path):
 def test_missing_component_is_named(tiny_sdxl_dir, tmp_path):
     model = copy_model(tiny_sdxl_dir, tmp_path / "partial")
     shutil.rmtree(model / "text_encoder_2")
-    with pytest.raises(ModelError, match=r"partial: missing text_encoder_2; an SDXL-topology"):
+    with pytest.raises(ModelError, match=r"partial: missing text_encoder_2; an SDXL diffusers directory has"):
         load_bundle(str(model))
 
 
@@ -370,120 +371,11 @@ def test_bfloat16_asked_for_on_cpu_keeps_the_decoder_in_float32(tiny_sdxl_dir):
 
 
 def write_original_sdxl_checkpoint(model_dir: Path, out: Path) -> None:
-    """Write a diffusers SDXL directory as one safetensors file in the original (SGM/LDM) layout.
+    """Write a diffusers SDXL directory as one safetensors file in the original (SGM/LDM) layout
+    (engine.models.tiny.write_single_file: the inverse of diffusers' single-file conversion)."""
+    from engine.models.tiny import write_single_file
 
-    The inverse of diffusers' single-file conversion, enough for the fixture's blocks: UNet under
-    `model.diffusion_model.`, VAE under `first_stage_model.`, CLIP-L under `conditioner.embedders.0.transformer.`,
-    OpenCLIP-bigG-style under `conditioner.embedders.1.model.` (fused in-projection, transposed text projection).
-    """
-    from safetensors.torch import load_file, save_file
-
-    unet_config = json.loads((model_dir / "unet" / "config.json").read_text())
-    per_block = unet_config["layers_per_block"]
-    out_state: dict[str, torch.Tensor] = {}
-
-    def resnet(name: str) -> str:
-        for a, b in (
-            ("norm1", "in_layers.0"),
-            ("conv1", "in_layers.2"),
-            ("time_emb_proj", "emb_layers.1"),
-            ("norm2", "out_layers.0"),
-            ("conv2", "out_layers.3"),
-            ("conv_shortcut", "skip_connection"),
-        ):
-            name = name.replace(f".{a}.", f".{b}.")
-        return name
-
-    unet = load_file(model_dir / "unet" / "diffusion_pytorch_model.safetensors")
-    fixed = {
-        "time_embedding.linear_1": "time_embed.0",
-        "time_embedding.linear_2": "time_embed.2",
-        "add_embedding.linear_1": "label_emb.0.0",
-        "add_embedding.linear_2": "label_emb.0.2",
-        "conv_in": "input_blocks.0.0",
-        "conv_norm_out": "out.0",
-        "conv_out": "out.2",
-    }
-    for key, value in unet.items():
-        parts = key.split(".")
-        head = next((name for name in fixed if key.startswith(name + ".")), None)
-        if head is not None:
-            new = fixed[head] + key.removeprefix(head)
-        elif parts[0] == "down_blocks":
-            i, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
-            if kind == "downsamplers":
-                new = f"input_blocks.{(i + 1) * (per_block + 1)}.0.op.{rest.removeprefix('conv.')}"
-            else:
-                new = f"input_blocks.{i * (per_block + 1) + j + 1}.{0 if kind == 'resnets' else 1}.{rest}"
-        elif parts[0] == "up_blocks":
-            i, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
-            if kind == "upsamplers":
-                has_attention = any(k.startswith(f"up_blocks.{i}.attentions.") for k in unet)
-                new = f"output_blocks.{i * (per_block + 1) + per_block}.{2 if has_attention else 1}.{rest}"
-            else:
-                new = f"output_blocks.{i * (per_block + 1) + j}.{0 if kind == 'resnets' else 1}.{rest}"
-        elif parts[0] == "mid_block":
-            kind, j, rest = parts[1], int(parts[2]), ".".join(parts[3:])
-            new = f"middle_block.{1 if kind == 'attentions' else 2 * j}.{rest}"
-        else:
-            raise AssertionError(f"unmapped UNet key {key}")
-        out_state["model.diffusion_model." + resnet("." + new)[1:]] = value
-
-    vae = load_file(model_dir / "vae" / "diffusion_pytorch_model.safetensors")
-    n_up = len(json.loads((model_dir / "vae" / "config.json").read_text())["block_out_channels"])
-    for key, value in vae.items():
-        new = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
-        new = re.sub(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)", r"encoder.down.\1.block.\2", new)
-        new = re.sub(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0", r"encoder.down.\1.downsample", new)
-        new = re.sub(
-            r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)",
-            lambda m: f"decoder.up.{n_up - 1 - int(m[1])}.block.{m[2]}",
-            new,
-        )
-        new = re.sub(
-            r"decoder\.up_blocks\.(\d+)\.upsamplers\.0", lambda m: f"decoder.up.{n_up - 1 - int(m[1])}.upsample", new
-        )
-        new = new.replace("mid_block.resnets.0", "mid.block_1").replace("mid_block.resnets.1", "mid.block_2")
-        if "mid_block.attentions.0" in new:
-            new = new.replace("mid_block.attentions.0", "mid.attn_1")
-            new = new.replace("group_norm", "norm").replace("to_out.0", "proj_out")
-            new = new.replace("to_q", "q").replace("to_k", "k").replace("to_v", "v")
-            if value.ndim == 2:  # the original stores the attention projections as 1x1 convs
-                value = value[:, :, None, None]
-        out_state["first_stage_model." + new] = value
-
-    te1 = load_file(model_dir / "text_encoder" / "model.safetensors")
-    for key, value in te1.items():
-        hf_key = key if key.startswith("text_model.") else "text_model." + key
-        out_state["conditioner.embedders.0.transformer." + hf_key] = value
-
-    te2 = load_file(model_dir / "text_encoder_2" / "model.safetensors")
-    prefix = "conditioner.embedders.1.model."
-    layers: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in te2.items():
-        if key == "text_projection.weight":
-            out_state[prefix + "text_projection"] = value.T.contiguous()
-        elif key == "text_model.embeddings.token_embedding.weight":
-            out_state[prefix + "token_embedding.weight"] = value
-        elif key == "text_model.embeddings.position_embedding.weight":
-            out_state[prefix + "positional_embedding"] = value
-        elif key.startswith("text_model.final_layer_norm."):
-            out_state[prefix + "ln_final." + key.split(".")[-1]] = value
-        elif key.startswith("text_model.encoder.layers."):
-            rest = key.removeprefix("text_model.encoder.layers.")
-            index, name = rest.split(".", 1)
-            base = f"{prefix}transformer.resblocks.{index}."
-            if name.startswith("self_attn.") and name.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
-                layers.setdefault(base, {})[name.split(".", 1)[1]] = value
-                continue
-            name = name.replace("self_attn.out_proj", "attn.out_proj").replace("layer_norm1", "ln_1")
-            name = name.replace("layer_norm2", "ln_2").replace("mlp.fc1", "mlp.c_fc").replace("mlp.fc2", "mlp.c_proj")
-            out_state[base + name] = value
-    for base, parts in layers.items():
-        for kind in ("weight", "bias"):
-            fused = [parts[f"{p}_proj.{kind}"] for p in "qkv"]
-            out_state[f"{base}attn.in_proj_{kind}"] = torch.cat(fused)
-    save_file({k: v.contiguous() for k, v in out_state.items()}, out)
+    write_single_file(model_dir, out)
 
 
 @pytest.fixture(scope="module")
@@ -548,7 +440,7 @@ def test_default_scales_come_from_tnr_lab_json_beside_the_model(tiny_sdxl_dir, t
     (model / "tnr_lab.json").write_text('{"default_scales": {"cfg": 2.5, "cfg++": 1}}')
     assert load_bundle(str(model)).default_scales == {"cfg": 2.5, "cfg++": 1.0}
     for text, message in [
-        ('{"default_scales": {"pag": 2}}', "unknown guidance method 'pag'"),
+        ('{"default_scales": {"warp": 2}}', "unknown guidance method 'warp'"),
         ('{"default_scales": {"cfg": "high"}}', "the default scale of cfg must be a finite number, got 'high'"),
         ('{"default_scales": [3]}', "expected {'default_scales'"),
         ("{nope", "not valid JSON"),

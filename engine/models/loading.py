@@ -1,12 +1,18 @@
 """load_bundle: resolve a model reference, check it, load its parts (ARCHITECTURE.md, "Models").
 
+Families (engine.models.families): SD 1.5, SD 2.x (768-v included) and SDXL, eps- or v-prediction, with or
+without zero terminal SNR; the family decides the conditioning, the empty-negative rule and the preview factors.
+
 References:
 - "embedded": `$TNR_LAB_EMBEDDED_MODEL`, else `<repo>/data/models/shapes-xl` (trained by `python -m engine.toy.train`).
-- a diffusers-format directory (model_index.json, unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/,
-  tokenizer_2/, scheduler/); loaded with `local_files_only`.
-- a single-file `.safetensors` checkpoint plus a config directory (diffusers layout, JSON configs and
-  tokenizers; weights not needed): the `config` argument, else `$TNR_LAB_MODEL_CONFIG`, else a sibling
-  directory `<stem>/` or `<stem>.config/` or the file's own folder when it holds model_index.json.
+- a diffusers-format directory (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/, and for
+  SDXL text_encoder_2/, tokenizer_2/); loaded with `local_files_only`.
+- a single-file `.safetensors` checkpoint in the original layout plus a config directory of the same family
+  (diffusers layout, JSON configs and tokenizers; weights not needed): the `config` argument, else
+  `$TNR_LAB_MODEL_CONFIG`, else a sibling directory `<stem>/` or `<stem>.config/` or the file's own folder when
+  it holds model_index.json. The family comes from the file's keys; an empty `v_pred` tensor marks
+  v-prediction and `ztsnr` zero terminal SNR (ComfyUI and A1111 write and read them; diffusers' from_single_file
+  ignores both), which override the config directory's scheduler config.
 - a hub id ("org/name") when online; with HF_HUB_OFFLINE set only from the local cache.
 
 Only safetensors are read: pickled weights (.ckpt, .bin, .pt, .pth, .pkl) can run arbitrary code when
@@ -30,12 +36,16 @@ from typing import Any
 import torch
 
 from engine.models.bundle import ModelBundle, ModelError
+from engine.models.families import Family
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EMBEDDED_DEFAULT = REPO_ROOT / "data" / "models" / "shapes-xl"
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle")
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 WEIGHTED = ("unet", "vae", "text_encoder", "text_encoder_2")
+# The components of a one-text-encoder family (SD 1.5 / 2.x).
+SD_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SD_WEIGHTED = ("unet", "vae", "text_encoder")
 _MIB = 1 << 20
 
 
@@ -131,15 +141,34 @@ def _variant(folder: Path) -> str | None:
     return "fp16" if files and not plain else None
 
 
-def _check_diffusers_dir(path: Path) -> list[Path]:
-    missing = [c for c in COMPONENTS if not (path / c).is_dir()]
+def _directory_family(path: Path) -> Family:
+    """The family of a diffusers directory from its UNet and text encoder configs (families.py)."""
+    from engine.models.families import SDXL, FamilyError, family_of_directory
+
+    unet_config = path / "unet" / "config.json"
+    te_config = path / "text_encoder" / "config.json"
+    if not unet_config.is_file() or not te_config.is_file():
+        return SDXL  # the missing parts are named by _check_diffusers_dir
+    try:
+        return family_of_directory(_read_json(unet_config), _read_json(te_config))
+    except FamilyError as exc:
+        raise ModelError(f"{path}: {exc}") from exc
+
+
+def _check_diffusers_dir(path: Path, family: Family) -> list[Path]:
+    two = family.text_encoders == 2
+    components, weighted = (COMPONENTS, WEIGHTED) if two else (SD_COMPONENTS, SD_WEIGHTED)
+    missing = [c for c in components if not (path / c).is_dir()]
     if missing:
         hint = ""
         if not (path / "model_index.json").exists():
             hint = " (not a diffusers-format directory: no model_index.json)"
-        raise ModelError(f"{path}: missing {', '.join(missing)}{hint}; an SDXL-topology diffusers directory is needed")
+        raise ModelError(
+            f"{path}: missing {', '.join(missing)}{hint}; an {family.label} diffusers directory has "
+            f"{', '.join(components)}"
+        )
     files = []
-    for c in WEIGHTED:
+    for c in weighted:
         for f in _component_weights(path, c):
             _check_safetensors(f)
             files.append(f)
@@ -167,6 +196,30 @@ def _latent_rgb_beside(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
         raise ModelError(f"{f}: expected {{'factors': [[r, g, b], ...], 'bias': [r, g, b]}} ({exc})") from exc
 
 
+def _tnr_lab_json(path: Path) -> tuple[Path, dict[str, Any]]:
+    f = path / "tnr_lab.json" if path.is_dir() else path.with_name("tnr_lab.json")
+    if not f.is_file():
+        return f, {}
+    data = _read_json(f)
+    if not isinstance(data, dict):
+        raise ModelError(f"{f}: expected a JSON object ({{'default_scales': {{method: scale}}, 'cfg_rescale': phi}})")
+    return f, data
+
+
+def _default_cfg_rescale_beside(path: Path) -> float | None:
+    """`tnr_lab.json` beside the model: {"cfg_rescale": phi}, the CFG rescale a request without one gets on
+    this model (v-prediction / zero-SNR models are used with about 0.7). None when it does not say."""
+    import math
+
+    f, data = _tnr_lab_json(path)
+    if "cfg_rescale" not in data:
+        return None
+    phi = data["cfg_rescale"]
+    if isinstance(phi, bool) or not isinstance(phi, (int, float)) or not math.isfinite(phi) or not 0 <= phi <= 1:
+        raise ModelError(f"{f}: cfg_rescale must be a number between 0 and 1, got {phi!r}")
+    return float(phi)
+
+
 def _default_scales_beside(path: Path) -> dict[str, float]:
     """`tnr_lab.json` beside the model: {"default_scales": {method: scale}}, the scales a request without one
     gets on this model (the embedded model's come from engine.toy.evaluate). Empty when there is none."""
@@ -174,11 +227,8 @@ def _default_scales_beside(path: Path) -> dict[str, float]:
 
     from engine.request import GUIDANCE_METHODS
 
-    f = path / "tnr_lab.json" if path.is_dir() else path.with_name("tnr_lab.json")
-    if not f.is_file():
-        return {}
-    data = _read_json(f)
-    scales = data.get("default_scales", {}) if isinstance(data, dict) else None
+    f, data = _tnr_lab_json(path)
+    scales = data.get("default_scales", {})
     if not isinstance(scales, dict):
         raise ModelError(f"{f}: expected {{'default_scales': {{method: scale}}}}")
     for method, scale in scales.items():
@@ -309,9 +359,11 @@ def _quiet_libraries() -> Iterator[None]:
 
 
 def _load_directory(ref: str, path: Path, dev: torch.device, dt: torch.dtype) -> ModelBundle:
-    files = _check_diffusers_dir(path)
+    family = _directory_family(path)
+    files = _check_diffusers_dir(path, family)
     scheduler_config = _read_json(path / "scheduler" / "scheduler_config.json")
     index = _read_json(path / "model_index.json") if (path / "model_index.json").exists() else {}
+    two = family.text_encoders == 2
     try:
         with _quiet_libraries():
             from diffusers import UNet2DConditionModel
@@ -330,17 +382,22 @@ def _load_directory(ref: str, path: Path, dev: torch.device, dt: torch.dtype) ->
             text_encoder = CLIPTextModel.from_pretrained(
                 path / "text_encoder", dtype=dt, local_files_only=True, variant=_variant(path / "text_encoder")
             )
-            text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
-                path / "text_encoder_2", dtype=dt, local_files_only=True, variant=_variant(path / "text_encoder_2")
-            )
             tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
-            tokenizer_2 = CLIPTokenizer.from_pretrained(path / "tokenizer_2", local_files_only=True)
+            text_encoder_2 = tokenizer_2 = None
+            if two:
+                text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
+                    path / "text_encoder_2",
+                    dtype=dt,
+                    local_files_only=True,
+                    variant=_variant(path / "text_encoder_2"),
+                )
+                tokenizer_2 = CLIPTokenizer.from_pretrained(path / "tokenizer_2", local_files_only=True)
             decoder = load_sdxl_decoder(path / "vae", dev)
     except ModelError:
         raise
     except Exception as exc:
         raise ModelError(f"{path}: cannot load the model ({_first_line(exc)})") from exc
-    _check_topology(path, unet, text_encoder, text_encoder_2)
+    _check_topology(path, family, unet, text_encoder, text_encoder_2)
     return ModelBundle(
         ref=ref,
         path=path,
@@ -350,15 +407,25 @@ def _load_directory(ref: str, path: Path, dev: torch.device, dt: torch.dtype) ->
         dtype=dt,
         unet=unet.to(dev).eval(),
         text_encoder=text_encoder.to(dev).eval(),
-        text_encoder_2=text_encoder_2.to(dev).eval(),
+        text_encoder_2=text_encoder_2.to(dev).eval() if text_encoder_2 is not None else None,
         tokenizer=_fix_max_length(tokenizer),
-        tokenizer_2=_fix_max_length(tokenizer_2),
+        tokenizer_2=_fix_max_length(tokenizer_2) if tokenizer_2 is not None else None,
         decoder=decoder,
         scheduler_config=scheduler_config,
-        force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", True)),
+        force_zeros_for_empty_prompt=_force_zeros(family, index),
         latent_rgb=_latent_rgb_beside(path),
         default_scales=_default_scales_beside(path),
+        family=family,
+        default_cfg_rescale=_default_cfg_rescale_beside(path),
     )
+
+
+def _force_zeros(family: Family, index: dict[str, Any]) -> bool:
+    """Whether an empty negative prompt is zero conditioning: SDXL's pipeline does it unless its model index
+    says `force_zeros_for_empty_prompt: false`; SD 1.5/2.x's pipeline has no such option and encodes ""."""
+    if not family.zeros_for_empty_negative:
+        return False
+    return bool(index.get("force_zeros_for_empty_prompt", True))
 
 
 def _fix_max_length(tokenizer: Any) -> Any:
@@ -368,21 +435,21 @@ def _fix_max_length(tokenizer: Any) -> Any:
     return tokenizer
 
 
-def _check_topology(path: Path, unet: Any, te1: Any, te2: Any) -> None:
+def _check_topology(path: Path, family: Family, unet: Any, te1: Any, te2: Any) -> None:
     cfg = unet.config
-    if cfg.addition_embed_type != "text_time":
+    if family.added_conditioning and cfg.addition_embed_type != "text_time":
         raise ModelError(
             f"{path}: the UNet has no SDXL 'text_time' conditioning (addition_embed_type {cfg.addition_embed_type!r})"
         )
-    width = te1.config.hidden_size + te2.config.hidden_size
-    if cfg.cross_attention_dim != width:
+    widths = [te.config.hidden_size for te in (te1, te2) if te is not None]
+    if cfg.cross_attention_dim != sum(widths):
         raise ModelError(
-            f"{path}: UNet cross_attention_dim {cfg.cross_attention_dim} != text encoder widths "
-            f"{te1.config.hidden_size} + {te2.config.hidden_size}"
+            f"{path}: UNet cross_attention_dim {cfg.cross_attention_dim} != text encoder width"
+            f"{'s' if len(widths) > 1 else ''} {' + '.join(str(w) for w in widths)} ({family.label})"
         )
 
 
-def _single_file_config_dir(path: Path, config: str | Path | None) -> Path:
+def _single_file_config_dir(path: Path, config: str | Path | None, family: Family) -> Path:
     candidates = []
     if config is not None:
         candidates.append(Path(config).expanduser())
@@ -395,33 +462,98 @@ def _single_file_config_dir(path: Path, config: str | Path | None) -> Path:
             return c
     tried = ", ".join(str(c) for c in candidates)
     raise ModelError(
-        f"{path}: a single-file checkpoint needs a config directory (diffusers layout: model_index.json, "
-        f"unet/config.json, vae/, text encoders' configs, tokenizers); none found at {tried}"
+        f"{path}: a single-file checkpoint needs a config directory of an {family.label} model "
+        f"(diffusers layout: model_index.json, unet/config.json, vae/, text encoders' configs, tokenizers); none "
+        f"found at {tried}"
     )
+
+
+def single_file_header(path: Path) -> tuple[set[str], dict[str, tuple[int, ...]]]:
+    """The tensor names and shapes of a safetensors file (header only), or ModelError naming the file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys}
+    except Exception as exc:  # safetensors raises its own error types
+        raise ModelError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if not keys:
+        raise ModelError(f"{path}: safetensors file holds no tensors")
+    return set(keys), shapes
+
+
+def single_file_family(path: Path) -> tuple[Family, bool, bool]:
+    """(family, v_pred marker, ztsnr marker) of a single-file checkpoint, or ModelError in one line."""
+    from engine.models.families import FamilyError, family_of_keys
+
+    keys, shapes = single_file_header(path)
+    try:
+        family = family_of_keys(keys, shapes)
+    except FamilyError as exc:
+        raise ModelError(f"{path}: not an SD 1.5, SD 2.x or SDXL checkpoint: {exc}") from exc
+    return family, "v_pred" in keys, "ztsnr" in keys
+
+
+def apply_markers(
+    scheduler_config: dict[str, Any], v_pred: bool, ztsnr: bool
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """A config directory's scheduler config with a single file's markers applied, and notes saying so.
+
+    `v_pred` -> prediction_type v_prediction; `ztsnr` -> rescale_betas_zero_snr with trailing spacing (zero
+    terminal SNR is sampled from the last timestep, Lin et al. 2023), as ComfyUI and A1111 read them.
+    """
+    config, notes = dict(scheduler_config), []
+    if v_pred and config.get("prediction_type") != "v_prediction":
+        config["prediction_type"] = "v_prediction"
+        notes.append("the checkpoint's 'v_pred' key: v-prediction (the config directory says epsilon)")
+    if ztsnr and not config.get("rescale_betas_zero_snr"):
+        config["rescale_betas_zero_snr"] = True
+        config["timestep_spacing"] = "trailing"
+        notes.append("the checkpoint's 'ztsnr' key: zero terminal SNR, trailing spacing")
+    return config, tuple(notes)
 
 
 def _load_single_file(
     ref: str, path: Path, dev: torch.device, dt: torch.dtype, config: str | Path | None
 ) -> ModelBundle:
-    _check_safetensors(path)
-    config_dir = _single_file_config_dir(path, config)
+    family, v_pred, ztsnr = single_file_family(path)
+    config_dir = _single_file_config_dir(path, config, family)
+    config_family = _directory_family(config_dir)
+    if config_family is not family:
+        raise ModelError(
+            f"{path}: the checkpoint is {family.label}, but its config directory {config_dir} is an "
+            f"{config_family.label} model's; give one of the same family (TNR_LAB_MODEL_CONFIG=DIR, or a folder named after the file beside it)"
+        )
+    two = family.text_encoders == 2
     try:
         with _quiet_libraries():
-            from diffusers import StableDiffusionXLPipeline
+            import diffusers
 
             from engine.decoder import SDXLDecoder
 
-            pipe = StableDiffusionXLPipeline.from_single_file(
-                str(path), config=str(config_dir), local_files_only=True, torch_dtype=torch.float32
+            pipeline_class = getattr(diffusers, family.pipeline_class)
+            extra: dict[str, Any] = {} if two else {"safety_checker": None, "requires_safety_checker": False}
+            pipe = pipeline_class.from_single_file(
+                str(path), config=str(config_dir), local_files_only=True, torch_dtype=torch.float32, **extra
             )
             decoder = SDXLDecoder(dict(pipe.vae.config))
             decoder.load_decoder_state(pipe.vae.state_dict())
+            text_encoder_2 = pipe.text_encoder_2 if two else None
+            _check_topology(path, family, pipe.unet, pipe.text_encoder, text_encoder_2)
+            # Cast inside the quiet block: diffusers warns about casting with `to()` (nothing to keep in float32).
+            unet = pipe.unet.to(dev, dt).eval()
+            text_encoder = pipe.text_encoder.to(dev, dt).eval()
+            if text_encoder_2 is not None:
+                text_encoder_2 = text_encoder_2.to(dev, dt).eval()
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelError(f"{path}: cannot load the checkpoint ({_first_line(exc)})") from exc
-    _check_topology(path, pipe.unet, pipe.text_encoder, pipe.text_encoder_2)
-    scheduler_config = _read_json(config_dir / "scheduler" / "scheduler_config.json")
+        raise ModelError(f"{path}: cannot load the {family.label} checkpoint ({_first_line(exc)})") from exc
+    scheduler_config, notes = apply_markers(
+        _read_json(config_dir / "scheduler" / "scheduler_config.json"), v_pred, ztsnr
+    )
+    index = _read_json(config_dir / "model_index.json")
     return ModelBundle(
         ref=ref,
         path=path,
@@ -429,14 +561,17 @@ def _load_single_file(
         identity=weights_identity([path], path.parent),
         device=dev,
         dtype=dt,
-        unet=pipe.unet.to(dev, dt).eval(),
-        text_encoder=pipe.text_encoder.to(dev, dt).eval(),
-        text_encoder_2=pipe.text_encoder_2.to(dev, dt).eval(),
+        unet=unet,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
         tokenizer=_fix_max_length(pipe.tokenizer),
-        tokenizer_2=_fix_max_length(pipe.tokenizer_2),
+        tokenizer_2=_fix_max_length(pipe.tokenizer_2) if two else None,
         decoder=decoder.to(dev).eval(),
         scheduler_config=scheduler_config,
-        force_zeros_for_empty_prompt=bool(pipe.config.get("force_zeros_for_empty_prompt", True)),
+        force_zeros_for_empty_prompt=_force_zeros(family, index),
         latent_rgb=_latent_rgb_beside(path),
         default_scales=_default_scales_beside(path),
+        family=family,
+        default_cfg_rescale=_default_cfg_rescale_beside(path),
+        notes=notes,
     )
