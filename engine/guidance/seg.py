@@ -44,7 +44,8 @@ class SmoothedEnergy(PerturbedGuider):
             "seg_blur_sigma",
             9999999.0,
             minimum=0.0,
-            help="query blur; above 9999.9 a Gaussian cut to the token grid, below it the mean (diffusers' rule)",
+            help="query blur in tokens of the layer's grid (so its reach depends on the resolution); above 9999.9 "
+            "a Gaussian cut to the grid, below it the mean (diffusers' rule)",
         ),
         Param("seg_guidance_start", 0.0, minimum=0.0, maximum=1.0, help="p is used strictly after int(start N)"),
         Param("seg_guidance_stop", 1.0, minimum=0.0, maximum=1.0, help="... and strictly before int(stop N)"),
