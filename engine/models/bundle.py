@@ -207,12 +207,15 @@ class ModelBundle:
     def schedule(self) -> Schedule:
         import json
 
-        from engine.schedule import Schedule
+        from engine.schedule import Schedule, ScheduleError
 
         config = self.scheduler_config
         key = json.dumps(config, sort_keys=True, default=str)
         if self._schedule is None or self._schedule[0] != key:
-            self._schedule = (key, Schedule.from_config(config))
+            try:
+                self._schedule = (key, Schedule.from_config(config))
+            except ScheduleError as exc:  # a ModelError naming the model: one line in the CLI and the TUI
+                raise ModelError(f"{self.path}: {exc}") from exc
         return self._schedule[1]
 
     def set_prediction(self, prediction_type: str | None = None, zero_snr: bool | None = None) -> None:

@@ -73,7 +73,11 @@ def add_parser(subparsers: Any) -> None:
         help="True Noise Removal on the method's guided prediction: n + S (e - n) (cfg --tnr is tnr-cfg)",
     )
     p.add_argument("--tnr-power", dest="tnr_power", help="TNR exponent p (default 0.25)")
-    p.add_argument("--cfg-rescale", dest="cfg_rescale", help="CFG rescale phi in [0, 1] (default 0)")
+    p.add_argument(
+        "--cfg-rescale",
+        dest="cfg_rescale",
+        help="CFG rescale phi in [0, 1] (default: the model's: tnr_lab.json, 0.7 at zero terminal SNR, else 0)",
+    )
     p.add_argument(
         "--weighted",
         "--prompt-weight",
@@ -83,6 +87,7 @@ def add_parser(subparsers: Any) -> None:
         help="one prompt of the N-prompt form with its scale; repeat (at least twice)",
     )
     add_unit_options(p)
+    add_model_options(p)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", help="auto (default), float32, float16, bfloat16")
     p.add_argument("--threads", type=int, default=argparse.SUPPRESS, help=THREADS_HELP)
@@ -91,6 +96,66 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--data-dir", default=argparse.SUPPRESS, help="history location (as the global --data-dir)")
     p.set_defaults(func=run)
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """--lora (repeatable), --prediction-type, --zero-snr / --no-zero-snr: what a run asks of the model."""
+    p.add_argument(
+        "--lora",
+        dest="lora",
+        action="append",
+        metavar="PATH[:WEIGHT]",
+        help="a LoRA (.safetensors; kohya/A1111 or diffusers layout) with its weight (default 1); repeat for "
+        "several; a bare NAME is looked up in $TNR_LAB_LORA_DIRS (needs peft: pip install 'tnr-lab[lora]')",
+    )
+    p.add_argument(
+        "--prediction-type",
+        dest="prediction_type",
+        choices=("epsilon", "v_prediction"),
+        help="override what the model predicts (a single file without a 'v_pred' key that is a v model)",
+    )
+    p.add_argument(
+        "--zero-snr",
+        dest="zero_snr",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="override zero terminal SNR (rescale_betas_zero_snr; turning it on samples trailing spacing)",
+    )
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The request fields of add_model_options' flags (only those given)."""
+    from engine.models.lora import parse_lora_arg
+    from engine.request import LoraSpec
+
+    values: dict[str, Any] = {}
+    if getattr(args, "lora", None):
+        values["loras"] = tuple(LoraSpec(*parse_lora_arg(item)) for item in args.lora)
+    if getattr(args, "prediction_type", None) is not None:
+        values["prediction_type"] = args.prediction_type
+    if getattr(args, "zero_snr", None) is not None:
+        values["zero_snr"] = bool(args.zero_snr)
+    return values
+
+
+def model_message(bundle: Any, request: Any = None) -> str:
+    """'sampling on cpu (float32): SD 2.x, v-prediction; LoRA style 0.8': what the run samples with.
+
+    With a request, the model is first set up for it (bundle.configure: its LoRAs and overrides; the sampler
+    does it again, at no cost), so the line says what the run really uses and a bad LoRA fails here."""
+    configure = getattr(bundle, "configure", None)
+    if request is not None and configure is not None:
+        configure(request)
+    text = f"sampling on {bundle.device} ({str(bundle.dtype).removeprefix('torch.')})"
+    describe = getattr(bundle, "describe", None)
+    if describe is not None:
+        text += f": {describe()}"
+    loras = getattr(bundle, "active_loras", None) or []
+    if loras:
+        text += "; " + ", ".join(f"LoRA {lora['name']} {lora['weight']:g}" for lora in loras)
+    for note in getattr(bundle, "notes", ()):
+        text += f"\nnote: {note}"
+    return text
 
 
 def parse_weighted(items: list[str]) -> list[tuple[str, float]]:
@@ -119,6 +184,7 @@ def build_request(args: argparse.Namespace) -> Any:
         values["tnr"] = True
     if getattr(args, "discrete_timesteps", None):
         values["discrete_timesteps"] = True
+    values.update(model_options(args))
     weighted = parse_weighted(args.weighted or [])
     if weighted:
         values["prompts"] = tuple(weighted)
@@ -226,7 +292,7 @@ def run_request(
             save_latent=save_latent,
             origin=origin,
             parent_id=parent_id,
-            on_model_loaded=lambda b: bar.message(f"sampling on {b.device} ({str(b.dtype).removeprefix('torch.')})"),
+            on_model_loaded=lambda b: bar.message(model_message(b, request)),
         )
     except (ModelError, SamplingError, RequestError, HistoryError) as e:
         raise UserError(str(e).strip().splitlines()[0]) from None
