@@ -1,4 +1,5 @@
-"""The lab's own SDXL VAE decoder: a compact torch module, no diffusers import (MATH.md 6).
+"""The lab's own VAE decoder (SDXL's and SD 1.5/2.x's: the same block structure, scaling 0.13025 or
+0.18215 from the VAE's config): a compact torch module, no diffusers import (MATH.md 6).
 
     image = decoder(post_quant_conv(latent / scaling_factor))      in float32, always
 
@@ -224,3 +225,7 @@ def _vae_weights_file(vae_dir: Path) -> Path:
         if (vae_dir / name).is_file():
             return vae_dir / name
     raise FileNotFoundError(f"{vae_dir}: no diffusion_pytorch_model.safetensors")
+
+
+# The same decoder serves every family here (SD 1.5/2.x's VAE has SDXL's block structure); the neutral name.
+VAEDecoder = SDXLDecoder
