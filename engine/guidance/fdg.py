@@ -33,7 +33,7 @@ from engine.guidance.base import (
     per_level,
     rescale_cfg,
 )
-from engine.units import GUIDANCE, Param, UnitError
+from engine.units import GUIDANCE, Param
 
 
 def laplacian_pyramid(x, levels: int):  # noqa: ANN001, ANN201 (tensors; torch-free module)
@@ -110,7 +110,9 @@ class FrequencyDecoupled(DiffusersGuider):
     def __init__(self, scale, settings=None, *, cfg_rescale: float = 0.0) -> None:  # noqa: ANN001
         super().__init__(scale, settings, cfg_rescale=cfg_rescale)
         if importlib.util.find_spec("kornia") is None:
-            raise UnitError("guidance method 'fdg' needs kornia: pip install 'tnr-lab[guidance]' (or kornia)")
+            from engine.request import RequestError  # what the CLI and the TUI show as one line
+
+            raise RequestError("guidance method 'fdg' needs kornia: pip install 'tnr-lab[guidance]' (or kornia)")
         s = self.settings
         self.scales = [float(g) for g in s["guidance_scales"]]
         levels = len(self.scales)

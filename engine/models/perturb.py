@@ -28,13 +28,15 @@ from typing import Any
 import torch
 
 from engine.guidance.base import Perturbation
+from engine.models.bundle import ModelError
 
 PERTURBATION_KINDS = ("attention_scores", "layer_skip", "smoothed_energy")
 _HOOK_PREFIX = "tnr_lab_perturbation"
 
 
-class PerturbationError(ValueError):
-    """A perturbation does not fit the model (no layer matches); the message is for the user as is."""
+class PerturbationError(ModelError, ValueError):
+    """A perturbation does not fit the model (no layer matches); the message is for the user as is (the CLI
+    and the run record show it as a model error, one line)."""
 
 
 def _is_self_attention(module: Any) -> bool:
