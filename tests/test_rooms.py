@@ -36,6 +36,16 @@ def test_the_probe_sees_what_is_imported():
         'import tnr_tui.cli as c; c.build_parser().parse_args(["generate", "--prompt", "x", "--out", "x.png"])',
         "import engine",
         "import engine.request",
+        "import tnr_tui.ui.app",
+        # every unit of every registry, declared and instantiable without torch (the TUI builds its panels first)
+        "from engine import units\n"
+        "for r in (units.SOLVERS, units.GUIDANCE, units.SCHEDULES):\n"
+        "    assert r.names()\n"
+        "from engine.request import GenerationRequest\n"
+        "for s in units.SOLVERS.names():\n"
+        "    GenerationRequest(prompt='x', solver=s).model_evaluations\n"
+        "for g in units.GUIDANCE.names():\n"
+        "    GenerationRequest(prompt='x', guidance=g).model_evaluations",
     ],
 )
 def test_tui_and_cli_parsing_load_no_heavy_library(code):

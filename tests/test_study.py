@@ -31,7 +31,7 @@ TINY = StudyConfig(
 
 def test_solver_arms_spend_equal_evaluations() -> None:
     arms = solver_arms(StudyConfig(budgets=(20,)))
-    assert {(a.guidance, a.solver): (a.steps, a.evaluations) for a in arms} == {
+    assert {(a.guidance, a.solver): (a.steps, a.planned_evaluations) for a in arms} == {
         ("none", "euler"): (20, 20),
         ("none", "heun"): (10, 19),
         ("none", "rk4"): (6, 21),
@@ -243,7 +243,7 @@ def test_a_plot_that_fails_is_a_warning_and_the_numbers_are_already_written(
 ) -> None:
     import json
 
-    import tnr_tui.services.study as study
+    import tnr_tui.services.study.runner as study  # where run_study looks the plot up
 
     seen: list[bool] = []
 
@@ -269,7 +269,7 @@ def test_a_plot_that_fails_is_a_warning_and_the_numbers_are_already_written(
 def test_the_study_cli_prints_a_failed_plot_and_exits_0(
     tiny_sdxl_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import tnr_tui.services.study as study
+    import tnr_tui.services.study.runner as study  # where run_study looks the plot up
     from tnr_tui.cli import main
 
     def broken_sheet(cfg, results, path, embedded):

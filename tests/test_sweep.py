@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from tnr_tui.services.cells import GridCell
 from tnr_tui.services.sweep import (
-    Cell,
     SweepError,
     SweepSpec,
     cell_key_of_request,
+    cell_request,
     evaluations,
     matched_steps,
     parse_scales,
@@ -120,13 +121,13 @@ def test_spec_rejects_bad_arguments() -> None:
 def test_cell_key_round_trips_through_a_recorded_request() -> None:
     spec = SweepSpec(prompts=("p",), methods=("cfg", "tnr"), scales={"cfg": (3.0,)}, seeds=(7,))
     for cell in plan(spec):
-        request = cell.request(spec, "sw-1")
+        request = cell_request(cell, spec, "sw-1")
         assert request.tags == {"sweep": "sw-1"}
         assert cell_key_of_request(request.to_dict()) == cell.key
     # a cfg run recorded without a scale used the method's default
     assert (
         cell_key_of_request({"prompt": "p", "guidance": "cfg", "scale": None, "solver": "euler", "steps": 3, "seed": 1})
-        == Cell("p", "cfg", 5.0, "euler", 3, 1).key
+        == GridCell("cfg", 5.0, "euler", 3, prompt="p", seed=1).key
     )
 
 

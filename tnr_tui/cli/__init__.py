@@ -15,6 +15,8 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from tnr_tui.cli.errors import UserError
+
 # Subcommand modules, in the order `--help` lists them. A module missing here is a bug, not a feature flag.
 SUBCOMMANDS = ("generate", "history", "sweep", "study", "units")
 
@@ -23,10 +25,6 @@ THREADS_HELP = (
     "torch CPU threads for the lab and generate (default: 1 on machines with 2 cores or fewer, where two threads "
     "ran 3-5x slower next to one busy process; else torch's default; 0 = torch's default; env TNR_LAB_THREADS)"
 )
-
-
-class UserError(Exception):
-    """An error caused by the user's input or environment; printed without traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if args.command is None:
-            from tnr_tui.ui.app import run_app
+            from tnr_tui.cli.lab import run_app
 
             return run_app(args)
         code = int(args.func(args) or 0)

@@ -331,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
     save_latent = Path(args.save_latent).expanduser() if args.save_latent else None
     check_paths(out, save_latent)
 
-    from tnr_tui.cli.history import open_history
+    from tnr_tui.cli.common import open_history
     from tnr_tui.services.text import visible
     from tnr_tui.services.threads import apply_cpu_threads
 

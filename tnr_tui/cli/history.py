@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tnr_tui.cli import UserError
+from tnr_tui.cli.common import open_history
 from tnr_tui.services.text import visible
 
 RUN_STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
@@ -112,22 +113,6 @@ def filters_of(args: argparse.Namespace) -> Any:
             sweep=args.sweep,
         )
     except FilterError as e:
-        raise UserError(str(e)) from None
-
-
-def open_history(args: argparse.Namespace) -> Any:
-    """The store of --data-dir / $TNR_LAB_HOME / the user data dir, with history errors as UserError.
-
-    Commands whose parser sets `readonly` (list, show, export) open it read-only: they work on a read-only
-    history and never create one (`NoHistory` passes through for `run` to word).
-    """
-    from tnr_tui.services.history import HistoryError, NoHistory, open_store
-
-    try:
-        return open_store(getattr(args, "data_dir", None), readonly=getattr(args, "readonly", False))
-    except NoHistory:
-        raise
-    except HistoryError as e:
         raise UserError(str(e)) from None
 
 

@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     spec = build_spec(args)
 
     from engine.models import ModelError, load_bundle
-    from tnr_tui.cli.history import open_history
+    from tnr_tui.cli.common import open_history
     from tnr_tui.services.sweep import SweepError, run_sweep
 
     out = prepare_out_dir(args.out)

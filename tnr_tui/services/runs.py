@@ -146,7 +146,7 @@ def _metrics(image: Any, prompt: str, model: str, bundle: Any) -> dict[str, floa
     import numpy as np
 
     from engine.metrics import image_metrics
-    from tnr_tui.services.sweep import check_verdicts, is_embedded
+    from tnr_tui.services.checks import check_verdicts, is_embedded
 
     values = image_metrics(np.asarray(image.convert("RGB"), dtype=np.uint8))
     if is_embedded(model, bundle):

@@ -7,7 +7,6 @@ thread directly and the worker never touches widgets.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -19,11 +18,11 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from engine.request import EMBEDDED_MODEL, GenerationRequest
+from tnr_tui.services.text import visible
 from tnr_tui.ui.screens.compare import CompareScreen
 from tnr_tui.ui.screens.history import HistoryScreen
 from tnr_tui.ui.screens.lab import LabScreen
-from tnr_tui.services.text import visible
-from tnr_tui.ui.widgets.picture import ENV_PROTOCOL, import_image_library, load_image_class, prepare_images
+from tnr_tui.ui.widgets.picture import import_image_library, load_image_class, prepare_images
 from tnr_tui.ui.worker import DeviceWorker, ModelState, RunEnded, RunPreview, RunProgress, RunStarted
 
 KEYMAP_FILE = "keymap.json"  # {"binding id": "keys"}, e.g. {"lab.run": "ctrl+g"}, in the data directory
@@ -309,27 +308,3 @@ class TnrLabApp(App[int]):
     def action_screenshot(self) -> None:
         path = self.save_screenshot(path=str(self.resolved_data_dir()))
         self.notify(f"screenshot saved: {path}", markup=False)
-
-
-def run_app(args: Any) -> int:
-    """Entry point from the CLI: args has data_dir, image_protocol, model, threads."""
-    from tnr_tui.cli import UserError
-    from tnr_tui.services.threads import choose_cpu_threads
-
-    protocol = getattr(args, "image_protocol", None) or os.environ.get(ENV_PROTOCOL, "auto")
-    data_dir = getattr(args, "data_dir", None)
-    if data_dir is not None and not str(data_dir).strip():
-        raise UserError("--data-dir is empty; give a directory (or leave it out for the default)")
-    threads = getattr(args, "threads", None)
-    try:
-        choose_cpu_threads(threads)  # a bad --threads or $TNR_LAB_THREADS stops here, not in the worker
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    app = TnrLabApp(
-        data_dir=Path(data_dir) if data_dir else None,
-        model=getattr(args, "model", None),
-        image_protocol=protocol,
-        threads=threads,
-    )
-    result = app.run()
-    return int(result or 0)

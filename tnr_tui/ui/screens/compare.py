@@ -22,6 +22,7 @@ from engine.request import (
     RequestError,
     parse_field,
 )
+from tnr_tui.services.cells import GridCell
 from tnr_tui.ui.screens import preset_breakpoints
 from tnr_tui.ui.screens.lab import EXAMPLE_PROMPT
 from tnr_tui.ui.widgets.fields import TextInput
@@ -31,7 +32,10 @@ DEFAULT_METHODS = "none cfg:3 cfg:7 cfg++:0.8 tnr tnr-cfg:5"
 
 
 @dataclass(frozen=True)
-class Cell:
+class Tile:
+    """One picture of the grid: the sampling cell (services.cells, as sweeps and the study use) and its run."""
+
+    cell: GridCell
     label: str
     request: GenerationRequest
 
@@ -49,14 +53,17 @@ def parse_methods(spec: str) -> list[tuple[str, float | None]]:
     return out
 
 
-def plan_grid(base: GenerationRequest, methods: str, solvers: str) -> list[list[Cell]]:
+def plan_grid(base: GenerationRequest, methods: str, solvers: str) -> list[list[Tile]]:
     """Rows of cells: one row per solver, one cell per method:scale. In each column (one method) every
     solver gets the step count whose model evaluations are nearest those of the base request's steps with
     Euler under that method: P * (k * (steps - 1) + 1), the last step being Euler, the sweep's own rule
     (`tnr_tui.services.sweep.matched_steps`), so a grid cell and the sweep's matched cell are the same run.
     Methods are compared at the same steps, as typed (`tnr-lab sweep --match-evaluations` also matches
     the methods' budgets)."""
-    from tnr_tui.services.sweep import evaluations, matched_steps  # here: the sweep module is not needed for the first frame
+    from tnr_tui.services.sweep import (  # here: the sweep module is not needed for the first frame
+        evaluations,
+        matched_steps,
+    )
 
     names = solvers.replace(",", " ").split() or [base.solver]
     for name in names:
@@ -68,14 +75,12 @@ def plan_grid(base: GenerationRequest, methods: str, solvers: str) -> list[list[
         row = []
         for method, scale in parse_methods(methods):
             steps = matched_steps(solver, method, evaluations("euler", method, base.steps))
-            request = base.replace(
-                solver=solver, steps=steps, guidance=method, scale=scale, tags={**base.tags, "compare": grid_id}
-            )
+            cell = GridCell(method, scale, solver, steps)
+            request = cell.request(base, tags={**base.tags, "compare": grid_id})
             # No scale given: the model's default (tnr_lab.json) or the lab's, resolved when the run starts.
             shown = "" if method in ("none", "tnr") else (f" {scale:g}" if scale is not None else " (default scale)")
             # The exact count (the last step is Euler), not request.model_evaluations, which is an upper bound.
-            spent = evaluations(solver, method, steps)
-            row.append(Cell(f"{method}{shown} · {solver} {steps} steps · {spent} evals", request))
+            row.append(Tile(cell, f"{method}{shown} · {solver} {steps} steps · {cell.planned_evaluations} evals", request))
         rows.append(row)
     return rows
 

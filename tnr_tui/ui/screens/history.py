@@ -18,9 +18,9 @@ from textual.timer import Timer
 from textual.widgets import Checkbox, DataTable, Footer, Header, Input, Select, Static
 
 from engine.request import GUIDANCE_METHODS, GenerationRequest, RequestError
+from tnr_tui.services.text import visible
 from tnr_tui.ui.screens import preset_breakpoints
 from tnr_tui.ui.screens.dialogs import ConfirmDialog, ExportDialog, NoteDialog
-from tnr_tui.services.text import visible
 from tnr_tui.ui.widgets.fields import TextInput
 from tnr_tui.ui.widgets.picture import Picture, read_image
 

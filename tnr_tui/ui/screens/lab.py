@@ -24,8 +24,8 @@ from engine.request import (
     WeightedPrompt,
     parse_field,
 )
-from tnr_tui.ui.screens import preset_breakpoints
 from tnr_tui.services.text import visible
+from tnr_tui.ui.screens import preset_breakpoints
 from tnr_tui.ui.widgets.fields import RequestField, TextInput
 from tnr_tui.ui.widgets.picture import Picture
 

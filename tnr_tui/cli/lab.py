@@ -1,0 +1,34 @@
+"""`tnr-lab` with no command: open the lab (the Textual app), after checking its options."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from tnr_tui.cli.errors import UserError
+
+
+def run_app(args: Any) -> int:
+    """Launch the TUI: args has data_dir, image_protocol, model, threads."""
+    from tnr_tui.services.threads import choose_cpu_threads
+    from tnr_tui.ui.app import TnrLabApp
+    from tnr_tui.ui.widgets.picture import ENV_PROTOCOL
+
+    protocol = getattr(args, "image_protocol", None) or os.environ.get(ENV_PROTOCOL, "auto")
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir is not None and not str(data_dir).strip():
+        raise UserError("--data-dir is empty; give a directory (or leave it out for the default)")
+    threads = getattr(args, "threads", None)
+    try:
+        choose_cpu_threads(threads)  # a bad --threads or $TNR_LAB_THREADS stops here, not in the worker
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    app = TnrLabApp(
+        data_dir=Path(data_dir) if data_dir else None,
+        model=getattr(args, "model", None),
+        image_protocol=protocol,
+        threads=threads,
+    )
+    result = app.run()
+    return int(result or 0)

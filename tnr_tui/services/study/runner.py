@@ -1,0 +1,166 @@
+"""The study as one command: sample every arm, write the numbers (study.json, study.md) first, then the pictures."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tnr_tui.services.study.design import (
+    SHEET_SEEDS,
+    Arm,
+    StudyConfig,
+    StudyError,
+    all_arms,
+    prompt_for_seed,
+    single_arms,
+)
+from tnr_tui.services.study.plots import plot_accuracy_vs_evaluations, plot_metrics_vs_scale
+from tnr_tui.services.study.running import ArmResult, SampleFn, engine_sampler, run_arms
+from tnr_tui.services.study.statistics import bootstrap_indices
+from tnr_tui.services.study.tables import _write_text, best_scale, write_markdown
+from tnr_tui.services.sweep.sheets import draw_sheet
+from tnr_tui.services.sweep.spec import matched_steps, reference_budget
+
+# ---- the study ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StudyReport:
+    markdown: Path
+    plots: list[Path]
+    seconds: float
+    images: int
+    json: Path | None = None
+    warnings: list[str] = field(default_factory=list)  # plots that could not be drawn
+    run_warnings: list[str] = field(default_factory=list)  # what the runs warned (a grid that started low), once
+
+
+def run_study(
+    cfg: StudyConfig,
+    out_dir: Path,
+    *,
+    bundle: Any = None,
+    sample_fn: SampleFn | None = None,
+    model_description: str = "",
+    keep_images: bool = False,
+    clip_model: Path | None = None,
+    command: str | None = None,
+    started: float | None = None,
+    log: Callable[[str], None] = print,
+) -> StudyReport:
+    """Sample every arm, then write study.json and study.md (the numbers), then the plots and the contact sheet
+    into `out_dir`. A plot that fails is a warning (in the report, the log and study.md), never a lost study.
+
+    `started`: a `time.perf_counter()` taken before the model was loaded, so the reported time covers it."""
+    started = time.perf_counter() if started is None else started
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if sample_fn is None:
+        if bundle is None:
+            from engine.models import load_bundle
+
+            bundle = load_bundle(cfg.model)
+        sample_fn = engine_sampler(bundle)
+    from tnr_tui.services.checks import is_embedded
+
+    embedded = is_embedded(cfg.model, bundle)
+    if not model_description and bundle is not None:
+        model_description = f"{bundle.name} (identity {bundle.identity}, {bundle.path})"
+    scorer = None
+    if clip_model is not None:
+        from engine.metrics import ClipScorer, MetricsError
+
+        try:
+            scorer = ClipScorer(clip_model)
+        except MetricsError as e:
+            raise StudyError(str(e)) from None
+    arms = all_arms(cfg)
+    log(f"study: {len(arms)} arms x {cfg.samples} seeds = {len(arms) * cfg.samples} images")
+    results = run_arms(
+        arms,
+        cfg,
+        sample_fn,
+        embedded=embedded,
+        keep_images=out_dir / "images" if keep_images else None,
+        scorer=scorer,
+        log=log,
+    )
+    seconds = time.perf_counter() - started
+    indices = bootstrap_indices(cfg.samples)
+    data = {
+        "config": {**cfg.__dict__, "scales": {k: list(v) for k, v in cfg.scales.items()}},
+        "seconds": seconds,
+        "arms": [
+            {
+                **r.arm.__dict__,
+                "label": r.arm.label,
+                "evaluations": r.evaluations,
+                "seconds": r.seconds,
+                "schedules": r.schedules,
+                "warnings": r.warnings,
+                **r.values,
+            }
+            for r in results.values()
+        ],
+    }
+    json_path = _write_text(out_dir / "study.json", json.dumps(data, indent=1) + "\n")
+    command = command or f"tnr-lab study --samples {cfg.samples} --steps {cfg.steps} --out {out_dir}"
+
+    def markdown(plots: list[Path], failed: list[str]) -> Path:
+        return write_markdown(
+            cfg, results, indices, out_dir / "study.md", seconds, model_description, embedded, plots, command, failed
+        )
+
+    md = markdown([], [])  # the tables, before anything that draws
+    plots: list[Path] = []
+    failed: list[str] = []
+    drawings: list[tuple[str, Callable[[Path], Path]]] = [
+        ("metrics-vs-scale.png", lambda path: plot_metrics_vs_scale(cfg, results, indices, path, embedded)),
+        (
+            "solvers-vs-evaluations.png",
+            lambda path: plot_accuracy_vs_evaluations(cfg, results, indices, path, embedded),
+        ),
+        ("contact-sheet.png", lambda path: study_sheet(cfg, results, path, embedded)),
+    ]
+    for name, draw in drawings:
+        try:
+            plots.append(draw(out_dir / name))
+        except Exception as e:  # a plot is a picture of numbers already written: losing it must not lose them
+            failed.append(f"{name} was not drawn: {type(e).__name__}: {e}")
+            log(f"warning: {failed[-1]}")
+    if plots or failed:
+        md = markdown(plots, failed)
+    run_warnings = list(dict.fromkeys(w for r in results.values() for w in r.warnings))
+    return StudyReport(md, plots, seconds, len(arms) * cfg.samples, json_path, failed, run_warnings)
+
+
+def study_sheet(cfg: StudyConfig, results: dict[Arm, ArmResult], path: Path, embedded: bool) -> Path:
+    """The first seeds of the arms the claims are about: none/tnr, each method at its best scale, and the
+    solvers at the smallest budget with and without TNR."""
+    rows = [results[a] for a in single_arms(cfg)]
+    rows += [r for m in ("cfg", "cfg++", "tnr-cfg") if (r := best_scale(results, m, cfg, embedded)) is not None]
+    budget = reference_budget(min(cfg.budgets))
+    for guidance in ("none", "tnr"):
+        for solver in cfg.solvers:
+            arm = Arm(guidance, None, solver, matched_steps(solver, guidance, budget))
+            if results[arm] not in rows:
+                rows.append(results[arm])
+    labels = [f"{r.arm.label} {r.evaluations}ev" for r in rows]
+    seeds = list(range(1, min(cfg.samples, SHEET_SEEDS) + 1))
+    images = {(label, seed): r.thumbs.get(seed) for label, r in zip(labels, rows, strict=True) for seed in seeds}
+    headers = {}
+    for seed in seeds:
+        prompt = prompt_for_seed(seed, cfg, embedded)
+        if embedded:  # "a red circle on a white background" -> "1: red circle\non white"
+            words = prompt.split()
+            headers[seed] = f"{seed}: {words[1]} {words[2]}\non {words[5]}"
+        else:
+            headers[seed] = f"{seed}: {prompt[:16]}\n{prompt[16:32]}"
+    title = f"seeds 1..{len(seeds)}, one prompt per column; best scales by " + (
+        "accuracy" if embedded else "colourfulness"
+    )
+    draw_sheet(title, labels, seeds, images, path, column_headers=headers)
+    return path

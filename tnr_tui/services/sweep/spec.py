@@ -1,0 +1,212 @@
+"""What a sweep is: its arguments, its spec (the id is a hash of it), its cells and their evaluation budgets.
+
+Model evaluations (`--match-evaluations`): the one count (engine.evaluations). The reference budget is
+`--steps` of Euler with one prediction; each solver/method gets the step count whose planned evaluations are
+nearest it (ties: the fewer steps, so no cell spends more than its tie partner). Torch-free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from engine.evaluations import planned_evaluations, steps_for_budget
+from engine.request import (
+    DEFAULT_SCALE,
+    EMBEDDED_MODEL,
+    GUIDANCE_METHODS,
+    SOLVERS,
+    GenerationRequest,
+)
+from engine.units import GUIDANCE
+from tnr_tui.services.cells import GridCell, cell_of_request  # noqa: F401  (GridCell: the cells of a plan)
+
+# Methods whose scale means something; the others run once, with no scale.
+SCALED_METHODS: tuple[str, ...] = tuple(u.name for u in GUIDANCE if u.uses_scale)
+MAX_SEEDS = 10_000
+
+
+class SweepError(ValueError):
+    """Bad sweep arguments or a sweep that cannot continue; the message is meant for the user."""
+
+
+# ---- model evaluations --------------------------------------------------------------------------------------
+
+
+def evaluations(solver: str, guidance: str, steps: int) -> int:
+    """Model evaluations of one image (engine.evaluations, the one count; the final step to sigma 0 is first order)."""
+    if steps < 1:
+        raise SweepError(f"steps must be at least 1, got {steps}")
+    return planned_evaluations(GenerationRequest(prompt="", solver=solver, guidance=guidance, steps=steps))
+
+
+def reference_budget(steps: int) -> int:
+    """The evaluation budget of `steps` Euler steps with one prediction per step (none or tnr)."""
+    return evaluations("euler", "none", steps)
+
+
+def matched_steps(solver: str, guidance: str, budget: int) -> int:
+    """The step count whose evaluations are nearest `budget` (ties: fewer steps); at least 1 step."""
+    return steps_for_budget(GenerationRequest(prompt="", solver=solver, guidance=guidance, steps=1), budget)
+
+
+# ---- argument parsing ---------------------------------------------------------------------------------------
+
+
+def parse_list(text: str, choices: Sequence[str], what: str) -> tuple[str, ...]:
+    """'a,b,c' -> ('a', 'b', 'c'), each checked against `choices`, duplicates dropped, order kept."""
+    items = [t.strip().lower() for t in text.split(",") if t.strip()]
+    if not items:
+        raise SweepError(f"no {what} given")
+    for item in items:
+        if item not in choices:
+            raise SweepError(f"unknown {what} {item!r}; choose from: {', '.join(choices)}")
+    return tuple(dict.fromkeys(items))
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """'1-4,9,12-13' -> (1, 2, 3, 4, 9, 12, 13)."""
+    seeds: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+        if m is None:
+            raise SweepError(f"seeds: cannot read {part!r}; write e.g. 1-16 or 1,2,5-8")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        if hi < lo:
+            raise SweepError(f"seeds: the range {part!r} runs backwards")
+        if len(seeds) + hi - lo + 1 > MAX_SEEDS:
+            raise SweepError(f"seeds: more than {MAX_SEEDS} seeds; is {part!r} a typo?")
+        seeds.extend(range(lo, hi + 1))
+    if not seeds:
+        raise SweepError("no seeds given")
+    return tuple(dict.fromkeys(seeds))
+
+
+def parse_scales(items: Iterable[str]) -> dict[str, tuple[float, ...]]:
+    """['cfg=3,5,7', 'cfg++=0.4,0.8'] -> {'cfg': (3.0, 5.0, 7.0), 'cfg++': (0.4, 0.8)}."""
+    scales: dict[str, tuple[float, ...]] = {}
+    for item in items:
+        method, sep, values = item.partition("=")
+        method = method.strip().lower()
+        if not sep or not values.strip():
+            raise SweepError(f"scales: cannot read {item!r}; write METHOD=V1,V2 (e.g. cfg=3,5,7)")
+        if method not in SCALED_METHODS:
+            raise SweepError(f"scales: {method!r} takes no scale; scaled methods: {', '.join(SCALED_METHODS)}")
+        try:
+            parsed = tuple(float(v) for v in values.split(",") if v.strip())
+        except ValueError:
+            raise SweepError(f"scales: {values!r} are not numbers (in {item!r})") from None
+        if not parsed or any(v != v or v in (float("inf"), float("-inf")) for v in parsed):
+            raise SweepError(f"scales: {item!r} needs finite numbers")
+        scales[method] = tuple(dict.fromkeys(parsed))
+    return scales
+
+
+# ---- the plan -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """Everything that decides a sweep's cells (its id is a hash of this)."""
+
+    prompts: tuple[str, ...]
+    methods: tuple[str, ...] = GUIDANCE_METHODS
+    scales: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    solvers: tuple[str, ...] = ("euler",)
+    steps: int = 20
+    match_evaluations: bool = False
+    seeds: tuple[int, ...] = (1, 2, 3, 4)
+    model: str = EMBEDDED_MODEL
+    negative_prompt: str = ""
+    width: int | None = None
+    height: int | None = None
+    schedule: str = "default"
+
+    def __post_init__(self) -> None:
+        if not self.prompts or any(not p.strip() for p in self.prompts):
+            raise SweepError("give at least one non-empty --prompt")
+        for m in self.methods:
+            if m not in GUIDANCE_METHODS:
+                raise SweepError(f"unknown guidance method {m!r}; choose from: {', '.join(GUIDANCE_METHODS)}")
+        for s in self.solvers:
+            if s not in SOLVERS:
+                raise SweepError(f"unknown solver {s!r}; choose from: {', '.join(SOLVERS)}")
+        if self.steps < 1:
+            raise SweepError(f"steps must be at least 1, got {self.steps}")
+        unused = sorted(set(self.scales) - set(self.methods))
+        if unused:
+            raise SweepError(f"scales given for {', '.join(unused)}, which is not in --guidance")
+
+    def scales_of(self, method: str) -> tuple[float | None, ...]:
+        if method not in SCALED_METHODS:
+            return (None,)
+        return self.scales.get(method, (DEFAULT_SCALE[method],))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["scales"] = {m: list(v) for m, v in sorted(self.scales.items())}
+        for k in ("prompts", "methods", "solvers", "seeds"):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SweepSpec:
+        d = dict(d)
+        d["scales"] = {m: tuple(float(x) for x in v) for m, v in d.get("scales", {}).items()}
+        for k in ("prompts", "methods", "solvers", "seeds"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+    def sweep_id(self, model_identity: str = "") -> str:
+        """'sw-' + 10 hex digits of the spec's canonical JSON and the model's weights identity: the same
+        arguments on the same weights give the same sweep (new weights behind 'embedded' start a new one)."""
+        blob = json.dumps({"spec": self.to_dict(), "model": model_identity}, sort_keys=True, separators=(",", ":"))
+        return "sw-" + hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def cell_request(
+    cell: GridCell, spec: SweepSpec, sweep_id: str, extra_tags: dict[str, str] | None = None
+) -> GenerationRequest:
+    """The request of one sweep cell: the spec's shared settings, the cell's own, tagged with the sweep."""
+    return cell.request(
+        negative_prompt=spec.negative_prompt,
+        model=spec.model,
+        width=spec.width,
+        height=spec.height,
+        schedule=spec.schedule,
+        preview_every=0,  # nobody watches a sweep's previews; skip their cost
+        decode_every=0,
+        tags={"sweep": sweep_id, **(extra_tags or {})},
+    )
+
+
+def cell_key_of_request(request: dict[str, Any]) -> str:
+    """The cell key of a recorded request (a dict as the history stores it)."""
+    return cell_of_request(request).key
+
+
+def row_label(cell: GridCell) -> str:
+    """The contact sheet's row label: method, scale, solver, steps and model evaluations."""
+    return f"{cell.label} {cell.planned_evaluations}ev"
+
+
+def plan(spec: SweepSpec) -> list[GridCell]:
+    """The cells in sheet order: prompt, then method, scale, solver (rows), then seed (columns)."""
+    budget = reference_budget(spec.steps)
+    cells = []
+    for prompt in spec.prompts:
+        for method in spec.methods:
+            for scale in spec.scales_of(method):
+                for solver in spec.solvers:
+                    steps = matched_steps(solver, method, budget) if spec.match_evaluations else spec.steps
+                    for seed in spec.seeds:
+                        cells.append(GridCell(method, scale, solver, steps, prompt=prompt, seed=seed))
+    return cells
