@@ -16,16 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from engine.models.errors import ModelError  # re-exported: engine.models.bundle.ModelError is public
+
 if TYPE_CHECKING:
     from PIL import Image
 
     from engine.decoder import SDXLDecoder
     from engine.models.families import Family
     from engine.schedule import Schedule
-
-
-class ModelError(Exception):
-    """A model cannot be loaded or used; the message names the path and the problem, for the user as is."""
 
 
 @dataclass

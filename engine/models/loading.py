@@ -28,8 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ import torch
 
 from engine.models.bundle import ModelBundle, ModelError
 from engine.models.families import Family
+from engine.models.quiet import quiet_libraries as _quiet_libraries
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EMBEDDED_DEFAULT = REPO_ROOT / "data" / "models" / "shapes-xl"
@@ -336,26 +335,6 @@ def _load_hub(ref: str, dev: torch.device, dt: torch.dtype) -> ModelBundle:
             f"{ref}: no such local directory or file, and cannot get the model from the hub ({why})"
         ) from exc
     return _load_directory(ref, Path(local), dev, dt)
-
-
-@contextmanager
-def _quiet_libraries() -> Iterator[None]:
-    """Silence diffusers/transformers chatter (progress bars, the accelerate hint) while loading."""
-    import diffusers.utils.logging as dlog
-    import transformers.utils.logging as tlog
-
-    d_level, t_level = dlog.get_verbosity(), tlog.get_verbosity()
-    t_bars = tlog.is_progress_bar_enabled()
-    dlog.set_verbosity_error()
-    tlog.set_verbosity_error()
-    tlog.disable_progress_bar()
-    try:
-        yield
-    finally:
-        dlog.set_verbosity(d_level)
-        tlog.set_verbosity(t_level)
-        if t_bars:
-            tlog.enable_progress_bar()
 
 
 def _load_directory(ref: str, path: Path, dev: torch.device, dt: torch.dtype) -> ModelBundle:

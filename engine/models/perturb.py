@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from engine.guidance.base import Perturbation
-from engine.models.bundle import ModelError
+from engine.models.errors import ModelError
 
 PERTURBATION_KINDS = ("attention_scores", "layer_skip", "smoothed_energy")
 _HOOK_PREFIX = "tnr_lab_perturbation"

@@ -223,7 +223,15 @@ def execute(
 
         # The history's own files under its data dir; `out` / `save_latent` get the user's copies.
         stored_image = store.new_output_path(run_id, ".png")
-        info = png_info(resolved_dict, model_name=bundle.name, model_hash=bundle.identity, run_id=run_id)
+        # The LoRAs the run used, as the sampler left them active: path, sha256, weight (with the stats) and
+        # A1111's short hashes for the PNG's "Lora hashes" (engine.models.lora).
+        active = list(getattr(bundle, "active_loras", None) or [])
+        if active:
+            result.stats["loras"] = active
+        lora_hashes = {lora["name"]: lora["a1111_hash"] for lora in active}
+        info = png_info(
+            resolved_dict, model_name=bundle.name, model_hash=bundle.identity, run_id=run_id, lora_hashes=lora_hashes
+        )
         write_png(result.image, stored_image, info)
         written.append(stored_image)
         outputs = [OutputFile.of("image", stored_image)]

@@ -69,15 +69,29 @@ def _format_number(value: float) -> str:
     return f"{value:g}" if float(value) != int(value) else str(int(value))
 
 
-def a1111_parameters(request: dict[str, Any], *, model_name: str = "", model_hash: str = "") -> str:
-    """The `parameters` text for a (resolved) request dict."""
+LORA_TAG = re.compile(r"<lora:([^:<>]+)((?::[^:<>]*)*)>")
+
+
+def a1111_parameters(
+    request: dict[str, Any], *, model_name: str = "", model_hash: str = "", lora_hashes: dict[str, str] | None = None
+) -> str:
+    """The `parameters` text for a (resolved) request dict.
+
+    LoRAs are written as A1111 writes them: a `<lora:NAME:WEIGHT>` tag per LoRA in the prompt (NAME the file
+    name without .safetensors; appended, since our prompt holds none) and `Lora hashes: "NAME: HASH, ..."`
+    (A1111's 12-digit hash of the file's tensor data) when the hashes are known."""
     scale = request.get("scale")
     if scale is None:
         from engine.units import GUIDANCE  # torch-free
 
         method = request.get("guidance", "cfg")
         scale = GUIDANCE.get(method).default_scale if method in GUIDANCE else 1.0
-    lines = [request.get("prompt", "")]
+    from engine.loras import lora_name
+
+    loras = [(lora_name(lora["path"]), float(lora.get("weight", 1.0))) for lora in request.get("loras") or []]
+    tags = " ".join(f"<lora:{name}:{_format_number(weight)}>" for name, weight in loras)
+    prompt = request.get("prompt", "")
+    lines = [f"{prompt} {tags}" if tags and prompt else prompt or tags]
     if request.get("negative_prompt"):
         lines.append(f"Negative prompt: {request['negative_prompt']}")
     fields: list[tuple[str, str]] = [
@@ -100,6 +114,10 @@ def a1111_parameters(request: dict[str, Any], *, model_name: str = "", model_has
         fields.append(("Model", model_name))
     if model_hash:
         fields.append(("Model hash", model_hash))
+    if loras and lora_hashes:
+        known = [(name, lora_hashes[name]) for name, _ in loras if name in lora_hashes]
+        if known:
+            fields.append(("Lora hashes", ", ".join(f"{name}: {h}" for name, h in known)))
     fields.append(("Guidance", request.get("guidance", "cfg")))
     if request.get("guidance") in ("tnr", "tnr-cfg") or request.get("tnr"):
         fields.append(("TNR p", _format_number(float(request.get("tnr_power", 0.25)))))
@@ -119,12 +137,20 @@ def a1111_parameters(request: dict[str, Any], *, model_name: str = "", model_has
     return "\n".join(lines)
 
 
-def png_info(request: dict[str, Any], *, model_name: str = "", model_hash: str = "", run_id: str = "") -> Any:
+def png_info(
+    request: dict[str, Any],
+    *,
+    model_name: str = "",
+    model_hash: str = "",
+    run_id: str = "",
+    lora_hashes: dict[str, str] | None = None,
+) -> Any:
     """A PIL PngInfo with both chunks."""
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
-    info.add_text(A1111_CHUNK, a1111_parameters(request, model_name=model_name, model_hash=model_hash))
+    text = a1111_parameters(request, model_name=model_name, model_hash=model_hash, lora_hashes=lora_hashes)
+    info.add_text(A1111_CHUNK, text)
     payload = {"request": request, "run_id": run_id, "model_name": model_name, "model_identity": model_hash}
     info.add_text(TNR_CHUNK, json.dumps(payload, sort_keys=True))
     return info
@@ -169,6 +195,36 @@ def parse_a1111(text: str) -> dict[str, Any]:
     return {"prompt": "\n".join(prompt_lines), "negative_prompt": "\n".join(negative_lines), "fields": fields}
 
 
+def loras_from_prompt(prompt: str) -> tuple[str, list[dict[str, Any]], list[str]]:
+    """A1111's `<lora:NAME:WEIGHT>` tags out of a prompt: (the prompt without them, [{"path", "weight"}], notes).
+
+    A1111 removes the tags before the text encoder sees the prompt, and so do we. NAME becomes the file found
+    in $TNR_LAB_LORA_DIRS (NAME or NAME.safetensors), else NAME itself with a note. A second number (A1111's
+    separate UNet weight, `<lora:NAME:TE:UNET>`) has no counterpart here: the first is used, with a note.
+    """
+    from engine.loras import LORA_DIRS_ENV, resolve_lora_path
+
+    loras: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for match in LORA_TAG.finditer(prompt):
+        name, rest = match.group(1).strip(), [p.strip() for p in match.group(2).split(":")[1:]]
+        try:
+            weight = float(rest[0]) if rest and rest[0] else 1.0
+        except ValueError:
+            notes.append(f"LoRA tag {match.group(0)!r}: weight {rest[0]!r} is not a number; using 1")
+            weight = 1.0
+        if len(rest) > 1:
+            notes.append(f"LoRA {name}: A1111's separate weights {':'.join(rest)} are one weight here ({weight:g})")
+        path = resolve_lora_path(name)
+        if not path.is_file():
+            notes.append(f"LoRA {name!r} is not in ${LORA_DIRS_ENV}: give its file with --lora PATH:{weight:g}")
+        loras.append({"path": str(path) if path.is_file() else name, "weight": weight})
+    if not loras:
+        return prompt, [], []
+    cleaned = re.sub(r"[ \t]+,", ",", re.sub(r"[ \t]{2,}", " ", LORA_TAG.sub("", prompt))).strip(" ,\t")
+    return cleaned, loras, notes
+
+
 def request_from_a1111(text: str) -> tuple[dict[str, Any], list[str]]:
     """A request dict from A1111 `parameters`, and notes on what could not be carried over exactly."""
     parsed = parse_a1111(text)
@@ -176,7 +232,11 @@ def request_from_a1111(text: str) -> tuple[dict[str, Any], list[str]]:
     if not fields:
         raise PngMetadataError("the parameters text has no 'Steps: ...' line")
     notes: list[str] = []
-    request: dict[str, Any] = {"prompt": parsed["prompt"], "negative_prompt": parsed["negative_prompt"]}
+    prompt, loras, lora_notes = loras_from_prompt(parsed["prompt"])
+    notes += lora_notes
+    request: dict[str, Any] = {"prompt": prompt, "negative_prompt": parsed["negative_prompt"]}
+    if loras:
+        request["loras"] = loras
 
     def number(key: str, kind: type) -> Any:
         """The field as an int (exactly: never through a float) or a float; absent -> None."""
