@@ -125,7 +125,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
     """The request fields of add_model_options' flags (only those given)."""
-    from engine.models.lora import parse_lora_arg
+    from engine.loras import parse_lora_arg
     from engine.request import LoraSpec
 
     values: dict[str, Any] = {}

@@ -46,6 +46,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--schedule", default="default")
+    from tnr_tui.cli.generate import add_model_options
+
+    add_model_options(p)  # --lora (every cell), --prediction-type, --zero-snr
+    p.add_argument(
+        "--lora-axis",
+        dest="lora_axis",
+        action="append",
+        metavar="SET",
+        help="one row variant of the LoRA axis: PATH[:WEIGHT][+PATH[:WEIGHT]...] or 'none'; repeat, e.g. "
+        "--lora-axis none --lora-axis style.safetensors:0.5 --lora-axis style.safetensors:1 (on top of --lora)",
+    )
     add_device_options(p)
     p.add_argument("--out", required=True, metavar="DIR", help="where the CSV and contact sheets go")
     p.add_argument(
@@ -96,9 +107,35 @@ def build_spec(args: argparse.Namespace):  # -> SweepSpec (kept lazy-typed: impo
             width=args.width,
             height=args.height,
             schedule=args.schedule,
+            **lora_options(args),
         )
     except SweepError as e:
         raise UserError(str(e)) from None
+
+
+def lora_options(args: argparse.Namespace) -> dict:
+    """SweepSpec's LoRA and prediction fields from --lora, --lora-axis, --prediction-type and --zero-snr."""
+    from engine.loras import parse_lora_arg
+
+    values: dict = {}
+    if getattr(args, "lora", None):
+        values["loras"] = tuple(parse_lora_arg(item) for item in args.lora)
+    sets = []
+    for item in getattr(args, "lora_axis", None) or []:
+        if item.strip().lower() == "none":
+            sets.append(())
+            continue
+        parts = [p for p in item.split("+") if p.strip()]
+        if not parts:
+            raise UserError(f"--lora-axis {item!r}: give PATH[:WEIGHT][+PATH[:WEIGHT]...] or 'none'")
+        sets.append(tuple(parse_lora_arg(p.strip()) for p in parts))
+    if sets:
+        values["lora_sets"] = tuple(dict.fromkeys(sets))
+    if getattr(args, "prediction_type", None) is not None:
+        values["prediction_type"] = args.prediction_type
+    if getattr(args, "zero_snr", None) is not None:
+        values["zero_snr"] = bool(args.zero_snr)
+    return values
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,13 +30,17 @@ class GridCell:
     seed: int = 0
     guidance_params: tuple[tuple[str, Any], ...] = ()
     solver_params: tuple[tuple[str, Any], ...] = ()
+    loras: tuple[tuple[str, float], ...] = ()  # (path, weight) of each LoRA the cell samples with
 
     @property
     def label(self) -> str:
-        """method [scale] [params] solver Nst: how tables, sheets and tiles name the configuration."""
+        """method [scale] [params] solver Nst [LoRAs]: how tables, sheets and tiles name the configuration."""
+        from engine.loras import lora_name
+
         scale = "" if self.scale is None else f" {self.scale:g}"
         params = "".join(f" {k}={v}" for k, v in self.guidance_params + self.solver_params)
-        return f"{self.guidance}{scale}{params} {self.solver} {self.steps}st"
+        loras = "".join(f" {lora_name(path)}:{weight:g}" for path, weight in self.loras)
+        return f"{self.guidance}{scale}{params} {self.solver} {self.steps}st{loras}"
 
     @property
     def key(self) -> str:
@@ -45,6 +49,8 @@ class GridCell:
         fields: list[Any] = [self.prompt, self.guidance, scale, self.solver, self.steps, self.seed]
         if self.guidance_params or self.solver_params:
             fields.append({"guidance": dict(self.guidance_params), "solver": dict(self.solver_params)})
+        if self.loras:  # only then: the keys of cells without LoRAs stay what they were
+            fields.append({"loras": [[path, float(weight)] for path, weight in self.loras]})
         return json.dumps(fields, sort_keys=True)
 
     def request(self, base: GenerationRequest | None = None, **changes: Any) -> GenerationRequest:
@@ -58,6 +64,8 @@ class GridCell:
             solver_params=dict(self.solver_params),
             **changes,
         )
+        if self.loras:
+            values.setdefault("loras", tuple(self.loras))
         if self.prompt or base is None:
             values.setdefault("prompt", self.prompt)
             values.setdefault("seed", self.seed)
@@ -95,4 +103,5 @@ def cell_of_request(request: Mapping[str, Any]) -> GridCell:
         seed=int(request["seed"]),
         guidance_params=frozen_params(request.get("guidance_params")),
         solver_params=frozen_params(request.get("solver_params")),
+        loras=tuple((lora["path"], float(lora.get("weight", 1.0))) for lora in request.get("loras") or []),
     )

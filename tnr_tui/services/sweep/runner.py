@@ -195,6 +195,7 @@ def _row(
         "evaluations": stats.get("model_evaluations"),
         "planned_evaluations": evaluations(req["solver"], req["guidance"], int(req["steps"])),
         "seconds": stats.get("seconds"),
+        "loras": " ".join(f"{lora['path']}:{float(lora.get('weight', 1.0)):g}" for lora in req.get("loras") or []),
         **{k: float(v) for k, v in metrics.items() if k in CSV_COLUMNS},
         **verdicts,
         "image": done.get("image"),

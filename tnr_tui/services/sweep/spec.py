@@ -128,6 +128,12 @@ class SweepSpec:
     width: int | None = None
     height: int | None = None
     schedule: str = "default"
+    # LoRAs every cell samples with ((path, weight), ...) and the LoRA axis: each entry one row variant
+    # (() = no LoRA beyond the fixed ones); the model's prediction overrides (None: the model's own).
+    loras: tuple[tuple[str, float], ...] = ()
+    lora_sets: tuple[tuple[tuple[str, float], ...], ...] = ()
+    prediction_type: str | None = None
+    zero_snr: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.prompts or any(not p.strip() for p in self.prompts):
@@ -154,6 +160,14 @@ class SweepSpec:
         d["scales"] = {m: list(v) for m, v in sorted(self.scales.items())}
         for k in ("prompts", "methods", "solvers", "seeds"):
             d[k] = list(d[k])
+        # The LoRA and prediction fields only when set: a sweep without them keeps the id it had before.
+        for k in ("loras", "lora_sets", "prediction_type", "zero_snr"):
+            if d[k] in ((), [], None):
+                del d[k]
+        if self.loras:
+            d["loras"] = [list(p) for p in self.loras]
+        if self.lora_sets:
+            d["lora_sets"] = [[list(p) for p in s] for s in self.lora_sets]
         return d
 
     @classmethod
@@ -163,6 +177,10 @@ class SweepSpec:
         for k in ("prompts", "methods", "solvers", "seeds"):
             if k in d:
                 d[k] = tuple(d[k])
+        if "loras" in d:
+            d["loras"] = tuple((str(p), float(w)) for p, w in d["loras"])
+        if "lora_sets" in d:
+            d["lora_sets"] = tuple(tuple((str(p), float(w)) for p, w in s) for s in d["lora_sets"])
         return cls(**d)
 
     def sweep_id(self, model_identity: str = "") -> str:
@@ -185,6 +203,8 @@ def cell_request(
         preview_every=0,  # nobody watches a sweep's previews; skip their cost
         decode_every=0,
         tags={"sweep": sweep_id, **(extra_tags or {})},
+        prediction_type=spec.prediction_type,
+        zero_snr=spec.zero_snr,
     )
 
 
@@ -207,6 +227,8 @@ def plan(spec: SweepSpec) -> list[GridCell]:
             for scale in spec.scales_of(method):
                 for solver in spec.solvers:
                     steps = matched_steps(solver, method, budget) if spec.match_evaluations else spec.steps
-                    for seed in spec.seeds:
-                        cells.append(GridCell(method, scale, solver, steps, prompt=prompt, seed=seed))
+                    for lora_set in spec.lora_sets or ((),):  # the LoRA axis: one row per set
+                        loras = tuple(spec.loras) + tuple(lora_set)
+                        for seed in spec.seeds:
+                            cells.append(GridCell(method, scale, solver, steps, prompt=prompt, seed=seed, loras=loras))
     return cells

@@ -25,6 +25,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "evaluations",
     "planned_evaluations",
     "seconds",
+    "loras",
     "colourfulness",
     "contrast",
     "saturation",
