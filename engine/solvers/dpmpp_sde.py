@@ -30,10 +30,25 @@ if TYPE_CHECKING:
     from engine.noise import BrownianNoise
 
 
-def brownian(ctx: SolverContext) -> BrownianNoise:
-    """The run's Brownian noise over the grid's nonzero range (k-diffusion's BrownianTreeNoiseSampler bounds)."""
+def brownian(ctx: SolverContext, stages: bool = False) -> BrownianNoise:
+    """The run's Brownian noise over the grid's nonzero range (k-diffusion's BrownianTreeNoiseSampler bounds),
+    its increments for every step prefetched (and for each step's midpoint stage too, `stages`)."""
     nonzero = [s for s in ctx.sigmas if s > 0]
-    return ctx.noise.brownian(min(nonzero), max(nonzero))
+    noise = ctx.noise.brownian(min(nonzero), max(nonzero))
+    intervals = []
+    for sigma, sigma_next in zip(ctx.sigmas[:-1], ctx.sigmas[1:], strict=True):
+        if sigma_next > 0 and sigma_next != sigma:
+            if stages:
+                intervals.append((sigma, midpoint(sigma, sigma_next)))
+            intervals.append((sigma, sigma_next))
+    noise.prefetch(intervals)
+    return noise
+
+
+def midpoint(sigma: float, sigma_next: float) -> float:
+    """The stage sigma of the two sub-steps: exp(-(t + h/2)) with t = -log sigma (k-diffusion's r = 1/2)."""
+    h = math.log(sigma) - math.log(sigma_next)
+    return math.exp(-(-math.log(sigma) + h / 2))
 
 
 def expm1_log_ratio(down: float, sigma: float) -> float:
@@ -59,9 +74,8 @@ class DPMppSDE(TwoStage):
         if sigma_next == 0 or sigma_next == sigma:
             return x - sigma * p1.den + sigma_next * p1.ren  # Euler to 0 (x = D); zero length: x~
         eta, s_noise = self.settings["eta"], self.settings["s_noise"]
-        noise = brownian(ctx) if eta and s_noise else None
-        h = math.log(sigma) - math.log(sigma_next)
-        s = math.exp(-(-math.log(sigma) + h / 2))
+        noise = brownian(ctx, stages=True) if eta and s_noise else None
+        s = midpoint(sigma, sigma_next)
         x_tilde, n = p1.renoised, ctx.true_noise
 
         d1, u1 = ancestral_step(sigma, s, eta)

@@ -1,0 +1,187 @@
+"""Seconds per image of every sampler beside diffusers' scheduler for it, on the same model and grid.
+
+    python bench/samplers.py [--model DIR|embedded|tiny] [--steps 20] [--repeats 3] [--device auto] [--only a,b]
+
+Prompt to RGB image on both sides (text encoding, the sampling loop, the decode), CFG 5, trailing spacing (a
+grid every diffusers scheduler and the lab share), run alternately in one process after a warm-up each. The
+diffusers side is its pipeline with the scheduler configured as the parity tests do
+(tests/test_samplers_diffusers.py). Prints the median seconds of each side and the ratio ours/diffusers (median
+of back-to-back pairs; the goal is <= 1). A sampler diffusers does not have prints ours alone. Without --model
+it builds the tests' tiny random SDXL-topology model; `embedded` is data/models/shapes-xl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SEED = 0
+# sampler -> (diffusers scheduler class, its config over the model's, what `step` gets, our solver params)
+TWINS: dict[str, tuple[str | None, dict[str, Any], dict[str, Any]]] = {
+    "euler": ("EulerDiscreteScheduler", {}, {}),
+    "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}, {}),
+    "heun": ("HeunDiscreteScheduler", {}, {}),
+    "dpm_2": ("KDPM2DiscreteScheduler", {}, {}),
+    "dpm_2_ancestral": ("KDPM2AncestralDiscreteScheduler", {}, {}),
+    "lms": ("LMSDiscreteScheduler", {}, {}),
+    "dpmpp_2s_ancestral": (None, {}, {}),
+    "dpmpp_sde": ("DPMSolverSDEScheduler", {"noise_sampler_seed": SEED}, {}),
+    "dpmpp_2m": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "lower_order_final": False},
+        {},
+    ),
+    "dpmpp_2m_sde": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "lower_order_final": False},
+        {},
+    ),
+    "dpmpp_3m_sde": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 3, "solver_type": "heun", "lower_order_final": False},
+        {},
+    ),
+    "res_multistep": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "solver_type": "heun", "lower_order_final": False},
+        {},
+    ),
+    "ddim": ("DDIMScheduler", {"set_alpha_to_one": True}, {}),
+    "uni_pc": ("UniPCMultistepScheduler", {"solver_type": "bh1", "solver_order": 3}, {}),
+    "uni_pc_bh2": ("UniPCMultistepScheduler", {"solver_type": "bh2", "solver_order": 3}, {}),
+    "deis": ("DEISMultistepScheduler", {"solver_order": 3}, {}),
+    "ipndm": (None, {}, {}),
+    "midpoint": (None, {}, {}),
+    "rk4": (None, {}, {}),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny", help="a diffusers SDXL directory, 'embedded' or 'tiny' (default)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=5.0)
+    parser.add_argument("--size", type=int, default=None, help="width = height (default: the model's)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--only", default="", help="comma-separated samplers (default: every registered one)")
+    parser.add_argument("--prompt", default="a red circle on a white background")
+    parser.add_argument("--negative", default="blurry")
+    args = parser.parse_args(argv)
+
+    import diffusers
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from engine.models import load_bundle
+    from engine.request import GenerationRequest
+    from engine.sampler import sample
+    from engine.units import SOLVERS
+
+    names = [n for n in args.only.split(",") if n] or list(SOLVERS.names())
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model
+        if model == "tiny":
+            from engine.models.tiny import build_tiny_sdxl
+
+            model = str(build_tiny_sdxl(Path(tmp) / "tiny-sdxl"))
+        bundle = load_bundle(model, args.device, args.dtype)
+        model_dir = str(bundle.path) if model == "embedded" else model
+        pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(
+            model_dir, torch_dtype=bundle.dtype, local_files_only=True
+        ).to(bundle.device)
+        pipe.set_progress_bar_config(disable=True)
+        base_config = dict(pipe.scheduler.config, timestep_spacing="trailing")
+        height, width = (args.size, args.size) if args.size else bundle.default_size
+
+        def sync() -> None:
+            if bundle.device.type == "cuda":
+                torch.cuda.synchronize()
+
+        for name in names:
+            twin, config, params = TWINS.get(name, (None, {}, {}))
+            request = GenerationRequest(
+                prompt=args.prompt,
+                negative_prompt=args.negative,
+                model=model,
+                width=width,
+                height=height,
+                steps=args.steps,
+                solver=name,
+                solver_params=params,
+                schedule="trailing",
+                guidance="cfg",
+                scale=args.scale,
+                seed=SEED,
+                preview_every=0,
+            )
+
+            def ours(request: GenerationRequest = request) -> None:
+                sample(bundle, request)
+                sync()
+
+            runs = [("ours", ours)]
+            if twin is not None:
+                pipe.scheduler = getattr(diffusers, twin).from_config(base_config, **config)
+
+                def theirs() -> None:
+                    latents = pipe(
+                        args.prompt,
+                        negative_prompt=args.negative or None,
+                        num_inference_steps=args.steps,
+                        height=height,
+                        width=width,
+                        guidance_scale=args.scale,
+                        output_type="latent",
+                        generator=torch.Generator("cpu").manual_seed(SEED),
+                    ).images
+                    with torch.inference_mode():
+                        vae = pipe.vae
+                        if vae.dtype != torch.float32:
+                            vae.to(torch.float32)
+                        image = vae.decode(latents.float() / vae.config.scaling_factor).sample
+                        pipe.image_processor.postprocess(image, output_type="pil")
+                    sync()
+
+                runs.append(("diffusers", theirs))
+            times: dict[str, list[float]] = {label: [] for label, _ in runs}
+            for _, run in runs:
+                run()  # warm-up
+            for _ in range(args.repeats):
+                for label, run in runs:
+                    started = time.perf_counter()
+                    run()
+                    times[label].append(time.perf_counter() - started)
+            ours_s = statistics.median(times["ours"])
+            if twin is None:
+                rows.append((name, ours_s, None, None))
+            else:
+                paired = statistics.median(o / d for o, d in zip(times["ours"], times["diffusers"], strict=True))
+                rows.append((name, ours_s, statistics.median(times["diffusers"]), paired))
+            print(f"{name:20s} done", file=sys.stderr, flush=True)
+
+    threads = f", {torch.get_num_threads()} CPU threads" if bundle.device.type == "cpu" else ""
+    print(f"model {model} on {bundle.device} ({str(bundle.dtype).removeprefix('torch.')}{threads}), {width}x{height}")
+    print(f"cfg {args.scale}, {args.steps} steps, trailing, {args.repeats} alternating repeats, prompt to image")
+    print(f"{'sampler':20s} {'ours s':>8s} {'diffusers s':>12s} {'ours/diffusers':>15s}")
+    for name, ours_s, their_s, ratio in rows:
+        theirs_text = f"{their_s:12.3f}" if their_s is not None else f"{'-':>12s}"
+        ratio_text = f"{ratio:15.3f}" if ratio is not None else f"{'(no twin)':>15s}"
+        print(f"{name:20s} {ours_s:8.3f} {theirs_text} {ratio_text}")
+    print("goal: ours/diffusers <= 1 for each")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
