@@ -15,13 +15,8 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Header, Input, Label, Static
 
-from engine.request import (
-    GUIDANCE_METHODS,
-    SOLVERS,
-    GenerationRequest,
-    RequestError,
-    parse_field,
-)
+from engine.request import GenerationRequest, RequestError, parse_field
+from engine.units import GUIDANCE, SOLVERS
 from tnr_tui.services.cells import GridCell
 from tnr_tui.ui.screens import preset_breakpoints
 from tnr_tui.ui.screens.lab import EXAMPLE_PROMPT
@@ -44,9 +39,10 @@ def parse_methods(spec: str) -> list[tuple[str, float | None]]:
     """'cfg:3 cfg:7 tnr' -> [('cfg', 3.0), ('cfg', 7.0), ('tnr', None)]; RequestError on a bad token."""
     out: list[tuple[str, float | None]] = []
     for token in spec.replace(",", " ").split():
-        method, _, scale = token.partition(":")
-        if method not in GUIDANCE_METHODS:
-            raise RequestError(f"unknown guidance method {method!r}; choose one of: {', '.join(GUIDANCE_METHODS)}")
+        name, _, scale = token.partition(":")
+        method = GUIDANCE.canonical(name)
+        if method is None:
+            raise RequestError(f"unknown guidance method {name!r}; choose one of: {', '.join(GUIDANCE.names())}")
         out.append((method, parse_field("scale", scale) if scale else None))
     if not out:
         raise RequestError("give at least one method, e.g. 'cfg:5 tnr'")
@@ -66,9 +62,11 @@ def plan_grid(base: GenerationRequest, methods: str, solvers: str) -> list[list[
     )
 
     names = solvers.replace(",", " ").split() or [base.solver]
-    for name in names:
-        if name not in SOLVERS:
-            raise RequestError(f"unknown solver {name!r}; choose one of: {', '.join(SOLVERS)}")
+    canonical = [SOLVERS.canonical(name) for name in names]
+    for name, solver in zip(names, canonical, strict=True):
+        if solver is None:
+            raise RequestError(f"unknown solver {name!r}; choose one of: {', '.join(SOLVERS.names())}")
+    names = [solver for solver in canonical if solver is not None]
     grid_id = f"compare-{int(time.time())}"
     rows = []
     for solver in names:
@@ -78,7 +76,7 @@ def plan_grid(base: GenerationRequest, methods: str, solvers: str) -> list[list[
             cell = GridCell(method, scale, solver, steps)
             request = cell.request(base, tags={**base.tags, "compare": grid_id})
             # No scale given: the model's default (tnr_lab.json) or the lab's, resolved when the run starts.
-            shown = "" if method in ("none", "tnr") else (f" {scale:g}" if scale is not None else " (default scale)")
+            shown = "" if not GUIDANCE.get(method).uses_scale else (f" {scale:g}" if scale is not None else " (default scale)")
             # The exact count (the last step is Euler), not request.model_evaluations, which is an upper bound.
             row.append(Tile(cell, f"{method}{shown} · {solver} {steps} steps · {cell.planned_evaluations} evals", request))
         rows.append(row)

@@ -17,7 +17,8 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Checkbox, DataTable, Footer, Header, Input, Select, Static
 
-from engine.request import GUIDANCE_METHODS, GenerationRequest, RequestError
+from engine.request import GenerationRequest, RequestError
+from engine.units import GUIDANCE
 from tnr_tui.services.text import visible
 from tnr_tui.ui.screens import preset_breakpoints
 from tnr_tui.ui.screens.dialogs import ConfirmDialog, ExportDialog, NoteDialog
@@ -145,7 +146,7 @@ class HistoryScreen(Screen):
                 compact=True,
             )
             yield Select(
-                [("any method", "")] + [(m, m) for m in GUIDANCE_METHODS],
+                [("any method", "")] + [(m, m) for m in GUIDANCE.names()],
                 value="",
                 allow_blank=False,
                 id="method-filter",

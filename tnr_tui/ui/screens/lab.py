@@ -12,46 +12,31 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, ProgressBar, Select, Static
 
+from engine.guidance.base import equivalent_cfg_scale
 from engine.request import (
-    DEFAULT_SCALE,
     EMBEDDED_MODEL,
-    GUIDANCE_METHODS,
     MAX_SEED,
-    SCHEDULES,
-    SOLVERS,
     GenerationRequest,
     RequestError,
     WeightedPrompt,
     parse_field,
 )
+from engine.units import GUIDANCE, SCHEDULES, SOLVERS
 from tnr_tui.services.text import visible
 from tnr_tui.ui.screens import preset_breakpoints
 from tnr_tui.ui.widgets.fields import RequestField, TextInput
 from tnr_tui.ui.widgets.picture import Picture
+from tnr_tui.ui.widgets.unit_params import UnitParams
 
-# Which guidance parameters each method has (MATH.md 5); the others are hidden.
-METHOD_PARAMS: dict[str, tuple[str, ...]] = {
-    "none": (),
-    "cfg": ("scale", "cfg_rescale", "window"),
-    "cfg++": ("scale", "cfg_rescale", "window"),
-    "tnr": ("tnr_power", "window"),
-    "tnr-cfg": ("scale", "tnr_power", "cfg_rescale", "window"),
-}
 METRIC_NAMES = ("colourfulness", "contrast", "saturation", "dynamic_range")
 EXAMPLE_PROMPT = "a red circle on a blue background"  # the Lab's and Compare's first prompt: one the model knows
 
 
-def choice_row(label: str, choices: tuple[str, ...], value: str, select_id: str) -> Horizontal:
-    """A labelled drop-down of the Lab's panels (solver, schedule, guidance method)."""
-    select = Select([(c, c) for c in choices], value=value, allow_blank=False, id=select_id, compact=True)
+def choice_row(label: str, registry: Any, value: str, select_id: str) -> Horizontal:
+    """A labelled drop-down of one registry's units (solver, schedule, guidance method), in menu order."""
+    options = [(name, name) for name in registry.names()]
+    select = Select(options, value=value, allow_blank=False, id=select_id, compact=True)
     return Horizontal(Label(label), select, classes="row")
-
-
-def equivalent_cfg_scale(scales: list[float]) -> float | None:
-    """CFG scale g equivalent to the two-prompt form [negative s0, positive s1]: g = (1 + s1 - s0) / 2."""
-    if len(scales) != 2:
-        return None
-    return (1.0 + scales[1] - scales[0]) / 2.0
 
 
 def format_progress(index: int, steps: int, sigma: float, tnr_factor: float | None, elapsed: float) -> str:
@@ -160,20 +145,36 @@ class LabScreen(Screen):
                     with Horizontal(classes="pair"):
                         yield RequestField("steps", "Steps", "20")
                         yield RequestField("decode_every", "Decode", "5")
-                    yield RequestField(
-                        "schedule_rho", "rho", "", placeholder="auto", blank_is_none=True
-                    )  # None: 7 Karras, 1 power
+                    with Horizontal(classes="pair"):
+                        # None: the schedule's own exponent (7 Karras, 1 power), shown as the placeholder
+                        yield RequestField("schedule_rho", "rho", "", placeholder="auto", blank_is_none=True)
+                        yield Checkbox(
+                            "discrete t",
+                            False,
+                            id="discrete-timesteps",
+                            compact=True,
+                            tooltip="hand the model the nearest trained timestep (ComfyUI, diffusers' multistep)",
+                        )
+                    yield UnitParams(id="solver-params")  # the chosen solver's own parameters
                 with Vertical(id="panel-guidance", classes="panel") as panel:
                     panel.border_title = "Guidance"
                     with Horizontal(classes="pair"):
-                        yield choice_row("Method", GUIDANCE_METHODS, "cfg", "guidance")
+                        yield choice_row("Method", GUIDANCE, "cfg", "guidance")
                         yield RequestField("scale", "Scale", "", placeholder="5.0", blank_is_none=True)
                     with Horizontal(classes="pair"):
+                        yield Checkbox(
+                            "TNR",
+                            False,
+                            id="tnr",
+                            compact=True,
+                            tooltip="True Noise Removal on the method's guided prediction: n + S (guided - n)",
+                        )
                         yield RequestField("tnr_power", "TNR p", "0.25")
-                        yield RequestField("cfg_rescale", "Rescale", "0.0")
+                        yield RequestField("cfg_rescale", "Rescale", "", placeholder="0", blank_is_none=True)
                     with Horizontal(classes="pair", id="window"):
                         yield RequestField("guidance_sigma_min", "σ from", placeholder="none", blank_is_none=True)
                         yield RequestField("guidance_sigma_max", "σ to", placeholder="none", blank_is_none=True)
+                    yield UnitParams(id="guidance-params")  # the chosen method's own parameters
                     yield Static("", id="equivalent", markup=False)
                 with Vertical(id="panel-seed", classes="panel") as panel:
                     panel.border_title = "Seed & size"
@@ -201,6 +202,7 @@ class LabScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
+        self._sync_solver()
         self._sync_guidance()
         self._sync_weighted()
         self._sync_schedule()
@@ -210,18 +212,27 @@ class LabScreen(Screen):
     def _field(self, dom_id: str) -> RequestField:
         return self.query_one(f"#{dom_id}", RequestField)
 
+    def _method(self) -> Any:
+        return GUIDANCE.get(str(self.query_one("#guidance", Select).value))
+
+    def _sync_solver(self) -> None:
+        self.query_one("#solver-params", UnitParams).show(SOLVERS.get(str(self.query_one("#solver", Select).value)))
+
     def _sync_guidance(self) -> None:
-        method = str(self.query_one("#guidance", Select).value)
-        params = METHOD_PARAMS.get(method, ())
+        """Show what the chosen method takes (its unit's declaration), and only that."""
+        unit = self._method()
         weighted = self.query_one("#weighted", Checkbox).value
-        self._field("field-scale").display = "scale" in params and not weighted
-        self._field("field-tnr_power").display = "tnr_power" in params
-        self._field("field-cfg_rescale").display = "cfg_rescale" in params
-        self.query_one("#window").display = "window" in params
-        model_scale = self.model_default_scales.get(method)
+        tnr_box = self.query_one("#tnr", Checkbox)
+        tnr_box.display = not unit.tnr  # tnr and tnr-cfg have it always
+        self._field("field-scale").display = unit.uses_scale and not weighted
+        self._field("field-tnr_power").display = unit.tnr or tnr_box.value
+        self._field("field-cfg_rescale").display = unit.rescale
+        self.query_one("#window").display = unit.name != "none"
+        model_scale = self.model_default_scales.get(unit.name)
         self._field("field-scale").input.placeholder = (
-            f"{DEFAULT_SCALE.get(method, 1.0)}" if model_scale is None else f"{model_scale:g} (model)"
+            f"{unit.default_scale:g}" if model_scale is None else f"{model_scale:g} (model)"
         )
+        self.query_one("#guidance-params", UnitParams).show(unit)
         self._update_equivalent()
 
     def _sync_weighted(self) -> None:
@@ -229,7 +240,11 @@ class LabScreen(Screen):
         self._sync_guidance()
 
     def _sync_schedule(self) -> None:
-        self._field("field-schedule_rho").display = self.query_one("#schedule", Select).value in ("karras", "power")
+        unit = SCHEDULES.get(str(self.query_one("#schedule", Select).value))
+        rho = self._field("field-schedule_rho")
+        rho.display = any(p.name == "rho" for p in unit.params)
+        default = getattr(unit, "default_rho", None)
+        rho.input.placeholder = "auto" if default is None else f"{default:g}"
 
     def _update_equivalent(self) -> None:
         text = ""
@@ -250,6 +265,14 @@ class LabScreen(Screen):
 
     @on(Select.Changed, "#guidance")
     def _guidance_changed(self) -> None:
+        self._sync_guidance()
+
+    @on(Select.Changed, "#solver")
+    def _solver_changed(self) -> None:
+        self._sync_solver()
+
+    @on(Checkbox.Changed, "#tnr")
+    def _tnr_changed(self) -> None:
         self._sync_guidance()
 
     @on(Select.Changed, "#schedule")
@@ -304,9 +327,10 @@ class LabScreen(Screen):
 
     def build_request(self) -> GenerationRequest:
         """The request the panels describe; raises RequestError naming the first bad field."""
-        method = str(self.query_one("#guidance", Select).value)
-        params = METHOD_PARAMS[method]
+        unit = self._method()
+        method = unit.name
         weighted = self.query_one("#weighted", Checkbox).value
+        tnr = not unit.tnr and self.query_one("#tnr", Checkbox).value
         values: dict[str, Any] = {
             "prompt": self._field("field-prompt").value(),
             "negative_prompt": self._field("field-negative_prompt").value(),
@@ -317,13 +341,17 @@ class LabScreen(Screen):
         }
         for name in ("steps", "decode_every", "seed", "width", "height", "schedule_rho"):
             values[name] = self._field(f"field-{name}").value()
-        if "scale" in params and not weighted:
+        values["discrete_timesteps"] = self.query_one("#discrete-timesteps", Checkbox).value
+        values["solver_params"] = self.query_one("#solver-params", UnitParams).values()
+        values["guidance_params"] = self.query_one("#guidance-params", UnitParams).values()
+        values["tnr"] = tnr
+        if unit.uses_scale and not weighted:
             values["scale"] = self._field("field-scale").value()
-        if "tnr_power" in params:
+        if unit.tnr or tnr:
             values["tnr_power"] = self._field("field-tnr_power").value()
-        if "cfg_rescale" in params:
+        if unit.rescale:
             values["cfg_rescale"] = self._field("field-cfg_rescale").value()
-        if "window" in params:
+        if method != "none":
             values["guidance_sigma_min"] = self._field("field-guidance_sigma_min").value()
             values["guidance_sigma_max"] = self._field("field-guidance_sigma_max").value()
         if weighted:
@@ -348,6 +376,10 @@ class LabScreen(Screen):
         self.query_one("#solver", Select).value = request.solver
         self.query_one("#schedule", Select).value = request.schedule
         self.query_one("#guidance", Select).value = request.guidance
+        self.query_one("#tnr", Checkbox).value = request.tnr
+        self.query_one("#discrete-timesteps", Checkbox).value = request.discrete_timesteps
+        self.query_one("#solver-params", UnitParams).show(SOLVERS.get(request.solver), request.solver_params)
+        self.query_one("#guidance-params", UnitParams).show(GUIDANCE.get(request.guidance), request.guidance_params)
         self.query_one("#seed-lock", Checkbox).value = True
         extra_box = self.query_one("#extra-prompts")
         extra_box.remove_children()
