@@ -309,3 +309,24 @@ def test_a_file_as_out_and_a_corrupt_history_are_one_line_errors(tiny_sdxl_dir, 
     assert err.startswith("tnr-lab: error: ") and "Traceback" not in err
     assert main(sweep_argv(tmp_path / "home", tiny_sdxl_dir, tmp_path / "o2", "1", "--steps", "0")) == 2
     assert "steps must be a whole number in 1..10000" in capsys.readouterr().err
+
+
+def test_unit_parameters_apply_to_the_units_that_take_them_and_keep_old_ids() -> None:
+    plain = SweepSpec(prompts=("p",), methods=("cfg", "apg"), seeds=(1,))
+    spec = SweepSpec(prompts=("p",), methods=("cfg", "apg"), seeds=(1,), guidance_params={"eta": 0.0})
+    by_method = {c.guidance: c for c in plan(spec)}
+    assert dict(by_method["apg"].guidance_params) == {"eta": 0.0} and by_method["cfg"].guidance_params == ()
+    assert cell_request(by_method["apg"], spec, "sw-x").guidance_params == {"eta": 0.0}
+    assert "guidance_params" not in plain.to_dict()  # a sweep without them keeps the id it had
+    assert spec.sweep_id() != plain.sweep_id()
+    assert SweepSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(SweepError, match="--guidance-param eta: no guidance of this sweep takes it"):
+        SweepSpec(prompts=("p",), methods=("cfg",), guidance_params={"eta": 0.0})
+
+
+def test_matched_evaluations_count_a_methods_own_window() -> None:
+    spec = SweepSpec(
+        prompts=("p",), methods=("apg",), seeds=(1,), steps=12, match_evaluations=True, guidance_params={"start": 0.5}
+    )
+    (cell,) = plan(spec)
+    assert abs(cell.planned_evaluations - reference_budget(12)) <= 2  # nearest: half the steps cost 1, half 2

@@ -57,6 +57,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="one row variant of the LoRA axis: PATH[:WEIGHT][+PATH[:WEIGHT]...] or 'none'; repeat, e.g. "
         "--lora-axis none --lora-axis style.safetensors:0.5 --lora-axis style.safetensors:1 (on top of --lora)",
     )
+    p.add_argument(
+        "--guidance-param",
+        dest="guidance_params",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a guidance parameter for every method of the sweep that takes it (repeat); 'tnr-lab units guidance'",
+    )
+    p.add_argument(
+        "--solver-param",
+        dest="solver_params",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a solver parameter for every solver of the sweep that takes it (repeat), e.g. eta=0.5",
+    )
     add_device_options(p)
     p.add_argument("--out", required=True, metavar="DIR", help="where the CSV and contact sheets go")
     p.add_argument(
@@ -107,10 +123,33 @@ def build_spec(args: argparse.Namespace):  # -> SweepSpec (kept lazy-typed: impo
             width=args.width,
             height=args.height,
             schedule=args.schedule,
+            guidance_params=unit_param_values(args.guidance_params, "guidance"),
+            solver_params=unit_param_values(args.solver_params, "solver"),
             **lora_options(args),
         )
     except SweepError as e:
         raise UserError(str(e)) from None
+
+
+def unit_param_values(items: list[str], kind: str) -> dict:
+    """NAME=VALUE items of --guidance-param / --solver-param, each parsed by the first unit that declares it."""
+    from engine import units
+
+    registry = units.GUIDANCE if kind == "guidance" else units.SOLVERS
+    declared = {p.name: p for u in registry for p in u.params}
+    values = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise UserError(f"--{kind}-param expects NAME=VALUE, got {item!r}")
+        if key not in declared:
+            raise UserError(f"--{kind}-param {key}: no {kind} takes it ('tnr-lab units' lists them)")
+        try:
+            values[key] = declared[key].parse(text)
+        except units.UnitError as e:
+            raise UserError(str(e)) from None
+    return values
 
 
 def lora_options(args: argparse.Namespace) -> dict:

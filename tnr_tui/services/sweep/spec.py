@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from engine.evaluations import planned_evaluations, steps_for_budget
@@ -23,7 +23,8 @@ from engine.request import (
     GenerationRequest,
 )
 from engine.units import GUIDANCE
-from tnr_tui.services.cells import GridCell, cell_of_request  # noqa: F401  (GridCell: the cells of a plan)
+from engine.units import SOLVERS as SOLVERS_REGISTRY
+from tnr_tui.services.cells import GridCell, cell_of_request, frozen_params
 
 # Methods whose scale means something; the others run once, with no scale.
 SCALED_METHODS: tuple[str, ...] = tuple(u.name for u in GUIDANCE if u.uses_scale)
@@ -134,10 +135,21 @@ class SweepSpec:
     lora_sets: tuple[tuple[tuple[str, float], ...], ...] = ()
     prediction_type: str | None = None
     zero_snr: bool | None = None
+    # Units' own parameters, NAME -> value: each applies to every method (solver) of the sweep that declares it.
+    guidance_params: dict[str, Any] = field(default_factory=dict)
+    solver_params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.prompts or any(not p.strip() for p in self.prompts):
             raise SweepError("give at least one non-empty --prompt")
+        for what, given, names, registry in (
+            ("guidance", self.guidance_params, self.methods, GUIDANCE),
+            ("solver", self.solver_params, self.solvers, SOLVERS_REGISTRY),
+        ):
+            declared = {p.name for n in names if n in registry for p in registry.get(n).params}
+            unused = sorted(set(given) - declared)
+            if unused:
+                raise SweepError(f"--{what}-param {', '.join(unused)}: no {what} of this sweep takes it")
         for m in self.methods:
             if m not in GUIDANCE_METHODS:
                 raise SweepError(f"unknown guidance method {m!r}; choose from: {', '.join(GUIDANCE_METHODS)}")
@@ -161,8 +173,8 @@ class SweepSpec:
         for k in ("prompts", "methods", "solvers", "seeds"):
             d[k] = list(d[k])
         # The LoRA and prediction fields only when set: a sweep without them keeps the id it had before.
-        for k in ("loras", "lora_sets", "prediction_type", "zero_snr"):
-            if d[k] in ((), [], None):
+        for k in ("loras", "lora_sets", "prediction_type", "zero_snr", "guidance_params", "solver_params"):
+            if d[k] in ((), [], None, {}):
                 del d[k]
         if self.loras:
             d["loras"] = [list(p) for p in self.loras]
@@ -218,6 +230,12 @@ def row_label(cell: GridCell) -> str:
     return f"{cell.label} {cell.planned_evaluations}ev"
 
 
+def params_of(registry: Any, name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The sweep's parameters that the unit `name` declares."""
+    declared = {p.name for p in registry.get(name).params} if name in registry else set()
+    return {k: v for k, v in given.items() if k in declared}
+
+
 def plan(spec: SweepSpec) -> list[GridCell]:
     """The cells in sheet order: prompt, then method, scale, solver (rows), then seed (columns)."""
     budget = reference_budget(spec.steps)
@@ -226,9 +244,18 @@ def plan(spec: SweepSpec) -> list[GridCell]:
         for method in spec.methods:
             for scale in spec.scales_of(method):
                 for solver in spec.solvers:
-                    steps = matched_steps(solver, method, budget) if spec.match_evaluations else spec.steps
+                    setting = GridCell(
+                        method,
+                        scale,
+                        solver,
+                        spec.steps,
+                        guidance_params=frozen_params(params_of(GUIDANCE, method, spec.guidance_params)),
+                        solver_params=frozen_params(params_of(SOLVERS_REGISTRY, solver, spec.solver_params)),
+                    )
+                    if spec.match_evaluations:  # the count of this very setting (a method's window changes it)
+                        setting = setting.with_steps(steps_for_budget(setting.request(), budget))
                     for lora_set in spec.lora_sets or ((),):  # the LoRA axis: one row per set
                         loras = tuple(spec.loras) + tuple(lora_set)
                         for seed in spec.seeds:
-                            cells.append(GridCell(method, scale, solver, steps, prompt=prompt, seed=seed, loras=loras))
+                            cells.append(replace(setting, prompt=prompt, seed=seed, loras=loras))
     return cells
