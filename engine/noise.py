@@ -91,6 +91,10 @@ class BrownianNoise:
         self._ready: dict[tuple[float, float], torch.Tensor] = {}
         self._worker: threading.Thread | None = None
 
+    @property
+    def prefetching(self) -> bool:
+        return self._worker is not None
+
     def prefetch(self, intervals: Sequence[tuple[float, float]]) -> None:
         """Compute these (sigma, sigma_next) increments ahead, in order, on a background thread."""
         if self._worker is not None:

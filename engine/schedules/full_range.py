@@ -53,6 +53,7 @@ def table_values(table: Any, values: list[float]) -> Any:
 @SCHEDULES.register
 class Exponential(FullRange):
     name = "exponential"
+    aliases = ("Exponential",)
     a1111 = "Exponential"
     summary = "even in log sigma over the whole trained table (k-diffusion's get_sigmas_exponential)"
     rank = 30
@@ -68,7 +69,7 @@ class Exponential(FullRange):
 @SCHEDULES.register
 class SgmUniform(FullRange):
     name = "sgm_uniform"
-    aliases = ("sgm uniform",)
+    aliases = ("SGM Uniform",)
     a1111 = "SGM Uniform"
     summary = "N + 1 even timesteps from T-1 to 0, the last dropped (ComfyUI's sgm_uniform)"
     rank = 31
@@ -84,6 +85,7 @@ class SgmUniform(FullRange):
 @SCHEDULES.register
 class Simple(FullRange):
     name = "simple"
+    aliases = ("Simple",)
     a1111 = "Simple"
     summary = "the table's sigma at T-1 - int(k T / N) (ComfyUI's simple)"
     rank = 32
@@ -105,7 +107,7 @@ def ddim_uniform_indices(T: int, steps: int) -> list[int]:
 @SCHEDULES.register
 class DdimUniform(FullRange):
     name = "ddim_uniform"
-    aliases = ("ddim uniform",)
+    aliases = ("DDIM", "ddim uniform")
     a1111 = "DDIM"
     summary = "the table's sigma at 1 + k (T // N), as the DDIM paper's uniform spacing (ComfyUI's ddim_uniform)"
     rank = 33
@@ -146,6 +148,7 @@ def beta_timesteps(T: int, steps: int, alpha: float = BETA_ALPHA, beta: float = 
 @SCHEDULES.register
 class Beta(FullRange):
     name = "beta"
+    aliases = ("Beta",)
     a1111 = "Beta"
     summary = "timesteps at the quantiles of Beta(0.6, 0.6) (arXiv:2407.12173; ComfyUI's beta)"
     rank = 34
@@ -169,7 +172,7 @@ class Beta(FullRange):
 @SCHEDULES.register
 class KlOptimal(FullRange):
     name = "kl_optimal"
-    aliases = ("kl optimal",)
+    aliases = ("KL Optimal",)
     a1111 = "KL Optimal"
     summary = "tan of even steps in atan sigma over the trained range (arXiv:2404.14507; ComfyUI's kl_optimal)"
     rank = 35
@@ -195,7 +198,7 @@ def loglinear_interp(values: tuple[float, ...], count: int) -> list[float]:
 @SCHEDULES.register
 class AlignYourSteps(FullRange):
     name = "ays"
-    aliases = ("align_your_steps", "AYS")
+    aliases = ("Align Your Steps", "align_your_steps")
     a1111 = "Align Your Steps"
     summary = "Align Your Steps (NVIDIA): ComfyUI's 10-step SDXL sigmas, log-linear for other step counts"
     rank = 36

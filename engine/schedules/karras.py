@@ -28,6 +28,7 @@ def karras_ramp(steps: int, sigma_min: float, sigma_max: float, rho: float, like
 @SCHEDULES.register
 class Karras(SigmaSchedule):
     name = "karras"
+    aliases = ("Karras",)
     a1111 = "Karras"
     summary = "Karras et al. 2022 (rho 7) over the whole trained table, as k-diffusion, ComfyUI and A1111"
     params = (RHO,)

@@ -113,6 +113,8 @@ class DPMpp2MSDE(ExponentialMultistep):
 
     def step(self, ctx: SolverContext, x: torch.Tensor, i: int) -> torch.Tensor:
         sigma, sigma_next = ctx.sigmas[i], ctx.sigmas[i + 1]
+        eta, s_noise = self.settings["eta"], self.settings["s_noise"]
+        noise = brownian(ctx) if eta and s_noise else None  # first: its prefetch overlaps this evaluation
         p = ctx.predict(x, sigma)
         denoised = p.denoised
         if sigma_next == 0:
@@ -120,7 +122,6 @@ class DPMpp2MSDE(ExponentialMultistep):
             return denoised
         if sigma_next == sigma:
             return p.renoised
-        eta, s_noise = self.settings["eta"], self.settings["s_noise"]
         h = math.log(sigma) - math.log(sigma_next)
         eta_h = eta * h
         x = (sigma_next / sigma) * math.exp(-eta_h) * p.renoised + (-math.expm1(-h - eta_h)) * denoised
@@ -132,9 +133,9 @@ class DPMpp2MSDE(ExponentialMultistep):
             else:
                 x = x + 0.5 * (-math.expm1(-h - eta_h)) * (1 / r) * difference
         self.history.push(sigma, denoised)
-        if eta and s_noise:
+        if noise is not None:
             down, up = sde_step(h, eta, sigma_next)
-            x = add_noise(ctx, x, down, s_noise * up, sigma_next, brownian(ctx)(sigma, sigma_next))
+            x = add_noise(ctx, x, down, s_noise * up, sigma_next, noise(sigma, sigma_next))
         return x
 
 
@@ -155,6 +156,8 @@ class DPMpp3MSDE(ExponentialMultistep):
 
     def step(self, ctx: SolverContext, x: torch.Tensor, i: int) -> torch.Tensor:
         sigma, sigma_next = ctx.sigmas[i], ctx.sigmas[i + 1]
+        eta, s_noise = self.settings["eta"], self.settings["s_noise"]
+        noise = brownian(ctx) if eta and s_noise else None  # first: its prefetch overlaps this evaluation
         p = ctx.predict(x, sigma)
         denoised = p.denoised
         if sigma_next == 0:
@@ -162,7 +165,6 @@ class DPMpp3MSDE(ExponentialMultistep):
             return denoised
         if sigma_next == sigma:
             return p.renoised
-        eta, s_noise = self.settings["eta"], self.settings["s_noise"]
         h = math.log(sigma) - math.log(sigma_next)
         h_eta = h * (eta + 1)
         x = math.exp(-h_eta) * p.renoised + (-math.expm1(-h_eta)) * denoised
@@ -179,9 +181,9 @@ class DPMpp3MSDE(ExponentialMultistep):
             r = self.h_back(1, sigma) / h
             x = x + phi_2 * ((denoised - self.history.values[-1]) / r)
         self.history.push(sigma, denoised)
-        if eta and s_noise:
+        if noise is not None:
             down, up = sde_step(h, eta, sigma_next)
-            x = add_noise(ctx, x, down, s_noise * up, sigma_next, brownian(ctx)(sigma, sigma_next))
+            x = add_noise(ctx, x, down, s_noise * up, sigma_next, noise(sigma, sigma_next))
         return x
 
 

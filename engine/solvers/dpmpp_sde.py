@@ -35,6 +35,8 @@ def brownian(ctx: SolverContext, stages: bool = False) -> BrownianNoise:
     its increments for every step prefetched (and for each step's midpoint stage too, `stages`)."""
     nonzero = [s for s in ctx.sigmas if s > 0]
     noise = ctx.noise.brownian(min(nonzero), max(nonzero))
+    if noise.prefetching:
+        return noise
     intervals = []
     for sigma, sigma_next in zip(ctx.sigmas[:-1], ctx.sigmas[1:], strict=True):
         if sigma_next > 0 and sigma_next != sigma:
@@ -70,11 +72,11 @@ class DPMppSDE(TwoStage):
 
     def step(self, ctx: SolverContext, x: torch.Tensor, i: int) -> torch.Tensor:
         sigma, sigma_next = ctx.sigmas[i], ctx.sigmas[i + 1]
+        eta, s_noise = self.settings["eta"], self.settings["s_noise"]
+        noise = brownian(ctx, stages=True) if eta and s_noise else None  # first: its prefetch overlaps predict
         p1 = ctx.predict(x, sigma)
         if sigma_next == 0 or sigma_next == sigma:
             return x - sigma * p1.den + sigma_next * p1.ren  # Euler to 0 (x = D); zero length: x~
-        eta, s_noise = self.settings["eta"], self.settings["s_noise"]
-        noise = brownian(ctx, stages=True) if eta and s_noise else None
         s = midpoint(sigma, sigma_next)
         x_tilde, n = p1.renoised, ctx.true_noise
 
