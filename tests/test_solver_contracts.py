@@ -37,10 +37,13 @@ def has_eta(name: str) -> bool:
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("steps", [1, 2, 3, 7, 12])
-@pytest.mark.parametrize("guidance", ["none", "cfg", "cfg++"])
-def test_counted_evaluations_equal_the_plan(name: str, steps: int, guidance: str) -> None:
+@pytest.mark.parametrize(
+    "guidance, tnr", [("none", False), ("cfg", False), ("cfg++", False), ("cfg++", True), ("tnr-cfg", False)]
+)
+def test_counted_evaluations_equal_the_plan(name: str, steps: int, guidance: str, tnr: bool) -> None:
+    """Every guidance method rides every solver (cfg++ with TNR on too), at exactly the planned cost."""
     bundle = GaussianBundle()
-    result = sample(bundle, request(solver=name, guidance=guidance, steps=steps, schedule="trailing", seed=1))
+    result = sample(bundle, request(solver=name, guidance=guidance, tnr=tnr, steps=steps, schedule="trailing", seed=1))
     per_call = 1 if guidance == "none" else 2
     assert result.stats["model_evaluations"] == result.stats["planned_evaluations"]
     assert sum(batch for _, _, batch in bundle.calls) == result.stats["model_evaluations"]
