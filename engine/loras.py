@@ -63,3 +63,9 @@ def file_hashes(path: Path) -> tuple[str, str]:
                 data.update(chunk)
         _HASHES[key] = (whole.hexdigest(), data.hexdigest()[:12])
     return _HASHES[key]
+
+
+def parse_lora_list(text: str) -> list[tuple[str, float]]:
+    """A text field's LoRAs (the TUI's Model panel): `PATH[:WEIGHT]` entries separated by ';' or new lines
+    (not commas, which file names may hold); blank entries are skipped. The request validates the rest."""
+    return [parse_lora_arg(item.strip()) for item in re.split(r"[;\n]", text) if item.strip()]

@@ -274,3 +274,18 @@ def test_generate_records_each_lora_and_the_png_carries_a1111_tags(tiny_sd15_dir
     assert main([*args, "--lora", str(tmp_path / "nope.safetensors")]) != 0
     err = capsys.readouterr().err
     assert "nope.safetensors: no such file" in err and "Traceback" not in err
+
+
+def test_lora_arguments_and_names_parse_without_torch(tmp_path, monkeypatch):
+    from engine.loras import lora_name, parse_lora_arg, parse_lora_list, resolve_lora_path
+
+    assert parse_lora_arg("style.safetensors:0.8") == ("style.safetensors", 0.8)
+    assert parse_lora_arg("/m/style.safetensors") == ("/m/style.safetensors", 1.0)
+    assert parse_lora_arg("odd:name.safetensors:-0.5") == ("odd:name.safetensors", -0.5)
+    assert parse_lora_arg("odd:name") == ("odd:name", 1.0)  # no number after the last ':': all of it is the path
+    assert parse_lora_list("a.safetensors:0.8; b.safetensors\n") == [("a.safetensors", 0.8), ("b.safetensors", 1.0)]
+    assert lora_name("/m/My Style.safetensors") == "My Style"
+    (tmp_path / "mine.safetensors").write_bytes(b"")
+    monkeypatch.setenv("TNR_LAB_LORA_DIRS", str(tmp_path))
+    assert resolve_lora_path("mine") == tmp_path / "mine.safetensors"
+    assert resolve_lora_path("elsewhere/mine") == __import__("pathlib").Path("elsewhere/mine")
