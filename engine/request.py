@@ -93,6 +93,11 @@ class GenerationRequest:
     guidance_sigma_max: float | None = None
     preview_every: int = 1  # cheap latent-to-RGB preview every N steps (0 = never)
     decode_every: int = 0  # full decode every N steps (0 = only the final image)
+    # Per-step rows (engine.telemetry; the history keeps them with the run). Off: no rows, the same latent.
+    telemetry: bool = True
+    # The history keeps the run's per-step latent-to-RGB frames and its decoded frames (every decode_every
+    # steps) as files beside its image (tnr_tui.services.runs); the TUI turns it on, the CLI's --keep-frames.
+    keep_frames: bool = False
     device: str = "auto"
     dtype: str = "auto"
     tags: dict[str, str] = field(default_factory=dict)  # free labels, e.g. {"sweep": "<id>"}
@@ -363,6 +368,8 @@ def validate_field(name: str, value: Any) -> str | None:
         return None if isinstance(value, bool) else f"tnr must be true or false, got {value!r}"
     if name == "discrete_timesteps":
         return None if isinstance(value, bool) else f"discrete timesteps must be true or false, got {value!r}"
+    if name in ("telemetry", "keep_frames"):
+        return None if isinstance(value, bool) else f"{name.replace('_', ' ')} must be true or false, got {value!r}"
     if name == "cfg_rescale":
         if value is None:
             return None

@@ -26,6 +26,7 @@ from engine.noise import NoiseSource, make_true_noise  # noqa: F401  (make_true_
 from engine.preview import decoded_to_image
 from engine.request import GenerationRequest, RequestError
 from engine.solvers import Prediction, SolverContext, make_solver
+from engine.telemetry import Recorder, StepTable, cond_and_uncond
 
 
 class SamplingCancelled(Exception):
@@ -48,6 +49,8 @@ class StepEvent:
     tnr_factor: float | None
     evaluations: int  # model evaluations so far (a batched call of k predictions counts k)
     elapsed: float  # seconds since sampling began
+    # The step's telemetry row of each image (engine.telemetry: column -> value); empty with telemetry off.
+    rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -57,6 +60,12 @@ class Result:
     true_noise: torch.Tensor  # CPU float32
     stats: dict[str, Any] = field(default_factory=dict)
     request: GenerationRequest | None = None  # the request with resolved sizes
+    telemetry: list[StepTable] | None = None  # one table of per-step rows per image; None with telemetry off
+
+    @property
+    def steps(self) -> StepTable | None:
+        """The first (today: the only) image's per-step rows."""
+        return self.telemetry[0] if self.telemetry else None
 
 
 def denoised_estimate(x: torch.Tensor, sigma: float, den: torch.Tensor) -> torch.Tensor:
@@ -189,6 +198,8 @@ def _sample(
     x = n * init_noise_sigma
 
     solver = make_solver(request.solver, request.solver_params)
+    # Per-step rows (engine.telemetry): references kept at each step's first stage, one Gram matrix per step.
+    recorder = Recorder(batch=shape[0]) if getattr(request, "telemetry", True) else None
     evaluations = 0
     tnr_factors: list[float] = []
     loop_started = time.perf_counter()
@@ -230,10 +241,28 @@ def _sample(
         # float64 predictions (a v-prediction model's eps, engine.models.bundle) stay float64: at zero terminal
         # SNR the step needs it (MATH.md 8); float32 and narrower become float32.
         wide = predictions.dtype == torch.float64
-        den, ren = guide.pair(predictions if wide else predictions.float(), ctx.true_noise, perturbed, x=x_stage, sigma=s)
+        raw = predictions if wide else predictions.float()
+        first = step["first"] is None
+        method_extras: dict[str, Any] | None = {} if first and recorder is not None else None
+        den, ren = guide.pair(raw, ctx.true_noise, perturbed, x=x_stage, sigma=s, extras=method_extras)
         prediction = Prediction(x_stage, s, den, ren)
-        if step["first"] is None:
+        if first:
             step["first"] = prediction
+            if recorder is not None:
+                c, u = cond_and_uncond(guide, raw, batch)
+                info = guide.info
+                recorder.first_stage(
+                    index=info.index,
+                    sigma=s,
+                    sigma_next=info.sigma_next,
+                    timestep=timestep(s),
+                    tnr_factor=guide.S,
+                    x=x_stage,
+                    den=den,
+                    cond=c,
+                    uncond=u,
+                    extras=method_extras,
+                )
         return prediction
 
     ctx = SolverContext(sigmas=sigmas, predict=predict, noise=noise, true_noise=n)
@@ -244,11 +273,14 @@ def _sample(
         if guide.S is not None:
             tnr_factors.append(guide.S)
         step.update(guide=guide, first=None)
+        ctx.extras = {}  # what the solver adds for this step's row
         x = solver.step(ctx, x, i)
         if not bool(torch.isfinite(x).all()):
             raise SamplingError(
                 f"non-finite latent at step {i + 1} of {steps} (sigma {sigma:.4g} -> {sigma_next:.4g}); try fewer steps, a smaller scale or float32"
             )
+        if recorder is not None:
+            recorder.end_step(evaluations, ctx.extras)
 
         if on_step is not None:
             first: Prediction = step["first"]
@@ -276,6 +308,7 @@ def _sample(
                     tnr_factor=guide.S,
                     evaluations=evaluations,
                     elapsed=time.perf_counter() - started,
+                    rows=recorder.last_rows() if recorder is not None else [],
                 )
             )
     loop_seconds = time.perf_counter() - loop_started
@@ -300,4 +333,7 @@ def _sample(
         "request": request.to_dict(),
         "warnings": warnings,
     }
-    return Result(latent=latent, image=final_image, true_noise=true_noise, stats=stats, request=request)
+    telemetry = recorder.tables() if recorder is not None else None
+    return Result(
+        latent=latent, image=final_image, true_noise=true_noise, stats=stats, request=request, telemetry=telemetry
+    )

@@ -90,6 +90,7 @@ class AdaptiveProjectedGuidance(GuidanceMethod):
         parallel = (v0 * v1).sum(dim=dims, keepdim=True) * v1
         orthogonal = (v0 - parallel).to(diff.dtype)
         parallel = parallel.to(diff.dtype)
+        p.extras.update(apg_parallel=parallel, apg_orthogonal=orthogonal)  # telemetry takes their norms
         base = c if s["use_original_formulation"] else u
         guided = rescale_cfg(base + self.scale * (orthogonal + s["eta"] * parallel), c, self.cfg_rescale)
         return guided, guided

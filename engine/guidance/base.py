@@ -405,11 +405,14 @@ class PerturbedGuider(DiffusersGuider):
         s = self.perturbed_scale()
         if not cfg and not perturbed:
             return self.finish(c, c)
+        term = s * (c - p.perturbed) if perturbed else None
+        if term is not None:
+            p.extras["perturbed_term"] = term  # telemetry takes its norm
         if not cfg:
-            return self.finish(self.base(c, p.perturbed) + s * (c - p.perturbed), c)
+            return self.finish(self.base(c, p.perturbed) + term, c)
         pred = self.base(c, p.uncond) + self.scale * (c - p.uncond)
         if perturbed:
-            pred = pred + s * (c - p.perturbed)
+            pred = pred + term
         return self.finish(pred, c)
 
     @classmethod

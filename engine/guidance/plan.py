@@ -72,10 +72,12 @@ class StepGuidance:
         *,
         x: torch.Tensor | None = None,
         sigma: float | None = None,
+        extras: dict[str, Any] | None = None,
     ) -> Pair:
         """(den, ren) from the predictions of one batched call (`batch` rows per entry of `normal_rows`, in
         order) and, where the step has one, the perturbed pass's output. `x` and `sigma` (the point of the
-        evaluation) are needed where a method combines in a v-prediction model's output space."""
+        evaluation) are needed where a method combines in a v-prediction model's output space. `extras`, when
+        given, receives what the method put in `Predictions.extras` (telemetry, engine/telemetry.py)."""
         batch = true_noise.shape[0]
         rows = [predictions[j * batch : (j + 1) * batch] for j in range(len(self.normal_rows))]
         plan = self.plan
@@ -108,6 +110,8 @@ class StepGuidance:
                 cond2=by_kind.get("cond2"),
             )
         den, ren = plan.method.combine(preds, self.info)
+        if extras is not None:
+            extras.update(preds.extras)
         if convert:
             same = ren is den
             den = v_to_eps(den, x, sigma)

@@ -61,11 +61,15 @@ def add_noise(
 ) -> torch.Tensor:
     """x (at sigma_down) plus sigma_up z, and the true noise tracked: n' = (sigma_down n + sigma_up z) / sigma_next.
 
-    `sigma_up` is the std actually injected (s_noise included); z is a standard normal draw.
+    `sigma_up` is the std actually injected (s_noise included); z is a standard normal draw. The injected
+    noise goes to the step's telemetry (`ctx.extras["noise_injected"]`, its norm taken there; the last
+    injection of a step is the one x_next keeps).
     """
     if ctx.true_noise is not None and sigma_next > 0:
         ctx.true_noise = (sigma_down / sigma_next) * ctx.true_noise + (sigma_up / sigma_next) * z
-    return x + sigma_up * z
+    injected = sigma_up * z
+    ctx.extras["noise_injected"] = injected
+    return x + injected
 
 
 def inject_normal(
