@@ -116,3 +116,24 @@ def test_labels_fit_the_column_and_keep_the_telling_words() -> None:
     assert short_label("adaptive_projected_guidance_momentum") == "momentum"
     assert short_label("perturbed_guidance_scale") == "scale"
     assert all(len(short_label(p.name)) <= 10 for r in (units.SOLVERS, units.GUIDANCE) for u in r for p in u.params)
+
+
+async def test_the_model_panel_takes_loras_as_text(tmp_data_dir: Path) -> None:
+    from tnr_tui.ui.widgets.fields import TextInput
+
+    app = make_app(tmp_data_dir)
+    async with app.run_test(size=(120, 60)) as pilot:
+        lab = app.lab
+        lab.query_one("#loras", TextInput).value = "styles/ink.safetensors:0.6; detail.safetensors"
+        await pilot.pause()
+        request = lab.build_request()
+        assert [(lora.path, lora.weight) for lora in request.loras] == [
+            ("styles/ink.safetensors", 0.6),
+            ("detail.safetensors", 1.0),
+        ]
+        lab.load_request(request)
+        await pilot.pause()
+        assert lab.build_request().loras == request.loras
+        lab.query_one("#loras", TextInput).value = "ink.safetensors:heavy"
+        with pytest.raises(RequestError, match="LoRAs"):
+            lab.build_request()

@@ -190,6 +190,11 @@ class LabScreen(Screen):
                     with Horizontal(classes="pair"):
                         yield RequestField("model", "Model", app.model_ref)
                         yield Button("load", id="load-model", compact=True)
+                    with Horizontal(classes="field-row", id="lora-row"):
+                        label = Label("LoRAs")
+                        label.tooltip = "LoRA files, PATH[:WEIGHT] separated by ';' (applied per run, no reload)"
+                        yield label
+                        yield TextInput("", placeholder="none: PATH[:WEIGHT]; ...", id="loras", compact=True)
                     yield Static("not loaded", id="model-state", markup=False)
             with Vertical(id="output"):
                 with Vertical(id="panel-preview", classes="panel") as panel:
@@ -325,6 +330,15 @@ class LabScreen(Screen):
             raise RequestError("prompt scale must be a number")
         return float(value)
 
+    def _loras(self) -> tuple[tuple[str, float], ...]:
+        from engine.loras import parse_lora_list  # torch-free
+
+        text = self.query_one("#loras", TextInput).exact_value
+        try:
+            return tuple(parse_lora_list(text))
+        except (ValueError, RequestError) as exc:
+            raise RequestError(f"LoRAs: {exc}") from None
+
     def build_request(self) -> GenerationRequest:
         """The request the panels describe; raises RequestError naming the first bad field."""
         unit = self._method()
@@ -345,6 +359,7 @@ class LabScreen(Screen):
         values["solver_params"] = self.query_one("#solver-params", UnitParams).values()
         values["guidance_params"] = self.query_one("#guidance-params", UnitParams).values()
         values["tnr"] = tnr
+        values["loras"] = self._loras()
         if unit.uses_scale and not weighted:
             values["scale"] = self._field("field-scale").value()
         if unit.tnr or tnr:
@@ -380,6 +395,9 @@ class LabScreen(Screen):
         self.query_one("#discrete-timesteps", Checkbox).value = request.discrete_timesteps
         self.query_one("#solver-params", UnitParams).show(SOLVERS.get(request.solver), request.solver_params)
         self.query_one("#guidance-params", UnitParams).show(GUIDANCE.get(request.guidance), request.guidance_params)
+        self.query_one("#loras", TextInput).show_exact(
+            "; ".join(f"{lora.path}:{lora.weight:g}" for lora in request.loras)
+        )
         self.query_one("#seed-lock", Checkbox).value = True
         extra_box = self.query_one("#extra-prompts")
         extra_box.remove_children()
