@@ -63,6 +63,34 @@ TWINS: dict[str, tuple[str | None, dict[str, Any], dict[str, Any]]] = {
 }
 
 
+# diffusers' sde-dpmsolver++ draws plain Gaussian noise; the lab's 2M/3M SDE take k-diffusion's Brownian-tree
+# increments. Its scheduler is handed the same Brownian increments (what the parity tests do), so both sides
+# pay for the tree; a second row compares with diffusers' own Gaussian noise.
+BROWNIAN_FED = ("dpmpp_2m_sde", "dpmpp_3m_sde")
+
+
+def feed_brownian_noise(scheduler: Any, seed: int) -> None:
+    """Wrap `scheduler.step` to pass the lab's Brownian increment of each step as `variance_noise`."""
+    import torch
+
+    from engine.noise import BrownianNoise
+
+    original = scheduler.step
+    state: dict[str, Any] = {}
+
+    def step(model_output: Any, timestep: Any, sample: Any, *args: Any, **kwargs: Any) -> Any:
+        sigmas = scheduler.sigmas.tolist()
+        if state.get("sigmas") != sigmas:  # a new run (set_timesteps): a new tree over its grid
+            nonzero = [s for s in sigmas if s > 0]
+            state.update(sigmas=sigmas, noise=BrownianNoise([seed], tuple(sample.shape), min(nonzero), max(nonzero)))
+        i = scheduler.index_for_timestep(timestep) if scheduler.step_index is None else scheduler.step_index
+        a, b = sigmas[i], sigmas[i + 1]
+        kwargs["variance_noise"] = state["noise"](a, b) if b > 0 else torch.zeros_like(sample)
+        return original(model_output, timestep, sample, *args, **kwargs)
+
+    scheduler.step = step
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny", help="a diffusers SDXL directory, 'embedded' or 'tiny' (default)")
@@ -132,8 +160,11 @@ def main(argv: list[str] | None = None) -> int:
                 sync()
 
             runs = [("ours", ours)]
+            brownian = name in BROWNIAN_FED
             if twin is not None:
                 pipe.scheduler = getattr(diffusers, twin).from_config(base_config, **config)
+                if brownian:
+                    feed_brownian_noise(pipe.scheduler, SEED)
 
                 def theirs() -> None:
                     latents = pipe(
@@ -173,6 +204,14 @@ def main(argv: list[str] | None = None) -> int:
                 their_s = min(times["diffusers"])
                 rows.append((name, ours_s, their_s, ours_s / their_s, paired))
             print(f"{name:20s} done", file=sys.stderr, flush=True)
+            if brownian:  # and once more against diffusers' own (Gaussian, not Brownian) SDE noise
+                pipe.scheduler = getattr(diffusers, twin).from_config(base_config, **config)
+                gaussian = []
+                for _ in range(args.repeats):
+                    started = time.perf_counter()
+                    theirs()
+                    gaussian.append(time.perf_counter() - started)
+                rows.append((f"{name} (vs Gaussian)", ours_s, min(gaussian), ours_s / min(gaussian), None))
 
     threads = f", {torch.get_num_threads()} CPU threads" if bundle.device.type == "cpu" else ""
     print(f"model {model} on {bundle.device} ({str(bundle.dtype).removeprefix('torch.')}{threads}), {width}x{height}")

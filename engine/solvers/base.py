@@ -84,7 +84,7 @@ class Solver:
     stages: ClassVar[int] = 1  # model evaluations of a full step
     final_stages: ClassVar[int] = 1  # ... of a step that ends at sigma 0 (first order there, as peers do)
     order: ClassVar[int] = 1
-    stochastic: ClassVar[bool] = False
+    stochastic: ClassVar[bool] = False  # can inject noise (eta > 0); ddim and res_multistep default to eta 0
     params: ClassVar[tuple[Param, ...]] = ()
     rank: ClassVar[int] = 100  # menu position
 

@@ -196,6 +196,7 @@ class ResMultistep(ExponentialMultistep):
         "DPM-Solver++ 2M 'heun'); eta > 0 steps to sigma_down and adds ancestral noise"
     )
     order = 2
+    stochastic = True  # with eta > 0 (as ddim: deterministic at its default)
     params = (eta_param(0.0), S_NOISE)
     rank = 48
 
