@@ -13,13 +13,14 @@ stage), `decode`, `preview`, `schedule`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from PIL import Image
 
+from engine.batch import batch_difference
 from engine.evaluations import planned_evaluations
 from engine.guidance import GuidancePlan, StepGuidance
 from engine.noise import NoiseSource, make_true_noise  # noqa: F401  (make_true_noise: re-exported)
@@ -34,7 +35,11 @@ class SamplingCancelled(Exception):
 
 
 class SamplingError(RuntimeError):
-    """The run cannot go on (a non-finite latent); the message names the step."""
+    """The run cannot go on (a non-finite latent); the message names the step.
+
+    `images`: in a batch, the indices of the images that failed (the others were fine up to then)."""
+
+    images: tuple[int, ...] = ()
 
 
 @dataclass
@@ -119,35 +124,78 @@ def sample(
 
     Running out of memory is a SamplingError that says so (not the allocator's text).
     """
+    image_callback = None if on_step is None else (lambda _image, event: on_step(event))
+    return _guarded(bundle, [request], image_callback, should_stop)[0]
+
+
+def sample_batch(
+    bundle: Any,
+    requests: Sequence[GenerationRequest],
+    on_step: Callable[[int, StepEvent], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[Result]:
+    """Requests that differ only in seed, prompts and tags (engine.batch.PER_IMAGE_FIELDS) as one batch.
+
+    One model call per stage for all images; each image keeps its own seed, true noise and noise stream, and
+    gets its own Result (latent, image, stats with its evaluations and `stats["batch"]`: size, index, the
+    batch's seconds). `on_step(image_index, event)` is called per image after each step, the event holding
+    that image's denoised estimate, preview and telemetry row. Requests that cannot share a batch are a
+    RequestError naming the field; a non-finite image is a SamplingError whose `images` names it.
+    """
+    if not requests:
+        return []
+    return _guarded(bundle, list(requests), on_step, should_stop)
+
+
+def _guarded(
+    bundle: Any,
+    requests: list[GenerationRequest],
+    on_step: Callable[[int, StepEvent], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> list[Result]:
     callback_errors: list[BaseException] = []
 
-    def step_callback(event: StepEvent) -> None:
+    def step_callback(image: int, event: StepEvent) -> None:
         try:
-            on_step(event)  # type: ignore[misc]
+            on_step(image, event)  # type: ignore[misc]
         except BaseException as e:  # the caller's own error: passed through as it is, never relabelled
             callback_errors.append(e)
             raise
 
     try:
-        return _sample(bundle, request, step_callback if on_step is not None else None, should_stop)
+        return _sample(bundle, requests, step_callback if on_step is not None else None, should_stop)
     except (RuntimeError, MemoryError) as e:
         if isinstance(e, SamplingError) or e in callback_errors or not is_out_of_memory(e):
             raise
+        request = requests[0]
         size = f"{request.width or bundle.default_size[1]}x{request.height or bundle.default_size[0]}"
+        batch = f" in a batch of {len(requests)}" if len(requests) > 1 else ""
         detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise SamplingError(
-            f"out of memory on {bundle.device} at {size}: try a smaller size, float16, or another device ({detail})"
+            f"out of memory on {bundle.device} at {size}{batch}: try a smaller size{', a smaller --batch' if batch else ''}, "
+            f"float16, or another device ({detail})"
         ) from e
+
+
+def _seeded(perturbation: Any) -> bool:
+    """A perturbed pass whose randomness comes from the run's seed (autoguidance's dropout below 1): in a batch
+    each image takes its own pass, with its own seed (engine/models/perturb.py)."""
+    return getattr(perturbation, "kind", "") == "layer_skip" and float(getattr(perturbation, "dropout", 1.0)) < 1.0
 
 
 def _sample(
     bundle: Any,
-    request: GenerationRequest,
-    on_step: Callable[[StepEvent], None] | None,
+    requests: list[GenerationRequest],
+    on_step: Callable[[int, StepEvent], None] | None,
     should_stop: Callable[[], bool] | None,
-) -> Result:
+) -> list[Result]:
     started = time.perf_counter()
-    request = resolve_request(bundle, request)
+    requests = [resolve_request(bundle, r) for r in requests]
+    different = batch_difference(requests)
+    if different is not None:
+        raise RequestError(f"a batch's requests may differ only in seed, prompts and tags, not in {different}")
+    request = requests[0]  # everything but the per-image fields is the same for all of them
+    images = len(requests)
     schedule = bundle.schedule
     device = bundle.device
     steps = request.steps
@@ -161,28 +209,57 @@ def _sample(
     grid, grid_t = sampling_grid.sigmas, sampling_grid.timesteps
     sigmas = grid.tolist()
 
-    plan = GuidancePlan.from_request(request, prediction_type=getattr(bundle, "prediction_type", "epsilon"))
+    prediction_type = getattr(bundle, "prediction_type", "epsilon")
+    # One plan per image (its texts; its method instance seeds a perturbation's randomness); the first combines
+    # for all of them: every method works per image over the non-batch dimensions.
+    plans = [GuidancePlan.from_request(r, prediction_type=prediction_type) for r in requests]
+    plan = plans[0]
+    layout = (plan.rows_of_kind, plan.guided_rows, plan.conditional_row, len(plan.texts))
+    if any((p.rows_of_kind, p.guided_rows, p.conditional_row, len(p.texts)) != layout for p in plans[1:]):
+        raise RequestError("a batch's prompts must give every image the same rows (an N-prompt batch: same prompts)")
     check_stop()
-    zero_if_empty = [
-        bundle.force_zeros_for_empty_prompt and text == "" and i != plan.conditional_row
-        for i, text in enumerate(plan.texts)
-    ]
-    cond = bundle.encode(list(plan.texts), request.height, request.width, zero_if_empty=zero_if_empty)
-    warnings = [
-        f"{'prompt' if i == plan.conditional_row else 'text'} {shorten(text)!r} is longer than the text encoders' "
-        f"context: its last {len(cut.split())} words are ignored, from {shorten(cut)!r}"
-        for i, (text, cut) in enumerate(zip(plan.texts, bundle.dropped_text(list(plan.texts)), strict=True))
-        if cut
-    ]
-    warnings += sampling_grid.warnings  # a grid that starts low or repeats a sigma (MATH.md 7)
+    # Each distinct set of texts is encoded once, in one call of its own rows, as an unbatched run encodes it.
+    text_sets = list(dict.fromkeys(p.texts for p in plans))
+    image_set = [text_sets.index(p.texts) for p in plans]
+    encoded, set_warnings = [], []
+    for texts in text_sets:
+        zero_if_empty = [
+            bundle.force_zeros_for_empty_prompt and text == "" and i != plan.conditional_row
+            for i, text in enumerate(texts)
+        ]
+        encoded.append(bundle.encode(list(texts), request.height, request.width, zero_if_empty=zero_if_empty))
+        set_warnings.append(
+            [
+                f"{'prompt' if i == plan.conditional_row else 'text'} {shorten(text)!r} is longer than the text "
+                f"encoders' context: its last {len(cut.split())} words are ignored, from {shorten(cut)!r}"
+                for i, (text, cut) in enumerate(zip(texts, bundle.dropped_text(list(texts)), strict=True))
+                if cut
+            ]
+        )
+    cond = encoded[0]
+    # a grid that starts low or repeats a sigma (MATH.md 7)
+    image_warnings = [set_warnings[k] + list(sampling_grid.warnings) for k in image_set]
     cond_rows: dict[tuple[tuple[int, ...], int], Any] = {}
 
     def conditioning(rows: tuple[int, ...], batch: int) -> Any:
-        """The rows of the encoded texts a call evaluates, each repeated for the batch's images (a a b b)."""
+        """The rows of the encoded texts a call evaluates, for each of the batch's images (a a b b)."""
         key = (rows, batch)
         if key not in cond_rows:
-            picked = cond if rows == tuple(range(cond.batch)) else cond.select(list(rows))
-            cond_rows[key] = picked if batch == 1 else picked.repeat(batch)
+            if len(encoded) == 1 or batch == 1:
+                picked = cond if rows == tuple(range(cond.batch)) else cond.select(list(rows))
+                cond_rows[key] = picked if batch == 1 else picked.repeat(batch)
+            else:  # images with prompts of their own: row r of image b from its text set
+                every = encoded[0].cat(encoded)
+                width = len(plan.texts)
+                cond_rows[key] = every.select([image_set[b] * width + r for r in rows for b in range(batch)])
+        return cond_rows[key]
+
+    def image_conditioning(rows: tuple[int, ...], image: int) -> Any:
+        """One image's rows (a perturbed pass taken image by image)."""
+        key = (rows, -1 - image_set[image])
+        if key not in cond_rows:
+            own = encoded[image_set[image]]
+            cond_rows[key] = own if rows == tuple(range(own.batch)) else own.select(list(rows))
         return cond_rows[key]
 
     shape = (
@@ -191,7 +268,7 @@ def _sample(
         request.height // bundle.vae_scale_factor,
         request.width // bundle.vae_scale_factor,
     )
-    noise = NoiseSource([request.seed], shape, device)
+    noise = NoiseSource([r.seed for r in requests], shape, device)
     true_noise = noise.true_noise
     n = true_noise.to(device)
     init_noise_sigma = sampling_grid.init_noise_sigma
@@ -199,11 +276,11 @@ def _sample(
 
     solver = make_solver(request.solver, request.solver_params)
     # Per-step rows (engine.telemetry): references kept at each step's first stage, one Gram matrix per step.
-    recorder = Recorder(batch=shape[0]) if getattr(request, "telemetry", True) else None
+    recorder = Recorder(batch=images) if getattr(request, "telemetry", True) else None
     evaluations = 0
     tnr_factors: list[float] = []
     loop_started = time.perf_counter()
-    final_image: Image.Image | None = None
+    final_images: list[Image.Image | None] = [None] * images
     # The step being taken, for `predict` (a solver calls it once per stage, in any order it likes).
     step: dict[str, Any] = {}
     # Grid sigmas use the grid's own timesteps (diffusers' fractional linspace ones included); a solver's
@@ -234,9 +311,20 @@ def _sample(
         predictions = bundle.eps(model_input, s, timestep(s), conditioning(rows, batch))
         perturbed = None
         if guide.perturbed_rows:
-            perturbed = bundle.eps_perturbed(
-                x_stage, s, timestep(s), conditioning(guide.perturbed_rows, batch), plan.method.perturbation()
-            ).float()
+            perturbations = [p.method.perturbation() for p in plans]
+            if batch == 1 or not _seeded(perturbations[0]):
+                perturbed = bundle.eps_perturbed(
+                    x_stage, s, timestep(s), conditioning(guide.perturbed_rows, batch), perturbations[0]
+                ).float()
+            else:  # each image's pass with its own seed, as its unbatched run takes it
+                perturbed = torch.cat(
+                    [
+                        bundle.eps_perturbed(
+                            x_stage[b : b + 1], s, timestep(s), image_conditioning(guide.perturbed_rows, b), pert
+                        ).float()
+                        for b, pert in enumerate(perturbations)
+                    ]
+                )
         evaluations += len(guide.rows)
         # float64 predictions (a v-prediction model's eps, engine.models.bundle) stay float64: at zero terminal
         # SNR the step needs it (MATH.md 8); float32 and narrower become float32.
@@ -276,64 +364,90 @@ def _sample(
         ctx.extras = {}  # what the solver adds for this step's row
         x = solver.step(ctx, x, i)
         if not bool(torch.isfinite(x).all()):
-            raise SamplingError(
-                f"non-finite latent at step {i + 1} of {steps} (sigma {sigma:.4g} -> {sigma_next:.4g}); try fewer steps, a smaller scale or float32"
+            bad = tuple(b for b in range(images) if not bool(torch.isfinite(x[b]).all()))
+            where = f" (image {', '.join(str(b + 1) for b in bad)} of a batch of {images})" if images > 1 else ""
+            error = SamplingError(
+                f"non-finite latent at step {i + 1} of {steps} (sigma {sigma:.4g} -> {sigma_next:.4g}){where}; try fewer steps, a smaller scale or float32"
             )
+            error.images = bad
+            raise error
         if recorder is not None:
             recorder.end_step(evaluations, ctx.extras)
 
         if on_step is not None:
             first: Prediction = step["first"]
-            denoised = first.denoised.detach().float().cpu()
+            denoised_all = first.denoised.detach().float().cpu()
             last = i == steps - 1
-            preview = None
-            if request.preview_every and ((i + 1) % request.preview_every == 0 or last):
-                preview = bundle.preview(denoised)
-            image = None
-            if request.decode_every and ((i + 1) % request.decode_every == 0 or last):
-                if last:
-                    final_image = decoded_to_image(bundle.decode(x))
-                    image = final_image
-                else:
-                    image = decoded_to_image(bundle.decode(denoised.to(device)))
-            on_step(
-                StepEvent(
-                    index=i,
-                    steps=steps,
-                    sigma=sigma,
-                    sigma_next=sigma_next,
-                    denoised=denoised,
-                    preview=preview,
-                    image=image,
-                    tnr_factor=guide.S,
-                    evaluations=evaluations,
-                    elapsed=time.perf_counter() - started,
-                    rows=recorder.last_rows() if recorder is not None else [],
+            rows = recorder.last_rows() if recorder is not None else []
+            elapsed = time.perf_counter() - started
+            for b in range(images):
+                # Each image is decoded alone (as its unbatched run decodes it: no batched-convolution drift).
+                denoised = denoised_all if images == 1 else denoised_all[b : b + 1]
+                preview = None
+                if request.preview_every and ((i + 1) % request.preview_every == 0 or last):
+                    preview = bundle.preview(denoised)
+                image = None
+                if request.decode_every and ((i + 1) % request.decode_every == 0 or last):
+                    if last:
+                        final_images[b] = decoded_to_image(bundle.decode(x if images == 1 else x[b : b + 1]))
+                        image = final_images[b]
+                    else:
+                        image = decoded_to_image(bundle.decode(denoised.to(device)))
+                on_step(
+                    b,
+                    StepEvent(
+                        index=i,
+                        steps=steps,
+                        sigma=sigma,
+                        sigma_next=sigma_next,
+                        denoised=denoised,
+                        preview=preview,
+                        image=image,
+                        tnr_factor=guide.S,
+                        evaluations=evaluations,
+                        elapsed=elapsed,
+                        rows=rows[b : b + 1] if images > 1 else rows,
+                    ),
                 )
-            )
     loop_seconds = time.perf_counter() - loop_started
 
-    latent = x.detach().float().cpu()
-    if final_image is None:
-        final_image = decoded_to_image(bundle.decode(x))
-    stats = {
-        "seconds": time.perf_counter() - started,
-        "seconds_per_step": loop_seconds / steps,
-        "model_evaluations": evaluations,
-        "planned_evaluations": planned_evaluations(request, sigmas),
-        "steps": steps,
-        "device": str(device),
-        "dtype": str(bundle.dtype).removeprefix("torch."),
-        "sigmas": sigmas,
-        "timesteps": grid_t.tolist(),
-        "schedule": sampling_grid.kind,  # the kind sampled on ("default" may have fallen back to trailing)
-        "init_noise_sigma": init_noise_sigma,
-        "tnr_factors": tnr_factors if plan.uses_tnr else None,
-        "equivalent_cfg_scale": plan.equivalent_cfg_scale,
-        "request": request.to_dict(),
-        "warnings": warnings,
-    }
+    latents = x.detach().float().cpu()
+    for b in range(images):
+        if final_images[b] is None:
+            final_images[b] = decoded_to_image(bundle.decode(x if images == 1 else x[b : b + 1]))
+    seconds = time.perf_counter() - started
     telemetry = recorder.tables() if recorder is not None else None
-    return Result(
-        latent=latent, image=final_image, true_noise=true_noise, stats=stats, request=request, telemetry=telemetry
-    )
+    results = []
+    for b, image_request in enumerate(requests):
+        stats = {
+            # A batch's images share its time: each records its share, so seconds add up to the wall time.
+            "seconds": seconds / images,
+            "seconds_per_step": loop_seconds / steps / images,
+            "model_evaluations": evaluations,  # per image: a batched call of k predictions per image counts k
+            "planned_evaluations": planned_evaluations(image_request, sigmas),
+            "steps": steps,
+            "device": str(device),
+            "dtype": str(bundle.dtype).removeprefix("torch."),
+            "sigmas": sigmas,
+            "timesteps": grid_t.tolist(),
+            "schedule": sampling_grid.kind,  # the kind sampled on ("default" may have fallen back to trailing)
+            "init_noise_sigma": init_noise_sigma,
+            "tnr_factors": tnr_factors if plan.uses_tnr else None,
+            "equivalent_cfg_scale": plan.equivalent_cfg_scale,
+            "request": image_request.to_dict(),
+            "warnings": image_warnings[b],
+        }
+        if images > 1:
+            # The model saw this image inside a batch: a re-run alone may differ in the last bits (MATH.md 11).
+            stats["batch"] = {"size": images, "index": b, "seconds": seconds}
+        results.append(
+            Result(
+                latent=latents if images == 1 else latents[b : b + 1],
+                image=final_images[b],
+                true_noise=true_noise if images == 1 else true_noise[b : b + 1],
+                stats=stats,
+                request=image_request,
+                telemetry=telemetry[b : b + 1] if telemetry is not None and images > 1 else telemetry,
+            )
+        )
+    return results
