@@ -1,4 +1,4 @@
-"""Per-step telemetry of a run: one row per step and image, computed in one place (docs/MATH.md 11).
+"""Per-step telemetry of a run: one row per step and image, computed in one place (docs/MATH.md 12).
 
 At the first stage of every step (its first model evaluation) the sampler hands a `Recorder` what that
 evaluation saw: the latent x and sigma, the raw predictions by kind (c the prompt's eps, u the negative
@@ -18,9 +18,10 @@ prompt's), the guided eps `den` the solver moves along and what the guidance met
 
 A value a step does not have (u for a one-prediction method or outside the guidance window) is null.
 
-Every norm of a step comes from ONE Gram matrix: its vectors (x, den, D, c, u, c - u, D - D_prev, the
-extras' tensors, and a ones vector for the mean of x) are stacked per image, widened to float64 and
-multiplied once (V V^T), all on the device. The Gram matrices go to the CPU once per step where a caller
+Every norm of a step comes from ONE Gram matrix: its vectors (x, den, c, u, the previous step's x and den,
+the extras' tensors, and a ones vector for the mean of x) are stacked per image, widened to float64 and
+multiplied once (V V^T), all on the device; D = x - sigma den, c - u and D_i - D_(i-1) are combinations of
+them, so their norms and inner products are quadratic forms of that matrix. The Gram matrices go to the CPU once per step where a caller
 watches the steps (`on_step`: its event carries the rows) and once at the end otherwise, so telemetry adds
 no device synchronisation of its own inside the loop.
 
@@ -151,13 +152,21 @@ class StepTable:
             writer.writerow(["" if v is None else repr(v) if isinstance(v, float) else v for v in row])
 
 
-def table_of(rows: Sequence[Mapping[str, Value]]) -> StepTable:
-    """A StepTable from row dicts: COLUMNS first, then every other key in order of first appearance."""
+def table_of(rows: Sequence[Mapping[str, Value]], *, checked: bool = True) -> StepTable:
+    """A StepTable from row dicts: COLUMNS first, then every other key in order of first appearance.
+
+    `checked=False` (the recorder's own rows, clean already) skips the per-value check."""
     extras: dict[str, None] = {}
     for row in rows:
         extras.update((k, None) for k in row if k not in COLUMNS)
     columns = COLUMNS + tuple(extras)
-    return StepTable(columns, tuple(tuple(row.get(c) for c in columns) for row in rows))
+    values = tuple(tuple(row.get(c) for c in columns) for row in rows)
+    if checked:
+        return StepTable(columns, values)
+    table = object.__new__(StepTable)
+    object.__setattr__(table, "columns", columns)
+    object.__setattr__(table, "rows", values)
+    return table
 
 
 # ---- the recorder (torch inside its methods only) ----------------------------------------------------------
@@ -173,12 +182,17 @@ class _FirstStage:
     extras: dict[str, Any]
 
 
+# A combination of the stacked vectors: name -> coefficient (its squared norm is c^T G c).
+Combination = dict[str, float]
+
+
 @dataclass
 class _Pending:
     """One step's numbers, still on the device: the Gram matrix [B, K, K] of `names` and [B, k] `scalars`."""
 
     meta: dict[str, Value]
     names: list[str]
+    combos: dict[str, Combination]  # the derived vectors (D, c - u, D - D_prev) as combinations of `names`
     scalar_names: list[str]
     flat: Any  # the Gram, then the scalars, flattened into one tensor (one transfer)
     n: int  # elements per image of the latent (the ones vector's squared norm)
@@ -191,7 +205,7 @@ class Recorder:
     def __init__(self, batch: int = 1) -> None:
         self.batch = batch
         self._first: _FirstStage | None = None
-        self._previous_denoised: Any = None
+        self._previous: tuple[Any, Any, float] | None = None  # (x, den, sigma) of the last step's first stage
         self._pending: list[_Pending] = []
         self._rows: list[list[dict[str, Value]]] = [[] for _ in range(batch)]
 
@@ -220,49 +234,59 @@ class Recorder:
         self._first = _FirstStage(meta, x, den, cond, uncond, dict(extras or {}))
 
     def end_step(self, evaluations: int, solver_extras: Mapping[str, Any] | None = None) -> None:
-        """The step is done: its Gram matrix, computed on the device and kept there."""
+        """The step is done: its Gram matrix, computed on the device and kept there.
+
+        The vectors stacked are the step's own (x, den, c, u), the previous step's x and den, the extras'
+        tensors and ones; D = x - sigma den, c - u and D_i - D_(i-1) are combinations of them, whose norms are
+        quadratic forms of the float64 Gram matrix (exact products of float32 inputs, so the cancellation in
+        D_i - D_(i-1) late in a run costs nothing visible). Without float64 (MPS) they are formed explicitly.
+        """
         import torch
 
         first, self._first = self._first, None
         if first is None:  # a step without an evaluation (none today): no row
             return
-        b = self.batch
-        x = first.x
+        b, x = self.batch, first.x
+        n = x[0].numel()
+        sigma = float(first.meta["sigma"])
         wide = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
-        # D in float64: late steps change D by ~1e-3 of its norm, which float32 rounding of D would blur.
-        denoised = x.to(wide) - float(first.meta["sigma"]) * first.den.to(wide)
-        vectors: dict[str, Any] = {"x": x, "den": first.den, "denoised": denoised}
+        vectors: dict[str, Any] = {"x": x, "den": first.den}
+        combos: dict[str, Combination] = {"denoised": {"x": 1.0, "den": -sigma}}
         if first.cond is not None:
             vectors["cond"] = first.cond
         if first.uncond is not None:
             vectors["uncond"] = first.uncond
             if first.cond is not None:
-                vectors["diff"] = first.cond - first.uncond
-        if self._previous_denoised is not None:
-            vectors["change"] = denoised - self._previous_denoised
-        self._previous_denoised = denoised
-        n = x[0].numel()
+                combos["diff"] = {"cond": 1.0, "uncond": -1.0}
+        if self._previous is not None:
+            x_prev, den_prev, sigma_prev = self._previous
+            vectors.update(x_prev=x_prev, den_prev=den_prev)
+            combos["change"] = {"x": 1.0, "den": -sigma, "x_prev": -1.0, "den_prev": sigma_prev}
+        self._previous = (x, first.den, sigma)
+        if wide != torch.float64:  # float32 quadratic forms would cancel badly: form the vectors themselves
+            for name, combo in list(combos.items()):
+                vectors[name] = sum(c * vectors[k].to(wide) for k, c in combo.items())
+                combos[name] = {name: 1.0}
         scalars: dict[str, Any] = {}
         plain: dict[str, float] = {}
-        extras = {**first.extras, **dict(solver_extras or {})}
-        for name, value in extras.items():
+        for name, value in {**first.extras, **dict(solver_extras or {})}.items():
             if not isinstance(value, torch.Tensor):
                 if value is not None:
                     plain[name] = float(value)
-            elif value.ndim > 1 and value[0].numel() == n:
+            elif value.shape == x.shape:
                 vectors["extra:" + name] = value  # its norm comes from the Gram matrix
             elif value.ndim > 1:
                 scalars[name] = value.flatten(1).norm(dim=1)
             else:
                 scalars[name] = value.reshape(-1).expand(b) if value.numel() == 1 else value.reshape(b)
-        stacked = torch.stack([v.reshape(b, n).to(wide) for v in vectors.values()] + [_ones(b, n, wide, x.device)], 1)
-        gram = stacked @ stacked.transpose(1, 2)
-        parts = [gram.reshape(-1)]
+        vectors["ones"] = _ones(tuple(x.shape), x.dtype, x.device)
+        # One stack (dtypes promote), one widening, one batched product: a handful of operations per step.
+        stacked = torch.stack(list(vectors.values()), 1).reshape(b, len(vectors), n).to(wide)
+        flat = (stacked @ stacked.transpose(1, 2)).reshape(-1)
         if scalars:
-            parts.append(torch.stack([s.to(wide) for s in scalars.values()], 1).reshape(-1))
-        flat = parts[0] if len(parts) == 1 else torch.cat(parts)
+            flat = torch.cat([flat, torch.stack([s.to(wide) for s in scalars.values()], 1).reshape(-1)])
         meta = {**first.meta, "evaluations": int(evaluations)}
-        self._pending.append(_Pending(meta, [*vectors, "ones"], list(scalars), flat.detach(), n, plain))
+        self._pending.append(_Pending(meta, list(vectors), combos, list(scalars), flat.detach(), n, plain))
 
     def last_rows(self) -> list[dict[str, Value]]:
         """The latest step's row of every image (moves what is pending to the CPU: one transfer)."""
@@ -272,7 +296,7 @@ class Recorder:
     def tables(self) -> list[StepTable]:
         """One table per image of the batch."""
         self._flush()
-        return [table_of(rows) for rows in self._rows]
+        return [table_of(rows, checked=False) for rows in self._rows]
 
     def _flush(self) -> None:
         import torch
@@ -297,54 +321,56 @@ class Recorder:
 def _row(p: _Pending, at: dict[str, int], g: list[float], k: int) -> dict[str, Value]:
     """One image's columns from its Gram matrix g (row-major k x k) over the vectors named in `at`."""
 
-    def dot(a: str, b: str) -> float | None:
-        if a not in at or b not in at:
-            return None
-        return g[at[a] * k + at[b]]
+    def inner(a: Combination, b: Combination) -> float:
+        total = 0.0
+        for na, ca in a.items():
+            base = at[na] * k
+            for nb, cb in b.items():
+                total += ca * cb * g[base + at[nb]]
+        return total
 
-    def norm(a: str) -> float | None:
-        d = dot(a, a)
-        return None if d is None else math.sqrt(max(d, 0.0))
+    def norm(name: str) -> float | None:
+        v = p.combos.get(name) or ({name: 1.0} if name in at else None)
+        return None if v is None else math.sqrt(max(inner(v, v), 0.0))
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None or b == 0 else a / b
 
     norm_diff, norm_uncond = norm("diff"), norm("uncond")
-    inner = dot("diff", "uncond")
-    total, squares = dot("x", "ones"), dot("x", "x")
-    assert total is not None and squares is not None
-    variance = (squares - total * total / p.n) / (p.n - 1) if p.n > 1 else 0.0
+    dot = inner(p.combos["diff"], {"uncond": 1.0}) if "diff" in p.combos else None
+    xx, x1 = g[at["x"] * (k + 1)], g[at["x"] * k + at["ones"]]
+    variance = (xx - x1 * x1 / p.n) / (p.n - 1) if p.n > 1 else 0.0
     row: dict[str, Value] = {
         **p.meta,
         "norm_cond": norm("cond"),
         "norm_uncond": norm_uncond,
         "norm_diff": norm_diff,
         "diff_ratio": ratio(norm_diff, norm_uncond),
-        "cos_diff_uncond": ratio(inner, None if not norm_diff or not norm_uncond else norm_diff * norm_uncond),
+        "cos_diff_uncond": ratio(dot, None if not norm_diff or not norm_uncond else norm_diff * norm_uncond),
         "norm_guided": norm("den"),
-        "norm_x": norm("x"),
+        "norm_x": math.sqrt(max(xx, 0.0)),
         "std_x": math.sqrt(max(variance, 0.0)),
         "x0_change": ratio(norm("change"), norm("denoised")),
     }
     for name in at:
         if name.startswith("extra:"):
-            row[name.removeprefix("extra:")] = norm(name)
+            row[name[6:]] = norm(name)
     row.update(p.plain)
     return row
 
 
-_ONES: dict[tuple[int, int, Any, Any], Any] = {}
+_ONES: dict[tuple[Any, ...], Any] = {}
 
 
-def _ones(b: int, n: int, dtype: Any, device: Any) -> Any:
-    """[b, n] ones (the mean of x comes from its dot product with them), made once per shape and device."""
+def _ones(shape: tuple[int, ...], dtype: Any, device: Any) -> Any:
+    """Ones of the latent's shape (the mean of x comes from its dot product with them), made once per shape."""
     import torch
 
-    key = (b, n, dtype, device)
+    key = (shape, dtype, device)
     if key not in _ONES:
         if len(_ONES) > 8:
             _ONES.clear()
-        _ONES[key] = torch.ones(b, n, dtype=dtype, device=device)
+        _ONES[key] = torch.ones(shape, dtype=dtype, device=device)
     return _ONES[key]
 
 
