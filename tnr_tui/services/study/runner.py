@@ -22,6 +22,9 @@ from tnr_tui.services.study.plots import plot_accuracy_vs_evaluations, plot_metr
 from tnr_tui.services.study.running import ArmResult, SampleFn, engine_sampler, run_arms
 from tnr_tui.services.study.statistics import bootstrap_indices
 from tnr_tui.services.study.tables import _write_text, best_scale, write_markdown
+from tnr_tui.services.study.trajectory import has_rows, steps_lines
+from tnr_tui.services.study.trajectory_plot import plot as plot_difference_term
+from tnr_tui.services.study.trajectory import summary as difference_term
 from tnr_tui.services.sweep.sheets import draw_sheet
 from tnr_tui.services.sweep.spec import matched_steps, reference_budget
 
@@ -106,6 +109,10 @@ def run_study(
             for r in results.values()
         ],
     }
+    if has_rows(results):  # the notebook's difference term, measured (trajectory.py); every image's rows kept
+        data["difference_term"] = difference_term(cfg, results, indices)
+        lines = "".join(json.dumps(record) + "\n" for record in steps_lines(results))
+        _write_text(out_dir / "steps.jsonl", lines)
     json_path = _write_text(out_dir / "study.json", json.dumps(data, indent=1) + "\n")
     command = command or f"tnr-lab study --samples {cfg.samples} --steps {cfg.steps} --out {out_dir}"
 
@@ -125,6 +132,8 @@ def run_study(
         ),
         ("contact-sheet.png", lambda path: study_sheet(cfg, results, path, embedded)),
     ]
+    if has_rows(results) and "difference_term" in data and data["difference_term"]["reference_scale"] is not None:
+        drawings.append(("difference-term.png", lambda path: plot_difference_term(cfg, results, indices, path)))
     for name, draw in drawings:
         try:
             plots.append(draw(out_dir / name))

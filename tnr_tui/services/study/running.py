@@ -30,6 +30,7 @@ class ArmResult:
     thumbs: dict[int, Any] = field(default_factory=dict)  # seed -> small image, for the first SHEET_SEEDS
     schedules: list[str] = field(default_factory=list)  # the grid kinds its runs sampled (stats["schedule"])
     warnings: list[str] = field(default_factory=list)  # its runs' warnings, each once
+    steps: dict[int, Any] = field(default_factory=dict)  # seed -> its per-step telemetry rows (StepTable)
 
 
 def measure(image: Any, prompt: str, embedded: bool, scorer: Any = None) -> dict[str, float]:
@@ -71,6 +72,7 @@ def run_arms(
         thumbs: dict[int, Any] = {}
         schedules: dict[str, None] = {}
         warnings: dict[str, None] = {}
+        steps: dict[int, Any] = {}
         arm_start = time.perf_counter()
         for seed in seeds:
             prompt = prompt_for_seed(seed, cfg, embedded)
@@ -90,6 +92,8 @@ def run_arms(
                 tags={"study": "1"},
             )
             image, stats = sample_fn(request)
+            if _table(stats.get("telemetry")) is not None:
+                steps[seed] = _table(stats["telemetry"])
             for name, value in measure(image, prompt, embedded, scorer).items():
                 values.setdefault(name, []).append(value)
             evals.append(int(stats.get("model_evaluations", arm.planned_evaluations)))
@@ -105,7 +109,7 @@ def run_arms(
             done += 1
         seconds = time.perf_counter() - arm_start
         results[arm] = ArmResult(
-            arm, seeds, values, round(float(np.mean(evals))), seconds, thumbs, list(schedules), list(warnings)
+            arm, seeds, values, round(float(np.mean(evals))), seconds, thumbs, list(schedules), list(warnings), steps
         )
         elapsed = time.perf_counter() - started
         log(
@@ -116,12 +120,19 @@ def run_arms(
     return results
 
 
+def _table(telemetry: Any) -> Any:
+    """An image's StepTable from what a sampler or worker returns (a table, a list of one, or None)."""
+    if isinstance(telemetry, list):
+        return telemetry[0] if telemetry else None
+    return telemetry
+
+
 def engine_sampler(bundle: Any) -> SampleFn:
     """The real engine path: one loaded bundle, `engine.sampler.sample` per request."""
     from engine.sampler import sample
 
     def run(request: GenerationRequest) -> tuple[Any, dict[str, Any]]:
         result = sample(bundle, request)
-        return result.image, result.stats
+        return result.image, {**result.stats, "telemetry": result.steps}
 
     return run

@@ -22,3 +22,11 @@ def mean_ci(values: Sequence[float], indices: np.ndarray) -> tuple[float, float,
     means = v[indices].mean(axis=1)
     lo, hi = np.percentile(means, [2.5, 97.5])
     return float(v.mean()), float(lo), float(hi)
+
+
+def median_ci(values: Sequence[float], indices: np.ndarray) -> tuple[float, float, float]:
+    """Median and 95 % percentile bootstrap interval of the median of `values` (one per seed)."""
+    v = np.asarray(values, dtype=np.float64)
+    medians = np.median(v[indices], axis=1)
+    lo, hi = np.percentile(medians, [2.5, 97.5])
+    return float(np.median(v)), float(lo), float(hi)

@@ -22,6 +22,8 @@ from tnr_tui.services.study.design import (
 )
 from tnr_tui.services.study.running import ArmResult
 from tnr_tui.services.study.statistics import mean_ci
+from tnr_tui.services.study.trajectory import markdown as trajectory_markdown
+from tnr_tui.services.study.trajectory import verdict as difference_verdict
 from tnr_tui.services.sweep.spec import matched_steps, reference_budget
 
 # ---- tables -------------------------------------------------------------------------------------------------
@@ -185,6 +187,7 @@ def write_markdown(
             pairs.append((f"B={budget} {solver}: tnr - none", by_arm[tnr], by_arm[none]))
     if pairs:
         lines += [*_diff_table(pairs, indices, embedded), ""]
+    lines += trajectory_markdown(cfg, results, indices)
     lines += claim_verdicts(cfg, results, indices, embedded, bests)
     warnings = list(dict.fromkeys(w for r in results.values() for w in r.warnings))
     if warnings:
@@ -278,6 +281,9 @@ def claim_verdicts(
         row("TNR-CFG competes with CFG++", title, a, b, key)
         if embedded:
             row("TNR-CFG competes with CFG++", title, a, b, "colourfulness")
+    measured = difference_verdict(cfg, results)
+    if measured is not None:
+        lines.append(f"| c - u is a hundredth of either base term | {measured[0]} | diff_ratio | - | {measured[1]} |")
     if "rk4" in cfg.solvers:
         for budget in cfg.budgets:
             steps = {g: matched_steps("rk4", g, reference_budget(budget)) for g in ("none", "tnr")}
