@@ -23,8 +23,8 @@ from tnr_tui.services.study.running import ArmResult, SampleFn, engine_sampler, 
 from tnr_tui.services.study.statistics import bootstrap_indices
 from tnr_tui.services.study.tables import _write_text, best_scale, write_markdown
 from tnr_tui.services.study.trajectory import has_rows, steps_lines
-from tnr_tui.services.study.trajectory_plot import plot as plot_difference_term
 from tnr_tui.services.study.trajectory import summary as difference_term
+from tnr_tui.services.study.trajectory_plot import plot as plot_difference_term
 from tnr_tui.services.sweep.sheets import draw_sheet
 from tnr_tui.services.sweep.spec import matched_steps, reference_budget
 
