@@ -101,3 +101,60 @@ def test_compare_screen_at_80x24(snap_compare, tmp_data_dir: Path) -> None:
     assert snap_compare(
         make_app(tmp_data_dir), press=["f4", *"a red circle"], run_before=settled, terminal_size=(80, 24)
     )
+
+
+class _Bundle:
+    name, device, dtype = "fake", "cpu", "float32"
+
+
+def _fake_run_app(data_dir: Path) -> TnrLabApp:
+    from tui_runs import fake_run_fn
+
+    return TnrLabApp(
+        data_dir=data_dir,
+        model="embedded",
+        image_protocol="unicode",
+        autoload=False,
+        load_fn=lambda *a: _Bundle(),
+        run_fn=fake_run_fn(),
+    )
+
+
+async def _after_a_fixed_run(pilot, steps: int = 24, guidance: str = "tnr-cfg") -> None:
+    """A finished run of fixed telemetry rows (tests/tui_runs.py), its timings hidden."""
+    await settled(pilot)
+    app = pilot.app
+    app.lab.query_one("#steps").value = str(steps)
+    app.lab.query_one("#guidance").value = guidance
+    await pilot.pause()
+    app.lab.action_run()
+    for _ in range(1000):
+        if app.ended:
+            break
+        await pilot.pause(0.01)
+    assert app.ended and app.ended[0].status == "done"
+    await pilot.pause(0.05)
+    # The model's load time is in its line: the one number of the screen that depends on the clock.
+    app.lab.query_one("#model-state").update("embedded: loaded (fake cpu float32)")
+    await pilot.pause()
+
+
+def test_lab_live_plot(snap_compare, tmp_data_dir: Path) -> None:
+    # The plot of the run's telemetry beside the preview: S (TNR) over the 24 steps of a tnr-cfg run.
+    async def setup(pilot) -> None:
+        await _after_a_fixed_run(pilot)
+        pilot.app.lab.query_one("#plot-series").value = "tnr_factor"
+        await pilot.pause(0.05)
+
+    assert snap_compare(_fake_run_app(tmp_data_dir), run_before=setup, terminal_size=SIZE)
+
+
+def test_lab_live_plot_at_80x24(snap_compare, tmp_data_dir: Path) -> None:
+    # 80x24: the plot instead of the picture (ctrl+t), x0 change on its log axis.
+    async def setup(pilot) -> None:
+        await _after_a_fixed_run(pilot)
+        pilot.app.lab.query_one("#plot-series").value = "x0_change"
+        await pilot.press("ctrl+t")
+        await pilot.pause(0.05)
+
+    assert snap_compare(_fake_run_app(tmp_data_dir), run_before=setup, terminal_size=(80, 24))

@@ -46,7 +46,12 @@ class RunStarted(Message):
 
 
 class RunProgress(Message):
-    """One sampler step done. A newer progress message of the same job replaces a queued older one."""
+    """One sampler step done. A newer progress message of the same job replaces a queued older one.
+
+    `rows` holds the telemetry row of every step so far (engine.telemetry: column -> value; empty with
+    telemetry off), not only this step's: so a message that replaces queued ones loses none of their rows,
+    and the UI handles one message however many steps the sampler did meanwhile. The tuple shares its dicts
+    with the worker's list (references: a step adds one, nothing is copied but the tuple)."""
 
     def __init__(
         self,
@@ -57,10 +62,12 @@ class RunProgress(Message):
         tnr_factor: float | None,
         evaluations: int,
         elapsed: float,
+        rows: tuple[dict[str, Any], ...] = (),
     ) -> None:
         super().__init__()
         self.job_id, self.index, self.steps, self.sigma = job_id, index, steps, sigma
         self.tnr_factor, self.evaluations, self.elapsed = tnr_factor, evaluations, elapsed
+        self.rows = rows
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, RunProgress) and message.job_id == self.job_id
@@ -293,9 +300,10 @@ class DeviceWorker:
             if self._store is None:
                 self._store = self._open_store(self._data_dir)
             last_preview = [0.0]
+            rows: list[dict[str, Any]] = []  # the run's telemetry rows so far (its one image's)
 
             def on_step(event: Any) -> None:
-                self._on_step(job.job_id, event, last_preview)
+                self._on_step(job.job_id, event, last_preview, rows)
 
             # With no bundle (the model failed to load) execute() tries again and records the failure.
             outcome = self._run(
@@ -325,7 +333,10 @@ class DeviceWorker:
             self.current_job = None
             self._cancel.clear()
 
-    def _on_step(self, job_id: int, event: Any, last_preview: list[float]) -> None:
+    def _on_step(self, job_id: int, event: Any, last_preview: list[float], rows: list[dict[str, Any]]) -> None:
+        step_rows = getattr(event, "rows", None)
+        if step_rows:
+            rows.append(step_rows[0])
         self._post(
             RunProgress(
                 job_id,
@@ -335,6 +346,7 @@ class DeviceWorker:
                 None if event.tnr_factor is None else float(event.tnr_factor),
                 int(event.evaluations),
                 float(event.elapsed),
+                tuple(rows),
             )
         )
         now = time.monotonic()

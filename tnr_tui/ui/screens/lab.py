@@ -26,10 +26,14 @@ from tnr_tui.services.text import visible
 from tnr_tui.ui.screens import preset_breakpoints
 from tnr_tui.ui.widgets.fields import RequestField, TextInput
 from tnr_tui.ui.widgets.picture import Picture
+from tnr_tui.ui.widgets.plot import LinePlot
+from tnr_tui.ui.widgets.telemetry import CHOICES as PLOT_CHOICES
+from tnr_tui.ui.widgets.telemetry import DEFAULT_CHOICE, choice, has_values, series_of
 from tnr_tui.ui.widgets.unit_params import UnitParams
 
 METRIC_NAMES = ("colourfulness", "contrast", "saturation", "dynamic_range")
 EXAMPLE_PROMPT = "a red circle on a blue background"  # the Lab's and Compare's first prompt: one the model knows
+PLOT_IDLE = "the run's telemetry plots here as it samples"
 
 
 def choice_row(label: str, registry: Any, value: str, select_id: str) -> Horizontal:
@@ -102,6 +106,8 @@ class LabScreen(Screen):
         Binding("escape", "cancel", "Cancel", id="lab.cancel"),
         # Not in the footer (it would push Compare off an 80-column one): the seed panel has a button.
         Binding("ctrl+n", "new_seed", "New seed", id="lab.new_seed", show=False),
+        # Where the picture and the plot do not fit side by side (80x24), one shows at a time.
+        Binding("ctrl+t", "toggle_plot", "Plot", id="lab.toggle_plot", show=False),
     ]
 
     def __init__(self) -> None:
@@ -109,6 +115,8 @@ class LabScreen(Screen):
         self.job_ids: set[int] = set()
         self.last_result: dict[str, Any] = {}
         self.model_default_scales: dict[str, float] = {}  # the loaded model's (a blank scale means these)
+        self.plot_rows: tuple[dict[str, Any], ...] = ()  # the telemetry rows of the run shown (RunProgress.rows)
+        self.plot_steps = 0
 
     # ---- layout ----
 
@@ -203,7 +211,19 @@ class LabScreen(Screen):
                     yield ProgressBar(total=1, show_eta=False, id="progress")
                     yield Static("idle", id="progress-text", markup=False)
                     yield Static("", id="result-text", markup=False)
-                    yield Picture("no image yet: type a prompt and press ctrl+r", id="preview")
+                    # The picture and, beside it, the live plot of the run's telemetry (on a small terminal
+                    # one at a time: ctrl+t swaps them).
+                    with Horizontal(id="preview-row"):
+                        yield Picture("no image yet: type a prompt and press ctrl+r", id="preview")
+                        with Vertical(id="live-plot-box"):
+                            yield Select(
+                                [(c.label, c.key) for c in PLOT_CHOICES],
+                                value=DEFAULT_CHOICE,
+                                allow_blank=False,
+                                id="plot-series",
+                                compact=True,
+                            )
+                            yield LinePlot(PLOT_IDLE, id="live-plot")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -287,6 +307,10 @@ class LabScreen(Screen):
     @on(Checkbox.Changed, "#weighted")
     def _weighted_changed(self) -> None:
         self._sync_weighted()
+
+    @on(Select.Changed, "#plot-series")
+    def _plot_series_changed(self) -> None:
+        self._update_plot()
 
     @on(Input.Changed)
     def _any_input_changed(self) -> None:
@@ -442,6 +466,25 @@ class LabScreen(Screen):
         if app.cancel_runs():
             self.query_one("#progress-text", Static).update("cancelling…")
 
+    def action_toggle_plot(self) -> None:
+        """Show the plot instead of the picture, or back (where they do not fit side by side)."""
+        self.toggle_class("-plot")
+        self._title_preview()
+
+    def on_resize(self) -> None:
+        self._title_preview()
+
+    def _title_preview(self) -> None:
+        """The panel's title says how to reach what is hidden on a small terminal (app.tcss: 100x32 fits both)."""
+        both = self.has_class("-wide") and self.has_class("-tall")
+        panel = self.query_one("#panel-preview")
+        if both:
+            panel.border_title = "Preview"
+        elif self.has_class("-plot"):
+            panel.border_title = "Plot · ctrl+t picture"
+        else:
+            panel.border_title = "Preview · ctrl+t plot"
+
     def action_new_seed(self) -> None:
         self._field("field-seed").input.value = str(random.randint(0, min(MAX_SEED, 2**32 - 1)))
 
@@ -479,6 +522,8 @@ class LabScreen(Screen):
         bar.update(total=request.steps, progress=0)
         self.query_one("#progress-text", Static).update(self._with_queue(f"starting: {request.steps} steps"))
         self.query_one("#result-text", Static).update("")
+        self.plot_rows, self.plot_steps = (), request.steps
+        self._update_plot()
 
     def show_progress(self, message: Any) -> None:
         self.query_one("#progress", ProgressBar).update(total=message.steps, progress=message.index + 1)
@@ -487,6 +532,26 @@ class LabScreen(Screen):
                 format_progress(message.index, message.steps, message.sigma, message.tnr_factor, message.elapsed)
             )
         )
+        rows = getattr(message, "rows", ())
+        if len(rows) != len(self.plot_rows) or message.steps != self.plot_steps:
+            self.plot_rows, self.plot_steps = rows, message.steps
+            self._update_plot()
+
+    def _update_plot(self) -> None:
+        """Draw the chosen series of the rows so far over the run's steps (the x axis does not move)."""
+        chosen = choice(str(self.query_one("#plot-series", Select).value))
+        rows = self.plot_rows
+        if not rows:
+            empty = PLOT_IDLE if not self.plot_steps else "waiting for the first step…"
+        elif not has_values(rows, chosen):
+            empty = f"{chosen.label}: none in this run"
+        else:
+            empty = ""
+        x_range = (1.0, float(self.plot_steps)) if self.plot_steps > 1 else None
+        plot = self.query_one("#live-plot", LinePlot)
+        series = series_of(rows, chosen, x="step")
+        # One series: the drop-down above names it, and the legend's row is worth more as plot on 80x24.
+        plot.plot(series, x_range=x_range, log_y=chosen.log_y, x_label="step", empty=empty, legend=len(series) > 1)
 
     def show_preview(self, message: Any) -> None:
         kind = "decoded" if message.decoded else "denoised estimate"
