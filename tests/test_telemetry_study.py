@@ -52,7 +52,10 @@ def test_the_study_reports_the_difference_term_and_the_path_length(tmp_path: Pat
     assert "## 4. The difference term and the trajectory, per step" in md
     assert "| 4 | 0.04 |" in md  # scale 4: cfg's median over steps and seeds
     assert "Per step at scale 4 (median over 4 seeds" in md
-    assert "| c - u is a hundredth of either base term | cfg 4: median ‖c - u‖ / ‖u‖ over steps and seeds 0.04" in md
+    assert (
+        "| c - u is a hundredth of either base term | cfg 4: median ‖c - u‖ / ‖u‖ over steps and seeds 0.04 | diff_ratio | - | not held: 4.0 hundredths"
+        in md
+    )
     assert "![difference-term](difference-term.png)" in md
     with Image.open(tmp_path / "difference-term.png") as im:
         assert im.width == 720 and im.height > 700

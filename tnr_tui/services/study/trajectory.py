@@ -230,13 +230,10 @@ def verdict(cfg: StudyConfig, results: dict[Arm, ArmResult]) -> tuple[str, str] 
     if m is None:
         return None
     median = float(np.nanmedian(m))
-    order = round(math.log10(median)) if median > 0 else None
-    reading = (
-        "no difference measured"
-        if order is None
-        else f"order 10^{order}"
-        + (" (a hundredth)" if order == -2 else f" (the claim says 10^-2; measured {median:.3g})")
-    )
+    hundredths = median / 0.01
+    # "on the order of a hundredth": held where the median is within a factor of 2 of 0.01.
+    held = 0.5 <= hundredths < 2
+    reading = f"{'held' if held else 'not held'}: {hundredths:.1f} hundredths (the notebook: about one)"
     return f"cfg {scale:g}: median ‖c - u‖ / ‖u‖ over steps and seeds {median:.3g}", reading
 
 
