@@ -66,7 +66,7 @@ def test_new_store_uses_wal_foreign_keys_busy_timeout_and_latest_schema(tmp_path
         with store.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == store_module.BUSY_SLICE_S * 1000
-            assert conn.exec_driver_sql("PRAGMA user_version").scalar() == 2
+            assert conn.exec_driver_sql("PRAGMA user_version").scalar() == store_module.migrations.LATEST_VERSION
     assert (tmp_path / "outputs").is_dir()
 
 

@@ -39,6 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the history and outputs live (default: $TNR_LAB_HOME or the platform's user data dir)",
     )
     parser.add_argument(
+        "--history-url",
+        default=None,
+        metavar="URL",
+        help="a shared history on PostgreSQL (postgresql+psycopg://host/db) instead of the SQLite file in the data "
+        "dir, for every command and the lab (env: TNR_LAB_HISTORY_URL; needs pip install 'tnr-lab[postgres]')",
+    )
+    parser.add_argument(
+        "--outputs",
+        default=None,
+        metavar="DIR",
+        help="where the history's images and latents live (default: DATA_DIR/outputs); give a directory every "
+        "host sees for a shared history, else a PostgreSQL history also keeps each file in the database "
+        "(env: TNR_LAB_OUTPUTS)",
+    )
+    parser.add_argument(
         "--image-protocol",
         default=os.environ.get("TNR_LAB_IMAGE_PROTOCOL", "auto"),
         choices=("auto", "tgp", "sixel", "halfcell", "unicode", "none"),
@@ -115,6 +130,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tnr-lab: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        # A HistoryError that no command worded itself (a sweep that finds the history held or full stops at
+        # that cell): its message is for the user as it is (docs/history.md). Looked up, not imported: a
+        # command that never opened the history need not load SQLAlchemy to say so.
+        errors = sys.modules.get("tnr_tui.services.history.errors")
+        if errors is None or not isinstance(e, errors.HistoryError):
+            raise
+        from tnr_tui.services.text import visible
+
+        print(f"tnr-lab: error: {visible(e)}", file=sys.stderr)
+        return 2
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

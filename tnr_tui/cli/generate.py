@@ -321,7 +321,7 @@ def summary(outcome: Any, store: Any) -> dict[str, Any]:
         "seed": outcome.request.seed,
         "metrics": outcome.metrics,
         "warnings": stats.get("warnings", []),
-        "history": str(store.db_path),
+        "history": store.location,
     }
 
 

@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     except HistoryError as e:
         raise UserError(str(e)) from None
     except DatabaseError as e:
-        raise UserError(f"the history file {store.db_path} is damaged: {str(e.orig).splitlines()[0]}") from None
+        raise UserError(f"the history {store.location} is damaged: {str(e.orig).splitlines()[0]}") from None
     except BrokenPipeError:
         raise  # `| head` closed stdout: the CLI's entry point ends quietly
     except OSError as e:

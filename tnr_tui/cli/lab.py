@@ -24,11 +24,22 @@ def run_app(args: Any) -> int:
         choose_cpu_threads(threads)  # a bad --threads or $TNR_LAB_THREADS stops here, not in the worker
     except ValueError as e:
         raise UserError(str(e)) from None
+    url, outputs = getattr(args, "history_url", None), getattr(args, "outputs", None)
+    store_fn = None
+    if url is not None or outputs is not None:
+
+        def store_fn(directory: Path | None) -> Any:
+            from tnr_tui.services.history import open_store
+
+            # As the app opens it by default (its warnings as toasts), at --history-url / --outputs.
+            return open_store(directory, url=url, outputs=outputs, warn=app._history_warning)
+
     app = TnrLabApp(
         data_dir=Path(data_dir) if data_dir else None,
         model=getattr(args, "model", None),
         image_protocol=protocol,
         threads=threads,
+        store_fn=store_fn,
     )
     result = app.run()
     return int(result or 0)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, or_
+from sqlalchemy import Select, func, literal_column, or_
 
 from tnr_tui.services.history.models import RUN_STATUSES, Run
 
@@ -17,7 +17,7 @@ class FilterError(ValueError):
 
 @dataclass(frozen=True)
 class RunFilter:
-    text: str | None = None  # substring of the prompt or negative prompt, case-insensitive (ASCII)
+    text: str | None = None  # substring of the prompt or negative prompt, case-insensitive (ASCII): search.py
     guidance: str | None = None
     solver: str | None = None
     status: str | None = None
@@ -41,26 +41,51 @@ class RunFilter:
         if self.since and self.until and self.since >= self.until:
             raise FilterError("date range is empty: the start is not before the end")
 
-    def apply(self, query: Select[Any]) -> Select[Any]:
-        if self.text:
-            pattern = "%" + self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            query = query.where(
-                or_(Run.prompt.like(pattern, escape="\\"), Run.negative_prompt.like(pattern, escape="\\"))
-            )
+    def conditions(self, dialect: str = "sqlite", *, text: bool = True) -> list[Any]:
+        """The WHERE clauses of this filter (`text=False`: all but the prompt search's own)."""
+        found: list[Any] = []
+        if text and self.text:
+            found.append(text_condition(self.text, dialect))
         if self.guidance:
-            query = query.where(Run.guidance == self.guidance)
+            found.append(Run.guidance == self.guidance)
         if self.solver:
-            query = query.where(Run.solver == self.solver)
+            found.append(Run.solver == self.solver)
         if self.status:
-            query = query.where(Run.status == self.status)
+            found.append(Run.status == self.status)
         if self.favourite is not None:
-            query = query.where(Run.favourite == self.favourite)
+            found.append(Run.favourite == self.favourite)
         if self.since:
-            query = query.where(Run.created_at >= self.since)
+            found.append(Run.created_at >= self.since)
         if self.until:
-            query = query.where(Run.created_at < self.until)
+            found.append(Run.created_at < self.until)
         if self.sweep:
-            query = query.where(Run.sweep == self.sweep)
+            found.append(Run.sweep == self.sweep)
         if self.model:
-            query = query.where(Run.model == self.model)
-        return query
+            found.append(Run.model == self.model)
+        return found
+
+    def apply(self, query: Select[Any], dialect: str = "sqlite") -> Select[Any]:
+        conditions = self.conditions(dialect)
+        return query.where(*conditions) if conditions else query
+
+
+def _like_pattern(needle: str) -> str:
+    return "%" + needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def text_condition(needle: str, dialect: str = "sqlite") -> Any:
+    """`needle` is a substring of the prompt or the negative prompt, ASCII letters case-insensitive: SQLite's
+    LIKE as it is; on PostgreSQL (whose LIKE is case-sensitive, ILIKE Unicode-aware) LIKE over both sides with
+    ASCII letters lowered, the expression its trigram indexes are built on (migrations.PG_ASCII_LOWER)."""
+    if dialect == "postgresql":
+        from tnr_tui.services.history.search import ascii_lower
+
+        upper = literal_column("'ABCDEFGHIJKLMNOPQRSTUVWXYZ'")
+        lower = literal_column("'abcdefghijklmnopqrstuvwxyz'")
+        pattern = _like_pattern(ascii_lower(needle))
+        return or_(
+            func.translate(Run.prompt, upper, lower).like(pattern, escape="\\"),
+            func.translate(Run.negative_prompt, upper, lower).like(pattern, escape="\\"),
+        )
+    pattern = _like_pattern(needle)
+    return or_(Run.prompt.like(pattern, escape="\\"), Run.negative_prompt.like(pattern, escape="\\"))

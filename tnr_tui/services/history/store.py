@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import socket
 import sqlite3
 import stat
@@ -33,7 +34,15 @@ from sqlalchemy.pool import QueuePool
 from tnr_tui.services.history import migrations
 from tnr_tui.services.history.errors import HistoryBusy, HistoryError, HistoryUnwritable, NoHistory
 from tnr_tui.services.history.ids import new_run_id
-from tnr_tui.services.history.models import LIVE_STATUSES, OUTPUT_KINDS, RUN_STATUSES, Output, Run, utcnow
+from tnr_tui.services.history.models import (
+    LIVE_STATUSES,
+    OUTPUT_KINDS,
+    RUN_STATUSES,
+    Output,
+    OutputBlob,
+    Run,
+    utcnow,
+)
 from tnr_tui.services.history.paths import (
     DB_NAME,
     NO_SPACE,
@@ -46,6 +55,8 @@ from tnr_tui.services.history.paths import (
     resolve_data_dir,
 )
 from tnr_tui.services.history.queries import RunFilter
+from tnr_tui.services.history.search import allocate_keys, count_matching, lock_keys, page_ids, register_functions
+from tnr_tui.services.text import visible
 
 T = TypeVar("T")
 
@@ -181,10 +192,16 @@ def _check_file(db_path: Path) -> None:
 
 
 class Store:
-    """The history of one data directory. Thread-safe for short calls; returns detached Run objects.
+    """The history of one data directory (SQLite) or one database (PostgreSQL: `backend`, postgres.py).
+    Thread-safe for short calls; returns detached Run objects.
 
     `on_busy(message)` is called (in the calling thread) once per call that has waited `BUSY_SLICE_S` for
     another process's lock; open_store sets it to its `warn`, and a UI may set its own.
+
+    Files: outputs live in `outputs_dir` (`<data dir>/outputs`, or `--outputs DIR`) and are recorded as
+    `outputs/<day>/<file>`, so hosts that mount one output directory at different paths share the records.
+    `files_in_database` (a PostgreSQL history without an output directory every host sees): each output's
+    bytes are stored with its row too, and `resolve` writes a missing file back from them.
     """
 
     def __init__(
@@ -196,27 +213,57 @@ class Store:
         warnings: list[str],
         readonly: bool = False,
         on_busy: Callable[[str], None] | None = None,
+        outputs_dir: Path | None = None,
+        location: str | None = None,
+        files_in_database: bool = False,
+        backend: Any = None,
     ) -> None:
+        self._backend = backend  # None: SQLite; else postgres.PostgresBackend
+        self.dialect = "sqlite" if backend is None else backend.dialect
         self.data_dir = data_dir
-        self.db_path = data_dir / DB_NAME
-        self.outputs_dir = data_dir / OUTPUTS
+        self.db_path: Path | None = data_dir / DB_NAME if backend is None else None
+        # What messages call the history: its file, or its URL without the password.
+        self.location = location or str(self.db_path)
+        self.outputs_dir = Path(outputs_dir) if outputs_dir is not None else data_dir / OUTPUTS
+        self.files_in_database = files_in_database
         self.journal_mode = journal_mode
         self.warnings = warnings
         self.readonly = readonly
         self.on_busy = on_busy
         self.engine = engine
-        self._writer = engine.execution_options(sqlite_begin="IMMEDIATE")
+        self._writer = self._writer_engine(engine)
+        # SQLite's writers are serial already (one write lock); PostgreSQL's run SERIALIZABLE where they must.
+        self._serial_writer = self._writer_engine(engine, serializable=True)
         self.host = socket.gethostname()
         self._refs = 1
         self._registry_key: tuple[int, str, bool] | None = None
+
+    def _writer_engine(self, engine: Engine, *, serializable: bool = False) -> Engine:
+        if self._backend is not None:
+            return self._backend.writer_engine(engine, serializable=serializable)
+        return engine.execution_options(sqlite_begin="IMMEDIATE")
+
+    # What the database says about a failed statement.
+    def _busy(self, exc: DBAPIError) -> bool:
+        return self._backend.busy(exc) if self._backend is not None else _is_busy(exc)
+
+    def _conflict(self, exc: DBAPIError) -> bool:
+        """A failure that says "run the whole transaction again now" (PostgreSQL's serialization failures)."""
+        return self._backend is not None and self._backend.conflict(exc)
+
+    def _failure(self, exc: DBAPIError, *, reading: bool) -> HistoryError:
+        if self._backend is not None:
+            return self._backend.failure(exc, self.location, reading=reading)
+        assert self.db_path is not None
+        return history_error(exc, self.db_path, reading=reading)
 
     # ---- sessions ---------------------------------------------------------------------------------
 
     def _read(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
 
-    def _write(self) -> Session:
-        return Session(self._writer, expire_on_commit=False)
+    def _write(self, *, serializable: bool = False) -> Session:
+        return Session(self._serial_writer if serializable else self._writer, expire_on_commit=False)
 
     def _reading(self, work: Callable[[Session], T]) -> T:
         """`work(session)` in one read transaction (returned objects are detached)."""
@@ -227,17 +274,24 @@ class Store:
 
         return self._patiently(once, LOCK_WAIT_S, replayable=True, reading=True)
 
-    def _writing(self, work: Callable[[Session], T], *, wait_s: float | None = None, replayable: bool = True) -> T:
+    def _writing(
+        self,
+        work: Callable[[Session], T],
+        *,
+        wait_s: float | None = None,
+        replayable: bool = True,
+        serializable: bool = False,
+    ) -> T:
         """`work(session)` in one BEGIN IMMEDIATE transaction, committed; retried whole while the lock is held.
 
         `replayable=False`: `work` consumes something once (an iterator), so a lock lost after it began
         (only possible with a rollback journal) is HistoryBusy at once; nothing was written either way.
         """
         if self.readonly:
-            raise HistoryError(f"the history {self.db_path} was opened read-only; nothing was written")
+            raise HistoryError(f"the history {self.location} was opened read-only; nothing was written")
 
         def once(started: list[bool]) -> T:
-            with self._write() as session, session.begin():
+            with self._write(serializable=serializable) as session, session.begin():
                 session.connection()  # BEGIN IMMEDIATE here, so that a lock wait comes before any work
                 started.append(True)
                 return work(session)
@@ -256,17 +310,23 @@ class Store:
             try:
                 return once(started)
             except DBAPIError as e:
-                if not _is_busy(e):
-                    raise history_error(e, self.db_path, reading=reading) from None
+                conflict = self._conflict(e)
+                if not conflict and not self._busy(e):
+                    raise self._failure(e, reading=reading) from None
                 waited = time.monotonic() - start
                 if waited >= wait_s or (started and not replayable):
                     raise HistoryBusy(
-                        f"the history {self.db_path} is held by another process (waited {waited:.0f} s); "
+                        f"the history {self.location} is held by another process (waited {waited:.0f} s); "
                         "try again when it is free"
                     ) from None
+                if conflict:
+                    # PostgreSQL: another transaction won a serialization conflict or a deadlock. Nothing of
+                    # this one was kept; run it again at once (a little jitter keeps two from colliding again).
+                    time.sleep(random.uniform(0.0, 0.02))
+                    continue
                 if not warned and self.on_busy is not None:
                     warned = True
-                    self.on_busy(f"waiting for the history (held by another process): {self.db_path}")
+                    self.on_busy(f"waiting for the history (held by another process): {self.location}")
                 time.sleep(0.05)  # SQLite waited its slice already; this only keeps a failing-fast lock from spinning
 
     def close(self) -> None:
@@ -288,16 +348,63 @@ class Store:
     # ---- paths ------------------------------------------------------------------------------------
 
     def stored_path(self, path: Path) -> str:
-        """How a file path is recorded: relative to the data directory when inside it."""
+        """How a file path is recorded: `outputs/...` inside the output directory, relative to the data
+        directory elsewhere inside it, absolute otherwise."""
         resolved = Path(os.path.abspath(path))
         try:
-            return resolved.relative_to(os.path.abspath(self.data_dir)).as_posix()
+            inside = resolved.relative_to(os.path.abspath(self.outputs_dir)).as_posix()
+            return f"{OUTPUTS}/{inside}"
+        except ValueError:
+            pass
+        try:
+            relative = resolved.relative_to(os.path.abspath(self.data_dir)).as_posix()
         except ValueError:
             return str(resolved)
+        # data_dir/outputs/... while the outputs are elsewhere (--outputs): "outputs/..." would name the
+        # other directory, so such a file is recorded by its absolute path.
+        return str(resolved) if relative.split("/", 1)[0] == OUTPUTS else relative
+
+    def _path_of(self, stored: str) -> Path:
+        p = Path(stored)
+        if p.is_absolute():
+            return p
+        head, _, rest = stored.partition("/")
+        if head == OUTPUTS and rest:
+            return self.outputs_dir / rest
+        return self.data_dir / p
 
     def resolve(self, stored: str) -> Path:
-        p = Path(stored)
-        return p if p.is_absolute() else self.data_dir / p
+        """The local path of a recorded file. A file kept in the database (`files_in_database`, or written
+        so by another host) that is missing here is first written back from its bytes, checked against its
+        sha256; where that fails the path is returned all the same (readers say it is missing)."""
+        path = self._path_of(stored)
+        if self.dialect != "sqlite" and not os.path.lexists(path):
+            try:
+                self._restore_file(stored, path)
+            except (HistoryError, OSError):
+                pass
+        return path
+
+    def _restore_file(self, stored: str, path: Path) -> None:
+        def work(session: Session) -> tuple[bytes, str] | None:
+            row = session.execute(
+                select(OutputBlob.data, Output.sha256)
+                .join(Output, Output.id == OutputBlob.output_id)
+                .where(Output.path == stored)
+                .limit(1)
+            ).first()
+            return None if row is None else (bytes(row[0]), row[1])
+
+        found = self._reading(work)
+        if found is None or hashlib.sha256(found[0]).hexdigest() != found[1]:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            tmp.write_bytes(found[0])
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def new_output_path(self, run_id: str, suffix: str) -> Path:
         day = utcnow().strftime("%Y-%m-%d")
@@ -322,6 +429,8 @@ class Store:
 
         def work(session: Session) -> None:
             now = utcnow()
+            lock_keys(session)
+            key = allocate_keys(session, [new_id])[new_id]
             session.add(  # a fresh object per attempt: a retried transaction never reuses a failed one's
                 Run(
                     id=new_id,
@@ -335,6 +444,7 @@ class Store:
                     host=self.host,
                     origin=origin,
                     parent_id=parent_id,
+                    search_key=key,
                     **_index_columns(request_dict),
                 )
             )
@@ -407,6 +517,7 @@ class Store:
             values["request_json"] = json.dumps(request, sort_keys=True)
             values.update(_index_columns(request))
         outputs = list(outputs)
+        contents = self._contents(outputs)  # read before the transaction, not while holding it
         target = update(Run).where(Run.id == run_id)
         if if_live:
             target = target.where(Run.status.in_(LIVE_STATUSES))
@@ -416,29 +527,42 @@ class Store:
                 if if_live:
                     return False
                 raise HistoryError(f"no run with id {run_id}")
-            for out in outputs:
-                session.add(
-                    Output(
-                        run_id=run_id, kind=out.kind, path=self.stored_path(out.path), sha256=out.sha256, size=out.size
-                    )
-                )
+            self._add_outputs(session, run_id, outputs, contents)
             return True
 
         return self._writing(work, wait_s=wait_s)
 
     def add_output(self, run_id: str, output: OutputFile) -> None:
-        def work(session: Session) -> None:
-            session.add(
-                Output(
-                    run_id=run_id,
-                    kind=output.kind,
-                    path=self.stored_path(output.path),
-                    sha256=output.sha256,
-                    size=output.size,
-                )
-            )
+        contents = self._contents([output])
+        self._writing(lambda session: self._add_outputs(session, run_id, [output], contents))
 
-        self._writing(work)
+    def _contents(self, outputs: Sequence[OutputFile]) -> list[bytes | None]:
+        """The bytes of each output where the database keeps them (`files_in_database`), checked against the
+        sha256 the row will carry: a file changed since it was described is an error, not a wrong record."""
+        if not self.files_in_database:
+            return [None] * len(outputs)
+        contents: list[bytes | None] = []
+        for out in outputs:
+            try:
+                data = Path(out.path).read_bytes()
+            except OSError as e:
+                raise HistoryError(f"cannot read the output {out.path} to store it: {e.strerror or e}") from None
+            if hashlib.sha256(data).hexdigest() != out.sha256:
+                raise HistoryError(f"the output {out.path} changed after it was written; nothing was recorded")
+            contents.append(data)
+        return contents
+
+    def _add_outputs(
+        self, session: Session, run_id: str, outputs: Sequence[OutputFile], contents: Sequence[bytes | None]
+    ) -> None:
+        for out, data in zip(outputs, contents, strict=True):
+            row = Output(
+                run_id=run_id, kind=out.kind, path=self.stored_path(out.path), sha256=out.sha256, size=out.size
+            )
+            session.add(row)
+            if data is not None:
+                session.flush()  # the row's id, which the bytes point at
+                session.add(OutputBlob(output_id=row.id, data=data))
 
     def set_favourite(self, run_id: str, favourite: bool = True) -> None:
         self._update(run_id, favourite=bool(favourite))
@@ -466,7 +590,7 @@ class Store:
         outputs_root = os.path.realpath(self.outputs_dir)
         owned: list[Path] = []
         for out in run.outputs:
-            real = os.path.realpath(self.resolve(out.path))
+            real = os.path.realpath(self._path_of(out.path))
             if os.path.commonpath([outputs_root, real]) != outputs_root or real == outputs_root:
                 continue
             if not os.path.isfile(real) or Path(real) in owned:
@@ -495,7 +619,9 @@ class Store:
             session.delete(run)
             return owned
 
-        paths = self._writing(work)
+        # SERIALIZABLE on PostgreSQL: the files kept because another run records them must still be recorded
+        # by it when this commits (two deletes of the two runs sharing a file must not both keep it).
+        paths = self._writing(work, serializable=True)
         removed: list[Path] = []
         for p in paths:
             try:
@@ -558,7 +684,7 @@ class Store:
             ).all()
         )
         if not ids:
-            raise HistoryError(f"no run with id {id_or_prefix!r} in {self.db_path}")
+            raise HistoryError(f"no run with id {id_or_prefix!r} in {self.location}")
         if len(ids) > 1:
             raise HistoryError(f"run id prefix {id_or_prefix!r} is ambiguous; give more characters")
         run = self.get_run(ids[0])
@@ -566,18 +692,36 @@ class Store:
         return run
 
     def list_runs(self, filters: RunFilter | None = None, after: str | None = None, limit: int = 50) -> list[Run]:
-        """One page of runs, newest first; pass the last id of a page as `after` for the next one."""
+        """One page of runs, newest first; pass the last id of a page as `after` for the next one.
+
+        A prompt search on SQLite reads the full-text indexes newest first (search.page_ids); the result is
+        what the plain query gives, only sooner."""
+        if filters is not None and filters.text and self.dialect == "sqlite":
+            needle = filters.text
+            conditions = filters.conditions(self.dialect)  # the LIKE check included: the index only proposes
+
+            def work(session: Session) -> list[Run]:
+                ids = page_ids(session, needle, conditions, after, limit)
+                if not ids:
+                    return []
+                rows = session.scalars(select(Run).options(selectinload(Run.outputs)).where(Run.id.in_(ids))).all()
+                return sorted(rows, key=lambda run: run.id, reverse=True)
+
+            return self._reading(work)
         query = select(Run).options(selectinload(Run.outputs)).order_by(Run.id.desc()).limit(limit)
         if filters is not None:
-            query = filters.apply(query)
+            query = filters.apply(query, self.dialect)
         if after is not None:
             query = query.where(Run.id < after)
         return self._reading(lambda session: list(session.scalars(query).all()))
 
     def count_runs(self, filters: RunFilter | None = None) -> int:
+        if filters is not None and filters.text and self.dialect == "sqlite":
+            needle, conditions = filters.text, filters.conditions(self.dialect)
+            return self._reading(lambda session: count_matching(session, needle, conditions))
         query = select(func.count()).select_from(Run)
         if filters is not None:
-            query = filters.apply(query)
+            query = filters.apply(query, self.dialect)
         return self._reading(lambda session: int(session.scalar(query) or 0))
 
     def iter_runs(self, filters: RunFilter | None = None, batch: int = 1000) -> Iterator[Run]:
@@ -613,67 +757,64 @@ class Store:
 
         Returns (added, skipped). Any error rolls everything back; a value the file cannot hold is a
         HistoryError naming the run (transfer.py checks records first; this is the net under it).
-        """
-        from sqlalchemy.exc import IntegrityError, InterfaceError
 
-        from tnr_tui.services.history.models import parse_iso
+        In chunks of `IMPORT_CHUNK` records: one query for the ids already present, one for the search keys,
+        one multi-row insert of the runs and one of their outputs (it flushed once per record: 5 000 runs
+        held the write lock for 5.5-15 s).
+        """
+        from sqlalchemy import insert
+        from sqlalchemy.exc import IntegrityError, InterfaceError
 
         replayable = isinstance(records, Sequence)  # a generator can be consumed once: no retry after it began
 
         def work(session: Session) -> tuple[int, int]:
             added = skipped = 0
             current = None
+            lock_keys(session)  # PostgreSQL: other writers of runs wait; their rows are committed or not yet begun
+            seen: set[str] = set()
             try:
-                for rec in records:
-                    current = rec.get("id")
-                    if session.get(Run, rec["id"]) is not None:
-                        skipped += 1
+                for chunk in _chunks(records, IMPORT_CHUNK):
+                    current = chunk[0].get("id")
+                    ids = [rec["id"] for rec in chunk]
+                    present = set(session.scalars(select(Run.id).where(Run.id.in_(ids))).all())
+                    fresh = []
+                    for rec in chunk:
+                        if rec["id"] in present or rec["id"] in seen:
+                            skipped += 1
+                            continue
+                        seen.add(rec["id"])
+                        fresh.append(rec)
+                    if not fresh:
                         continue
-                    request = rec["request"]
-                    run = Run(
-                        id=rec["id"],
-                        created_at=parse_iso(rec.get("created_at")) or utcnow(),
-                        started_at=parse_iso(rec.get("started_at")),
-                        finished_at=parse_iso(rec.get("finished_at")),
-                        status=rec.get("status", "done"),
-                        request_json=json.dumps(request, sort_keys=True),
-                        model_path=rec.get("model_path"),
-                        model_name=rec.get("model_name"),
-                        model_identity=rec.get("model_identity"),
-                        seconds=rec.get("seconds"),
-                        seconds_per_step=rec.get("seconds_per_step"),
-                        model_evaluations=rec.get("model_evaluations"),
-                        metrics=rec.get("metrics"),
-                        stats=rec.get("stats"),
-                        device=rec.get("device"),
-                        dtype=rec.get("dtype"),
-                        versions=rec.get("versions"),
-                        error=rec.get("error"),
-                        favourite=bool(rec.get("favourite", False)),
-                        notes=rec.get("notes") or "",
-                        pid=rec.get("pid"),
-                        host=rec.get("host"),
-                        origin=rec.get("origin") or "import",
-                        parent_id=rec.get("parent_id"),
-                        **_index_columns(request),
-                    )
-                    if run.status not in RUN_STATUSES:
-                        raise HistoryError(f"run {run.id}: unknown status {run.status!r}")
-                    session.add(run)
-                    for out in rec.get("outputs") or ():
-                        session.add(
-                            Output(
-                                run_id=run.id,
-                                kind=out["kind"],
-                                path=out["path"],
-                                sha256=out["sha256"],
-                                size=out["size"],
+                    keys = allocate_keys(session, [rec["id"] for rec in fresh])
+                    rows, outputs = [], []
+                    for rec in fresh:
+                        current = rec["id"]
+                        rows.append(_record_row(rec, keys[rec["id"]]))
+                        for out in rec.get("outputs") or ():
+                            outputs.append(
+                                {
+                                    "run_id": rec["id"],
+                                    "kind": out["kind"],
+                                    "path": out["path"],
+                                    "sha256": out["sha256"],
+                                    "size": out["size"],
+                                }
                             )
-                        )
-                    added += 1
-                    if added % 1000 == 0:
-                        session.flush()
-                session.flush()  # constraint errors surface here, inside the net, not at COMMIT
+                    current = fresh[0]["id"]
+                    session.execute(insert(Run), rows)
+                    if outputs and self.files_in_database:
+                        made = session.scalars(
+                            insert(Output).returning(Output.id, sort_by_parameter_order=True), outputs
+                        ).all()
+                        blobs = [
+                            {"output_id": oid, "data": self._stored_bytes(out)}
+                            for oid, out in zip(made, outputs, strict=True)
+                        ]
+                        session.execute(insert(OutputBlob), blobs)
+                    elif outputs:
+                        session.execute(insert(Output), outputs)
+                    added += len(fresh)
             except (
                 OverflowError,
                 ValueError,
@@ -683,7 +824,8 @@ class Store:
                 InterfaceError,
                 IntegrityError,
             ) as e:
-                # Rolled back by the transaction's `with`. Autoflush may have failed on an earlier run than `current`.
+                # Rolled back by the transaction's `with`. A multi-row insert fails as a whole: the run named is
+                # the first of its chunk.
                 detail = str(getattr(e, "orig", None) or e).splitlines()
                 reason = detail[0] if detail else type(e).__name__
                 raise HistoryError(
@@ -692,6 +834,69 @@ class Store:
             return added, skipped
 
         return self._writing(work, replayable=replayable)
+
+    def _stored_bytes(self, out: dict[str, Any]) -> bytes:
+        """An imported output's bytes, for a history that keeps them in the database (checked as recorded)."""
+        path = self._path_of(out["path"])
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise HistoryError(f"cannot read the output {path} to store it: {e.strerror or e}") from None
+        if hashlib.sha256(data).hexdigest() != out["sha256"]:
+            raise HistoryError(f"the output {path} is not the file its record describes; nothing was imported")
+        return data
+
+
+IMPORT_CHUNK = 500
+
+
+def _chunks(records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[dict[str, Any]] = []
+    for rec in records:
+        chunk.append(rec)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _record_row(rec: dict[str, Any], key: int) -> dict[str, Any]:
+    """The runs row of an imported record (every column, so one multi-row insert takes them all)."""
+    from tnr_tui.services.history.models import parse_iso
+
+    request = rec["request"]
+    status = rec.get("status", "done")
+    if status not in RUN_STATUSES:
+        raise HistoryError(f"run {rec['id']}: unknown status {status!r}")
+    return {
+        "id": rec["id"],
+        "created_at": parse_iso(rec.get("created_at")) or utcnow(),
+        "started_at": parse_iso(rec.get("started_at")),
+        "finished_at": parse_iso(rec.get("finished_at")),
+        "status": status,
+        "request_json": json.dumps(request, sort_keys=True),
+        "model_path": rec.get("model_path"),
+        "model_name": rec.get("model_name"),
+        "model_identity": rec.get("model_identity"),
+        "seconds": rec.get("seconds"),
+        "seconds_per_step": rec.get("seconds_per_step"),
+        "model_evaluations": rec.get("model_evaluations"),
+        "metrics": rec.get("metrics"),
+        "stats": rec.get("stats"),
+        "device": rec.get("device"),
+        "dtype": rec.get("dtype"),
+        "versions": rec.get("versions"),
+        "error": rec.get("error"),
+        "favourite": bool(rec.get("favourite", False)),
+        "notes": rec.get("notes") or "",
+        "pid": rec.get("pid"),
+        "host": rec.get("host"),
+        "origin": rec.get("origin") or "import",
+        "parent_id": rec.get("parent_id"),
+        "search_key": key,
+        **_index_columns(request),
+    }
 
 
 def _jsonable(value: Any) -> Any:
@@ -798,11 +1003,19 @@ _OPEN_LOCK = threading.Lock()
 def open_store(
     data_dir: str | os.PathLike[str] | None = None,
     *,
+    url: str | None = None,
+    outputs: str | os.PathLike[str] | None = None,
     warn: Callable[[str], None] | None = _stderr_warning,
     recover: bool = True,
     readonly: bool = False,
 ) -> Store:
-    """Open (creating or migrating as needed) the history of a data directory.
+    """Open (creating or migrating as needed) the history of a data directory, or the shared one at `url`.
+
+    `url` (else $TNR_LAB_HISTORY_URL): a PostgreSQL URL (`postgresql+psycopg://host/db`); the history is
+    that database (postgres.py), the data directory holds only local things (and the files, see below).
+    `outputs` (else $TNR_LAB_OUTPUTS): the directory of the history's files, a path every host sees for a
+    shared history; default `<data dir>/outputs`, and a PostgreSQL history without one keeps each file's
+    bytes in the database too (docs/history.md, "A shared history").
 
     `warn` receives one-line warnings (network filesystem, "waiting for the history"); the first kind is
     also kept in `store.warnings`, the second goes to `store.on_busy`, which a UI may replace.
@@ -816,7 +1029,16 @@ def open_store(
     `open_store` is matched by one `close()`; the engine is disposed at the last).
     """
     directory = resolve_data_dir(data_dir)  # HistoryError for an empty --data-dir
-    path = os.path.realpath(directory / DB_NAME)
+    url = resolve_history_url(url)
+    outputs_dir = resolve_outputs(outputs)
+    if url is not None:
+        from tnr_tui.services.history.postgres import location_key
+
+        path = location_key(url, outputs_dir, directory)
+    else:
+        path = os.path.realpath(directory / DB_NAME)
+        if outputs_dir is not None:
+            path += f"\0{os.path.abspath(outputs_dir)}"
     pid = os.getpid()
     with _OPEN_LOCK:
         for key in [(pid, path, False)] + ([(pid, path, True)] if readonly else []):
@@ -824,16 +1046,96 @@ def open_store(
             if shared is not None:
                 shared._refs += 1
                 return shared
-        if readonly:
-            store = _open_readonly_store(directory, warn=warn)
+        if url is not None:
+            store = _open_postgres_store(
+                directory, url, outputs_dir=outputs_dir, warn=warn, recover=recover, readonly=readonly
+            )
+        elif readonly:
+            store = _open_readonly_store(directory, warn=warn, outputs_dir=outputs_dir)
         else:
-            store = _open_new_store(directory, warn=warn, recover=recover)
+            store = _open_new_store(directory, warn=warn, recover=recover, outputs_dir=outputs_dir)
         store._registry_key = (pid, path, readonly)
         _OPEN_STORES[store._registry_key] = store
         return store
 
 
-def _open_readonly_store(directory: Path, *, warn: Callable[[str], None] | None) -> Store:
+def resolve_history_url(url: str | None) -> str | None:
+    """The argument, else $TNR_LAB_HISTORY_URL (blank = unset); an explicit blank one is an error."""
+    if url is not None:
+        if not url.strip():
+            raise HistoryError("--history-url is empty; give a PostgreSQL URL (or leave the option out for SQLite)")
+        return url.strip()
+    env = os.environ.get("TNR_LAB_HISTORY_URL", "")
+    return env.strip() or None
+
+
+def resolve_outputs(outputs: str | os.PathLike[str] | None) -> Path | None:
+    """The argument, else $TNR_LAB_OUTPUTS (blank = unset), as an absolute path; None: the default."""
+    if outputs is not None:
+        if not os.fspath(outputs).strip():
+            raise HistoryError("--outputs is empty; give a directory (or leave the option out for the default)")
+        return Path(os.path.abspath(Path(outputs).expanduser()))
+    env = os.environ.get("TNR_LAB_OUTPUTS", "")
+    return Path(os.path.abspath(Path(env).expanduser())) if env.strip() else None
+
+
+def _open_postgres_store(
+    directory: Path,
+    url: str,
+    *,
+    outputs_dir: Path | None,
+    warn: Callable[[str], None] | None,
+    recover: bool,
+    readonly: bool,
+) -> Store:
+    """A shared history in a PostgreSQL database (postgres.py says what differs from the SQLite file)."""
+    from tnr_tui.services.history import postgres
+
+    url = postgres.normalize_url(url)
+    location = postgres.display_url(url)
+    lock_ms = int(BUSY_SLICE_S * 1000)
+    engine = postgres.make_engine(url, readonly=readonly, lock_ms=lock_ms)
+    try:
+        postgres.prepare(engine, url, location, readonly=readonly, warn=warn, lock_ms=lock_ms)
+    except BaseException:
+        engine.dispose()
+        raise
+    # No directory every host sees: the files' bytes go into the database too, the data dir keeps copies.
+    files_in_database = outputs_dir is None
+    local_outputs = outputs_dir if outputs_dir is not None else directory / OUTPUTS
+    if not readonly:
+        try:
+            local_outputs.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            engine.dispose()
+            raise HistoryError(f"cannot create the output directory {local_outputs}: {e.strerror or e}") from None
+    backend = postgres.PostgresBackend()
+    store = Store(
+        directory,
+        engine,
+        journal_mode=backend.journal_mode,
+        warnings=[],
+        readonly=readonly,
+        on_busy=warn,
+        outputs_dir=local_outputs,
+        location=location,
+        files_in_database=files_in_database,
+        backend=backend,
+    )
+    if recover and not readonly:
+        try:
+            store.mark_interrupted(wait_s=0)  # this host's runs only, as with SQLite
+        except HistoryBusy:
+            pass
+        except BaseException:
+            engine.dispose()
+            raise
+    return store
+
+
+def _open_readonly_store(
+    directory: Path, *, warn: Callable[[str], None] | None, outputs_dir: Path | None = None
+) -> Store:
     db_path = directory / DB_NAME
     if os.path.lexists(directory) and not directory.is_dir():
         raise HistoryError(f"the data directory {directory} is not a directory")
@@ -887,17 +1189,22 @@ def _open_readonly_store(directory: Path, *, warn: Callable[[str], None] | None)
         warnings=[],
         readonly=True,
         on_busy=warn,
+        outputs_dir=outputs_dir,
     )
 
 
-def _open_new_store(directory: Path, *, warn: Callable[[str], None] | None, recover: bool) -> Store:
+def _open_new_store(
+    directory: Path, *, warn: Callable[[str], None] | None, recover: bool, outputs_dir: Path | None = None
+) -> Store:
     db_path = directory / DB_NAME
+    outputs_path = outputs_dir if outputs_dir is not None else directory / OUTPUTS
     try:
-        (directory / OUTPUTS).mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
+        outputs_path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        problem = place_problem(_existing_parent(directory))
+        problem = place_problem(_existing_parent(outputs_path if directory.is_dir() else directory))
         reason = problem or e.strerror or str(e)
-        message = f"cannot create the data directory {directory / OUTPUTS}: {reason}"
+        message = f"cannot create the data directory {outputs_path}: {reason}"
         if os.path.lexists(db_path):
             message += " (the history there can still be read: tnr-lab history list)"
         if problem is not None:
@@ -917,7 +1224,8 @@ def _open_new_store(directory: Path, *, warn: Callable[[str], None] | None, reco
     if is_network_fs(fstype):
         journal_mode = "delete"
         warnings.append(
-            f"the data directory {directory} is on a network filesystem ({fstype}); SQLite's WAL mode is unsafe "
+            f"the data directory {visible(directory)} is on a network filesystem ({visible(fstype)}); SQLite's "
+            "WAL mode is unsafe "
             "there, so the history uses rollback journaling (slower; writers must not be on other hosts). "
             "Set TNR_LAB_HOME or --data-dir to a local disk for speed."
         )
@@ -939,7 +1247,7 @@ def _open_new_store(directory: Path, *, warn: Callable[[str], None] | None, reco
         conn.close()
 
     engine = _make_engine(db_path, wal=mode == "wal")
-    store = Store(directory, engine, journal_mode=mode, warnings=warnings, on_busy=warn)
+    store = Store(directory, engine, journal_mode=mode, warnings=warnings, on_busy=warn, outputs_dir=outputs_dir)
     if recover:
         try:
             store.mark_interrupted(wait_s=0)  # one slice at most: recovery can wait for the next open
@@ -984,6 +1292,7 @@ def _make_engine(db_path: Path, *, wal: bool, readonly_uri: str | None = None) -
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let the `begin` event own transactions (pysqlite would otherwise BEGIN DEFERRED lazily).
         dbapi_connection.isolation_level = None
+        register_functions(dbapi_connection)  # the search index's triggers call it (search.py)
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_SLICE_S * 1000)}")
         cursor.execute("PRAGMA foreign_keys = ON")
