@@ -91,6 +91,14 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", help="auto (default), float32, float16, bfloat16")
     p.add_argument("--threads", type=int, default=argparse.SUPPRESS, help=THREADS_HELP)
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="N images, seeds S..S+N-1 (S = --seed), sampled in batches (one model call per stage for as many as "
+        "the device's memory holds); each is its own history run and --out FILE.png becomes FILE-SEED.png",
+    )
     p.add_argument("--out", required=True, help="the PNG to write")
     p.add_argument("--save-latent", dest="save_latent", help="also write the final latent (.safetensors, key 'latent')")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
@@ -303,6 +311,68 @@ def run_request(
         bar.close()
 
 
+def run_seed_batch(request: Any, count: int, store: Any, out: Path, save_latent: Path | None, as_json: bool) -> int:
+    """generate --batch N: seeds S..S+N-1 in batches (services.dispatch.seeds), one history run each."""
+    from engine.models import ModelError, load_bundle
+    from engine.request import RequestError
+    from engine.sampler import SamplingError
+    from tnr_tui.services.dispatch.seeds import run_seeds
+    from tnr_tui.services.history import HistoryError
+    from tnr_tui.services.text import visible
+
+    bar = ProgressBar()
+    bar.message(f"loading model {request.model} ...")
+    try:
+        bundle = load_bundle(request.model, device=request.device, dtype=request.dtype)
+        bar.message(model_message(bundle, request))
+        outcomes = run_seeds(
+            request,
+            count,
+            store,
+            bundle,
+            out=out,
+            save_latent=save_latent,
+            on_batch=lambda done, total: bar.message(f"{done}/{total} images"),
+        )
+    except (ModelError, SamplingError, RequestError, HistoryError) as e:
+        raise UserError(str(e).strip().splitlines()[0]) from None
+    except OSError as e:
+        raise UserError(f"cannot write {e.filename or 'output'}: {e.strerror or e}") from None
+    failed = [o for o in outcomes if o.status != "done"]
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "run_id": o.run_id,
+                        "seed": o.seed,
+                        "status": o.status,
+                        "image": str(o.image_path) if o.image_path else None,
+                        "latent": str(o.latent_path) if o.latent_path else None,
+                        "seconds": o.stats.get("seconds"),
+                        "model_evaluations": o.stats.get("model_evaluations"),
+                        "batch": o.stats.get("batch"),
+                        "metrics": o.metrics,
+                        "error": o.error or None,
+                    }
+                    for o in outcomes
+                ],
+                indent=2,
+            )
+        )
+    else:
+        for o in outcomes:
+            if o.status == "done":
+                size = (o.stats.get("batch") or {}).get("size", 1)
+                print(
+                    f"{visible(o.image_path)}  (run {o.run_id}, seed {o.seed}, {o.stats.get('seconds', 0.0):.2f} s "
+                    f"in a batch of {size}, {o.stats.get('model_evaluations')} model evaluations)"
+                )
+            else:
+                print(f"tnr-lab: error: seed {o.seed} (run {o.run_id}): {visible(o.error)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def summary(outcome: Any, store: Any) -> dict[str, Any]:
     stats = outcome.stats
     return {
@@ -339,7 +409,17 @@ def run(args: argparse.Namespace) -> int:
         apply_cpu_threads(getattr(args, "threads", None))
     except ValueError as e:
         raise UserError(str(e)) from None
+    count = getattr(args, "batch", None)
+    if count is not None and count < 1:
+        raise UserError(f"--batch must be at least 1, got {count}")
+    if count is not None and count > 1 and getattr(request, "keep_frames", False):
+        raise UserError("--keep-frames keeps one run's trajectory: give it without --batch")
     store = open_history(args)
+    if count is not None and count > 1:
+        try:
+            return run_seed_batch(request, count, store, out, save_latent, args.json)
+        finally:
+            store.close()
     try:
         outcome = run_request(request, store, out=out, save_latent=save_latent, origin="cli")
         if outcome.status != "done":

@@ -66,6 +66,12 @@ def add_parser(subparsers: Any) -> None:
     q = sub.add_parser("rerun", help="run a past request again and report drift against the stored image")
     q.add_argument("id", help="run id (or a unique prefix)")
     q.add_argument("--out", help="where the new PNG goes (default: the data directory)")
+    q.add_argument(
+        "--batched",
+        action="store_true",
+        help="a run recorded from a batch of N: sample it again in a batch of N (copies of itself), as it was "
+        "sampled, instead of alone (a run alone differs in the last bits of the batched convolutions)",
+    )
     q.add_argument("--json", action="store_true")
     data_dir_flag(q)
     q.set_defaults(func=run, action=cmd_rerun)
@@ -361,6 +367,30 @@ def _refuse_stored_output(store: Any, run: Any, out: Path) -> None:
             )
 
 
+def rerun_batched(request: Any, batch: dict[str, Any], store: Any, out: Path | None, parent_id: str) -> Any:
+    """history rerun --batched: the request in a batch of its recorded size (services.dispatch.seeds)."""
+    from engine.models import ModelError, load_bundle
+    from engine.request import RequestError
+    from engine.sampler import SamplingError
+    from tnr_tui.cli.generate import ProgressBar, model_message
+    from tnr_tui.services.dispatch.seeds import rerun_in_batch
+    from tnr_tui.services.runs import RunOutcome
+
+    bar = ProgressBar()
+    bar.message(f"loading model {request.model} ...")
+    try:
+        bundle = load_bundle(request.model, device=request.device, dtype=request.dtype)
+        bar.message(model_message(bundle, request) + f" (a batch of {batch.get('size')})")
+        done = rerun_in_batch(
+            request, int(batch.get("size", 1)), int(batch.get("index", 0)), store, bundle, parent_id=parent_id, out=out
+        )
+    except (ModelError, SamplingError, RequestError) as e:
+        raise UserError(str(e).strip().splitlines()[0]) from None
+    if done.status != "done":
+        raise UserError(f"re-run {done.run_id} failed: {done.error}")
+    return RunOutcome(done.run_id, "done", request, image_path=done.image_path, stats=done.stats, metrics=done.metrics)
+
+
 def cmd_rerun(args: argparse.Namespace, store: Any) -> int:
     from engine.request import GenerationRequest, RequestError
     from tnr_tui.cli.generate import check_paths, run_request
@@ -375,10 +405,17 @@ def cmd_rerun(args: argparse.Namespace, store: Any) -> int:
     if out is not None:
         check_paths(out, None)
         _refuse_stored_output(store, old, out)
-    outcome = run_request(request, store, out=out, save_latent=None, origin="rerun", parent_id=old.id)
+    batch = (old.stats or {}).get("batch") or None
+    if getattr(args, "batched", False) and batch:
+        outcome = rerun_batched(request, batch, store, out, old.id)
+    else:
+        outcome = run_request(request, store, out=out, save_latent=None, origin="rerun", parent_id=old.id)
     if outcome.status != "done":
         raise UserError(f"re-run {outcome.run_id} was {outcome.status}")
     report: dict[str, Any] = {"run_id": outcome.run_id, "rerun_of": old.id, "image": str(outcome.image_path)}
+    if batch:  # sampled in a batch: alone, its convolutions ran at another batch size (docs/MATH.md 11)
+        report["recorded_in_batch"] = {"size": batch.get("size"), "index": batch.get("index")}
+        report["rerun_batched"] = bool(getattr(args, "batched", False))
     stored = old.output("image")
     stored_path = store.resolve(stored.path) if stored else None
     if stored_path is None or not stored_path.is_file():
@@ -392,6 +429,14 @@ def cmd_rerun(args: argparse.Namespace, store: Any) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(f"re-ran {old.id} as {outcome.run_id}: {visible(outcome.image_path)}")
+    if batch and report["rerun_batched"]:
+        print(f"note: re-run in a batch of {batch.get('size')} (image {batch.get('index', 0) + 1}), as it was recorded")
+    elif batch:
+        print(
+            f"note: the run was recorded from a batch of {batch.get('size')} (image {batch.get('index', 0) + 1}) and "
+            "re-ran alone: batched convolutions round differently in the last bits (about 1e-6 relative per model "
+            "call on CPU), so it may differ here by a pixel level or so; --batched re-runs it as it was sampled"
+        )
     if not report["compared"]:
         print(f"no comparison: {report['reason']}")
     elif not report.get("comparable", True):

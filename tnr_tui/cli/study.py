@@ -31,8 +31,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--scales", *args.scales]
     for prompt in args.prompt:
         parts += ["--prompt", prompt]
-    for name in ("width", "height", "clip_model"):
-        if getattr(args, name) is not None:
+    for name in ("width", "height", "clip_model", "batch"):
+        if getattr(args, name, None) is not None:
             parts += ["--" + name.replace("_", "-"), str(getattr(args, name))]
     parts += ["--out", args.out]
     return " ".join(shlex.quote(p) for p in parts)
@@ -79,6 +79,73 @@ def add_device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-model", default=None, metavar="DIR", help="a local CLIP model directory: add a CLIP score")
 
 
+def add_dispatch_options(p: argparse.ArgumentParser) -> None:
+    """--batch and --ray (with --ray-workers), shared by `study` and `sweep` (services.dispatch)."""
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="images per batched model call (seeds of one configuration; default: as many as the device's memory "
+        "holds, at most 32; 1 samples one image at a time)",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="ADDRESS",
+        help="run the images on Ray workers, one per device, each loading the model once: 'local' starts a "
+        "cluster on this host for the run (loopback only), 'auto' (the default) joins this host's cluster, or a "
+        "cluster's address; needs pip install -e '.[ray]'",
+    )
+    p.add_argument(
+        "--ray-workers",
+        dest="ray_workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="number of Ray workers (default: one per GPU, or the cluster's CPUs / --threads)",
+    )
+
+
+def check_dispatch_options(args: argparse.Namespace) -> None:
+    """Bad --batch / --ray-workers values, and --ray without Ray installed: one line each, before any model loads."""
+    if args.batch is not None and args.batch < 1:
+        raise UserError(f"--batch must be at least 1, got {args.batch}")
+    if args.ray_workers is not None and args.ray_workers < 1:
+        raise UserError(f"--ray-workers must be at least 1, got {args.ray_workers}")
+    if args.ray is None:
+        if args.ray_workers is not None:
+            raise UserError("--ray-workers needs --ray")
+        return
+    import importlib.util
+
+    from tnr_tui.services.dispatch.ray_driver import INSTALL_HINT
+
+    if importlib.util.find_spec("ray") is None:
+        raise UserError(INSTALL_HINT)
+
+
+def ray_dispatcher(args: argparse.Namespace, model: str):  # -> RayDispatcher (services.dispatch.ray_driver)
+    """The Ray workers of --ray, loaded and ready; a DispatchError is a user error (one line)."""
+    from tnr_tui.services.dispatch import DispatchError
+    from tnr_tui.services.dispatch.ray_driver import RayDispatcher
+
+    try:
+        return RayDispatcher(
+            args.ray,
+            model,
+            device=args.device,
+            dtype=args.dtype,
+            threads=args.threads or 1,
+            workers=args.ray_workers,
+            log=lambda line: print(line, file=sys.stderr),
+        )
+    except DispatchError as e:
+        raise UserError(str(e)) from None
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "study",
@@ -117,6 +184,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
     add_device_options(p)
+    add_dispatch_options(p)
     p.add_argument("--keep-images", action="store_true", help="also save every image under DIR/images")
     p.add_argument("--out", required=True, metavar="DIR")
     p.set_defaults(func=run)
@@ -132,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
         message = validate_field(name, getattr(args, name))
         if message:
             raise UserError(message)
+    check_dispatch_options(args)
     try:
         scales = {**StudyConfig().scales, **parse_scales(args.scales)}
         solvers = parse_list(args.solvers, SOLVERS, "solver")
@@ -157,12 +226,18 @@ def run(args: argparse.Namespace) -> int:
     from tnr_tui.services.study import run_study
 
     out = prepare_out_dir(args.out)
-    try:
-        bundle = load_bundle(cfg.model, device=args.device, dtype=args.dtype)
-    except ModelError as e:
-        raise UserError(str(e)) from None
-    set_cpu_threads(bundle, args.threads)
+    dispatcher = bundle = None
+    if args.ray is not None:
+        dispatcher = ray_dispatcher(args, cfg.model)
+    else:
+        try:
+            bundle = load_bundle(cfg.model, device=args.device, dtype=args.dtype)
+        except ModelError as e:
+            raise UserError(str(e)) from None
+        set_cpu_threads(bundle, args.threads)
     clip_model = Path(args.clip_model) if args.clip_model else None
+    from tnr_tui.services.dispatch import DispatchError
+
     try:
         report = run_study(
             cfg,
@@ -172,9 +247,14 @@ def run(args: argparse.Namespace) -> int:
             clip_model=clip_model,
             command=command_line(args),
             started=started,
+            batch=args.batch,
+            dispatcher=dispatcher,
         )
-    except StudyError as e:
+    except (StudyError, DispatchError) as e:
         raise UserError(str(e)) from None
+    finally:
+        if dispatcher is not None:
+            dispatcher.close()
     print(f"study: {report.images} images in {report.seconds:.0f} s ({report.seconds / 60:.1f} min)")
     print(f"tables: {report.markdown}")
     if report.json is not None:

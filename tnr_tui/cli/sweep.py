@@ -7,7 +7,14 @@ import json
 from pathlib import Path
 
 from tnr_tui.cli import UserError
-from tnr_tui.cli.study import add_device_options, prepare_out_dir, set_cpu_threads
+from tnr_tui.cli.study import (
+    add_device_options,
+    add_dispatch_options,
+    check_dispatch_options,
+    prepare_out_dir,
+    ray_dispatcher,
+    set_cpu_threads,
+)
 
 DEFAULT_METHODS = "none,tnr,cfg,cfg++,tnr-cfg"
 
@@ -74,6 +81,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="a solver parameter for every solver of the sweep that takes it (repeat), e.g. eta=0.5",
     )
     add_device_options(p)
+    add_dispatch_options(p)
     p.add_argument("--out", required=True, metavar="DIR", help="where the CSV and contact sheets go")
     p.add_argument(
         "--resume",
@@ -184,19 +192,25 @@ def run(args: argparse.Namespace) -> int:
         message = validate_field(name, getattr(args, name))
         if message:
             raise UserError(message)
+    check_dispatch_options(args)
     spec = build_spec(args)
 
     from engine.models import ModelError, load_bundle
     from tnr_tui.cli.common import open_history
+    from tnr_tui.services.dispatch import DispatchError
     from tnr_tui.services.sweep import SweepError, run_sweep
 
     out = prepare_out_dir(args.out)
     store = open_history(args)
-    try:
-        bundle = load_bundle(spec.model, device=args.device, dtype=args.dtype)
-    except ModelError as e:
-        raise UserError(str(e)) from None
-    set_cpu_threads(bundle, args.threads)
+    dispatcher = bundle = None
+    if args.ray is not None:
+        dispatcher = ray_dispatcher(args, spec.model)
+    else:
+        try:
+            bundle = load_bundle(spec.model, device=args.device, dtype=args.dtype)
+        except ModelError as e:
+            raise UserError(str(e)) from None
+        set_cpu_threads(bundle, args.threads)
     try:
         report = run_sweep(
             spec,
@@ -207,9 +221,14 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             dtype=args.dtype,
             clip_model=Path(args.clip_model) if args.clip_model else None,
+            batch=args.batch,
+            dispatcher=dispatcher,
         )
-    except SweepError as e:
+    except (SweepError, DispatchError) as e:
         raise UserError(str(e)) from None
+    finally:
+        if dispatcher is not None:
+            dispatcher.close()
     print(
         f"sweep {report.sweep_id}: {report.ran} run, {report.skipped} already done, {report.failed} failed "
         f"of {report.total} in {report.seconds:.1f} s"

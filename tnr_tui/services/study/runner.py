@@ -19,7 +19,7 @@ from tnr_tui.services.study.design import (
     single_arms,
 )
 from tnr_tui.services.study.plots import plot_accuracy_vs_evaluations, plot_metrics_vs_scale
-from tnr_tui.services.study.running import ArmResult, SampleFn, engine_sampler, run_arms
+from tnr_tui.services.study.running import ArmResult, SampleFn, run_arms
 from tnr_tui.services.study.statistics import bootstrap_indices
 from tnr_tui.services.study.tables import _write_text, best_scale, write_markdown
 from tnr_tui.services.study.trajectory import has_rows, steps_lines
@@ -54,22 +54,36 @@ def run_study(
     command: str | None = None,
     started: float | None = None,
     log: Callable[[str], None] = print,
+    batch: int | None = None,
+    dispatcher: Any = None,
 ) -> StudyReport:
     """Sample every arm, then write study.json and study.md (the numbers), then the plots and the contact sheet
     into `out_dir`. A plot that fails is a warning (in the report, the log and study.md), never a lost study.
 
-    `started`: a `time.perf_counter()` taken before the model was loaded, so the reported time covers it."""
+    `started`: a `time.perf_counter()` taken before the model was loaded, so the reported time covers it.
+    Without `sample_fn`, an arm's seeds are sampled in batches (`batch` images each; None: as many as the
+    device's memory holds) on `dispatcher` (Ray workers) or here on `bundle`."""
     started = time.perf_counter() if started is None else started
     out_dir.mkdir(parents=True, exist_ok=True)
-    if sample_fn is None:
+    own = None
+    if sample_fn is None and dispatcher is None:
         if bundle is None:
             from engine.models import load_bundle
 
             bundle = load_bundle(cfg.model)
-        sample_fn = engine_sampler(bundle)
+        from tnr_tui.services.dispatch import LocalDispatcher
+
+        dispatcher = own = LocalDispatcher(bundle, cfg.model)
     from tnr_tui.services.checks import is_embedded
 
-    embedded = is_embedded(cfg.model, bundle)
+    if dispatcher is not None and bundle is None:
+        info = dispatcher.workers_info()[0]
+        embedded = bool(info["embedded"])
+        model_description = (
+            model_description or f"{info['model_name']} (identity {info['model_identity']}, {info['model_path']})"
+        )
+    else:
+        embedded = is_embedded(cfg.model, bundle)
     if not model_description and bundle is not None:
         model_description = f"{bundle.name} (identity {bundle.identity}, {bundle.path})"
     scorer = None
@@ -82,15 +96,21 @@ def run_study(
             raise StudyError(str(e)) from None
     arms = all_arms(cfg)
     log(f"study: {len(arms)} arms x {cfg.samples} seeds = {len(arms) * cfg.samples} images")
-    results = run_arms(
-        arms,
-        cfg,
-        sample_fn,
-        embedded=embedded,
-        keep_images=out_dir / "images" if keep_images else None,
-        scorer=scorer,
-        log=log,
-    )
+    try:
+        results = run_arms(
+            arms,
+            cfg,
+            sample_fn,
+            embedded=embedded,
+            keep_images=out_dir / "images" if keep_images else None,
+            scorer=scorer,
+            log=log,
+            dispatcher=dispatcher,
+            batch=batch,
+        )
+    finally:
+        if own is not None:
+            own.close()
     seconds = time.perf_counter() - started
     indices = bootstrap_indices(cfg.samples)
     data = {

@@ -12,7 +12,7 @@ import numpy as np
 
 from engine.metrics import image_metrics
 from engine.request import GenerationRequest
-from tnr_tui.services.study.design import SHEET_SEEDS, Arm, StudyConfig, prompt_for_seed
+from tnr_tui.services.study.design import SHEET_SEEDS, Arm, StudyConfig, StudyError, prompt_for_seed
 from tnr_tui.services.sweep.sheets import thumbnail
 
 # ---- running ------------------------------------------------------------------------------------------------
@@ -51,49 +51,64 @@ def measure(image: Any, prompt: str, embedded: bool, scorer: Any = None) -> dict
     return values
 
 
+def arm_request(arm: Arm, seed: int, cfg: StudyConfig, embedded: bool) -> GenerationRequest:
+    """The request of one image of the study: the arm's configuration, the seed and the seed's prompt."""
+    return GenerationRequest(
+        prompt=prompt_for_seed(seed, cfg, embedded),
+        model=cfg.model,
+        width=cfg.width,
+        height=cfg.height,
+        seed=seed,
+        steps=arm.steps,
+        solver=arm.solver,
+        schedule=cfg.schedule,
+        guidance=arm.guidance,
+        scale=arm.scale,
+        preview_every=0,
+        decode_every=0,
+        tags={"study": "1"},
+    )
+
+
 def run_arms(
     arms: Sequence[Arm],
     cfg: StudyConfig,
-    sample_fn: SampleFn,
+    sample_fn: SampleFn | None = None,
     *,
     embedded: bool,
     keep_images: Path | None = None,
     scorer: Any = None,
     log: Callable[[str], None] = print,
+    dispatcher: Any = None,
+    batch: int | None = None,
 ) -> dict[Arm, ArmResult]:
+    """Sample every arm over every seed: with `sample_fn` one image at a time, else on `dispatcher`
+    (services.dispatch: an arm's seeds in batches, here or on Ray workers, results in any order).
+
+    An arm's `seconds` is its images' sampling time (a batch's time shared by its images) plus measuring them."""
     seeds = list(range(1, cfg.samples + 1))
     results: dict[Arm, ArmResult] = {}
     total = len(arms) * len(seeds)
-    done = 0
     started = time.perf_counter()
-    for arm in arms:
+    done = 0
+    per_arm: dict[int, dict[int, tuple[Any, dict[str, Any]]]] = {k: {} for k in range(len(arms))}
+    measuring: dict[int, float] = dict.fromkeys(range(len(arms)), 0.0)
+    sampling: dict[int, float] = dict.fromkeys(range(len(arms)), 0.0)
+
+    def finish_arm(k: int) -> None:
+        arm = arms[k]
         values: dict[str, list[float]] = {}
         evals: list[int] = []
         thumbs: dict[int, Any] = {}
         schedules: dict[str, None] = {}
         warnings: dict[str, None] = {}
         steps: dict[int, Any] = {}
-        arm_start = time.perf_counter()
+        measure_started = time.perf_counter()
         for seed in seeds:
-            prompt = prompt_for_seed(seed, cfg, embedded)
-            request = GenerationRequest(
-                prompt=prompt,
-                model=cfg.model,
-                width=cfg.width,
-                height=cfg.height,
-                seed=seed,
-                steps=arm.steps,
-                solver=arm.solver,
-                schedule=cfg.schedule,
-                guidance=arm.guidance,
-                scale=arm.scale,
-                preview_every=0,
-                decode_every=0,
-                tags={"study": "1"},
-            )
-            image, stats = sample_fn(request)
+            image, stats = per_arm[k][seed]
             if _table(stats.get("telemetry")) is not None:
                 steps[seed] = _table(stats["telemetry"])
+            prompt = prompt_for_seed(seed, cfg, embedded)
             for name, value in measure(image, prompt, embedded, scorer).items():
                 values.setdefault(name, []).append(value)
             evals.append(int(stats.get("model_evaluations", arm.planned_evaluations)))
@@ -106,8 +121,8 @@ def run_arms(
                 folder = keep_images / arm.label.replace(" ", "_")
                 folder.mkdir(parents=True, exist_ok=True)
                 image.save(folder / f"seed{seed:03d}.png")
-            done += 1
-        seconds = time.perf_counter() - arm_start
+        per_arm[k].clear()  # the images are measured: only the thumbnails stay
+        seconds = sampling[k] + measuring[k] + time.perf_counter() - measure_started
         results[arm] = ArmResult(
             arm, seeds, values, round(float(np.mean(evals))), seconds, thumbs, list(schedules), list(warnings), steps
         )
@@ -117,7 +132,44 @@ def run_arms(
             f"{results[arm].seconds / len(seeds):.3f} s/image  [{done}/{total}, {elapsed:.0f} s, "
             f"about {elapsed / done * (total - done):.0f} s left]"
         )
-    return results
+
+    if sample_fn is not None:
+        for k, arm in enumerate(arms):
+            for seed in seeds:
+                arm_start = time.perf_counter()
+                image, stats = sample_fn(arm_request(arm, seed, cfg, embedded))
+                sampling[k] += time.perf_counter() - arm_start
+                per_arm[k][seed] = (image, stats)
+                done += 1
+            finish_arm(k)
+        return {arm: results[arm] for arm in arms}
+
+    from tnr_tui.services.dispatch import Progress, WorkItem, make_batches
+    from tnr_tui.services.dispatch.progress import ProgressPrinter
+
+    items = [
+        WorkItem(f"{k}:{seed}", arm_request(arm, seed, cfg, embedded)) for k, arm in enumerate(arms) for seed in seeds
+    ]
+    batches = make_batches(items, lambda request, images: dispatcher.batch_size(request, images, batch))
+    if len(batches) < len(items):
+        sizes = ", ".join(str(n) for n in sorted({len(b) for b in batches}, reverse=True))
+        log(f"  {len(items)} images in {len(batches)} batches (of {sizes})")
+    progress = Progress(total=len(items))
+    show = ProgressPrinter(log, interval=10.0)
+    for _, returned in dispatcher.run(batches, progress=progress):
+        for result in returned:
+            if result.status != "done":  # a study needs every image: its numbers pair the arms by seed
+                raise StudyError(
+                    f"{arms[int(result.key.split(':')[0])].label}, seed {result.key.split(':')[1]}: {result.error}"
+                )
+            k, seed = (int(part) for part in result.key.split(":"))
+            per_arm[k][seed] = (result.image, {**result.stats, "telemetry": _table(result.telemetry)})
+            sampling[k] += float(result.stats.get("seconds", 0.0))
+            done += 1
+            if len(per_arm[k]) == len(seeds):
+                finish_arm(k)
+        show(progress)
+    return {arm: results[arm] for arm in arms}
 
 
 def _table(telemetry: Any) -> Any:

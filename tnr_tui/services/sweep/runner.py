@@ -1,5 +1,9 @@
 """Running a sweep: every cell not yet done (in the CSV or the history under the same sweep id) becomes an ordinary
-history run through services.runs.execute; the CSV grows as it goes; the contact sheets come last.
+history run; the CSV grows as it goes; the contact sheets come last.
+
+Cells that differ only in the seed run as one batch (services.dispatch: one model call per stage for all of
+them, the batch size from the device's memory or `batch`), in this process on the caller's model or on Ray
+workers (`dispatcher`); either way this process records every image in the history.
 """
 
 from __future__ import annotations
@@ -75,22 +79,29 @@ def run_sweep(
     device: str = "auto",
     dtype: str = "auto",
     clip_model: Path | None = None,
+    batch: int | None = None,
+    dispatcher: Any = None,
 ) -> SweepReport:
     """Run every cell not yet done, append the CSV as it goes, then draw the contact sheets.
 
-    `clip_model`: a local CLIP directory; adds a CLIP score per image (rows already in the CSV keep theirs)."""
+    `clip_model`: a local CLIP directory; adds a CLIP score per image (rows already in the CSV keep theirs).
+    `batch`: images per batch (None: as many as the device's memory holds; 1: one at a time).
+    `dispatcher`: where the images are made (services.dispatch.RayDispatcher); None: here, on `bundle`."""
     from PIL import Image
 
     from engine.metrics import image_metrics
 
     started = time.perf_counter()
-    if bundle is None:
-        from engine.models import load_bundle
+    if dispatcher is not None:
+        info = dispatcher.workers_info()[0]
+        identity, embedded = str(info["model_identity"]), bool(info["embedded"])
+    else:
+        if bundle is None:
+            from engine.models import load_bundle
 
-        bundle = load_bundle(spec.model, device=device, dtype=dtype)
-    identity = str(bundle.identity)
+            bundle = load_bundle(spec.model, device=device, dtype=dtype)
+        identity, embedded = str(bundle.identity), is_embedded(spec.model, bundle)
     sweep_id = sweep_id or spec.sweep_id(identity)
-    embedded = is_embedded(spec.model, bundle)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = out_dir / "sweep.json"
     manifest.write_text(json.dumps({"sweep": sweep_id, "spec": spec.to_dict()}, indent=2, sort_keys=True) + "\n")
@@ -139,39 +150,70 @@ def run_sweep(
 
     ran = failed = 0
     if todo:
-        from tnr_tui.services import runs
+        from tnr_tui.services.dispatch import LocalDispatcher, Progress, WorkItem, make_batches
+        from tnr_tui.services.dispatch.progress import ProgressPrinter
+        from tnr_tui.services.dispatch.recording import cancel_rows, create_rows, record
 
-        for i, cell in enumerate(todo, 1):
+        own = dispatcher is None
+        if own:
+            dispatcher = LocalDispatcher(bundle, spec.model)
+        items = []
+        for cell in todo:
             request = cell_request(cell, spec, sweep_id)
             if device != "auto" or dtype != "auto":
                 request = request.replace(device=device, dtype=dtype)
-            try:
-                outcome = runs.execute(request, store, bundle=bundle, origin="sweep")
-            except Exception as e:  # recorded as failed in the history by execute; the sweep goes on
-                failed += 1
-                log(f"  [{i}/{len(todo)}] {row_label(cell)} seed {cell.seed}: failed: {e}")
-                continue
-            if outcome.status != "done":
-                failed += 1
-                log(f"  [{i}/{len(todo)}] {row_label(cell)} seed {cell.seed}: {outcome.status}")
-                continue
-            ran += 1
-            image = outcome.image
-            done = {
-                "run_id": outcome.run_id,
-                "request": outcome.request.to_dict(),
-                "image": str(outcome.image_path),
-                "stats": outcome.stats,
-            }
-            metrics = measured(image, cell.prompt, outcome.metrics)
-            verdicts = check_verdicts(image, cell.prompt) if embedded else {}
-            rows[cell.key] = _row(sweep_id, cell.key, done, metrics, verdicts)
-            rows[cell.key]["model_identity"] = identity
-            write_rows(csv_path, _ordered(cells, rows))
-            log(
-                f"  [{i}/{len(todo)}] {row_label(cell)} seed {cell.seed}: "
-                f"{outcome.stats.get('model_evaluations')} evaluations, {outcome.stats.get('seconds', 0):.2f} s"
-            )
+            items.append(WorkItem(cell.key, request))
+        by_key = {cell.key: cell for cell in todo}
+        batches = make_batches(items, lambda request, images: dispatcher.batch_size(request, images, batch))
+        if len(batches) < len(items):
+            sizes = ", ".join(str(n) for n in sorted({len(b) for b in batches}, reverse=True))
+            log(f"  {len(items)} images in {len(batches)} batches (of {sizes})")
+        progress = Progress(total=len(items))
+        show = ProgressPrinter(log)
+        handed_out: dict[int, Any] = {}
+
+        def prepare(b: Any) -> None:  # the rows exist before the work goes out (runs.execute's order)
+            handed_out[b.batch_id] = b
+            create_rows(store, b, "sweep")
+
+        i = 0
+        try:
+            for done_batch, results in dispatcher.run(batches, prepare=prepare, progress=progress):
+                for result in results:
+                    i += 1
+                    cell = by_key[result.key]
+                    recorded = record(store, result, dispatcher.model_info(result.worker))
+                    if recorded.status != "done":
+                        failed += 1
+                        log(f"  [{i}/{len(todo)}] {row_label(cell)} seed {cell.seed}: failed: {result.error}")
+                        continue
+                    ran += 1
+                    done = {
+                        "run_id": recorded.run_id,
+                        "request": result.request,
+                        "image": str(recorded.image_path),
+                        "stats": result.stats,
+                    }
+                    metrics = measured(result.image, cell.prompt, result.metrics)
+                    verdicts = dict(result.verdicts) if embedded else {}
+                    rows[cell.key] = _row(sweep_id, cell.key, done, metrics, verdicts)
+                    rows[cell.key]["model_identity"] = identity
+                    in_batch = result.stats.get("batch")
+                    shared = f" (batch of {in_batch['size']})" if in_batch else ""
+                    log(
+                        f"  [{i}/{len(todo)}] {row_label(cell)} seed {cell.seed}: "
+                        f"{result.stats.get('model_evaluations')} evaluations, {result.stats.get('seconds', 0):.2f} s{shared}"
+                    )
+                handed_out.pop(done_batch.batch_id, None)
+                write_rows(csv_path, _ordered(cells, rows))
+                show(progress)
+        except BaseException as e:  # ctrl-c, a lost cluster, the history failing: close what was handed out
+            reason = "cancelled" if isinstance(e, KeyboardInterrupt) else f"sweep stopped: {type(e).__name__}: {e}"
+            cancel_rows(store, handed_out.values(), reason.splitlines()[0] if reason else "cancelled")
+            raise
+        finally:
+            if own:
+                dispatcher.close()
     write_rows(csv_path, _ordered(cells, rows))
     sheets = write_contact_sheets(spec, cells, rows, out_dir)
     return SweepReport(sweep_id, len(cells), ran, skipped, failed, csv_path, sheets, time.perf_counter() - started)
