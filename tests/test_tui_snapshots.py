@@ -158,3 +158,57 @@ def test_lab_live_plot_at_80x24(snap_compare, tmp_data_dir: Path) -> None:
         await pilot.pause(0.05)
 
     assert snap_compare(_fake_run_app(tmp_data_dir), run_before=setup, terminal_size=(80, 24))
+
+
+def _two_fixed_runs(data_dir: Path) -> tuple[str, str]:
+    from tui_runs import record_run
+
+    from tnr_tui.services.history import open_store
+
+    store = open_store(data_dir)
+    cfg = record_run(store, steps=20, guidance="cfg", run_id="01ARZ3NDEKTSV4RRFFQ69G5FA1", decode_every=5)
+    tnr = record_run(store, steps=12, guidance="tnr-cfg", hue=200, run_id="01ARZ3NDEKTSV4RRFFQ69G5FA2")
+    store.close()
+    return cfg, tnr
+
+
+def test_trajectory_view(snap_compare, tmp_data_dir: Path) -> None:
+    # A stored run scrubbed back to step 14 of 20: its frame, the row's numbers, the plot's cursor.
+    cfg, _ = _two_fixed_runs(tmp_data_dir)
+
+    async def setup(pilot) -> None:
+        from tnr_tui.ui.screens.trajectory import TrajectoryScreen
+
+        await settled(pilot)
+        app = pilot.app
+        screen = TrajectoryScreen(cfg)
+        await app.push_screen(screen)
+        for _ in range(500):
+            if screen.trajectory is not None:
+                break
+            await pilot.pause(0.01)
+        await pilot.press(*["left"] * 6)
+        await pilot.pause(0.05)
+
+    assert snap_compare(make_app(tmp_data_dir), run_before=setup, terminal_size=SIZE)
+
+
+def test_pair_view(snap_compare, tmp_data_dir: Path) -> None:
+    # cfg (20 steps) and tnr-cfg (12 steps) on one seed, aligned by sigma, x0 change of both over sigma.
+    cfg, tnr = _two_fixed_runs(tmp_data_dir)
+
+    async def setup(pilot) -> None:
+        from tnr_tui.ui.screens.pair import PairScreen
+
+        await settled(pilot)
+        screen = PairScreen(cfg, tnr)
+        await pilot.app.push_screen(screen)
+        for _ in range(500):
+            if screen.a is not None:
+                break
+            await pilot.pause(0.01)
+        screen.query_one("#pair-series").value = "x0_change"
+        await pilot.press(*["left"] * 8)
+        await pilot.pause(0.05)
+
+    assert snap_compare(make_app(tmp_data_dir), run_before=setup, terminal_size=SIZE)

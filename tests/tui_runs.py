@@ -51,7 +51,7 @@ def fake_rows(steps: int, *, guidance: str = "cfg", tnr: bool = False, sigmas: l
                 "norm_guided": norm_uncond * (1 + 4 * ratio),
                 "norm_x": 128.0 * math.sqrt(sigma * sigma + 1),
                 "std_x": math.sqrt(sigma * sigma + 1),
-                "x0_change": None if i == 0 else 0.8 * math.exp(-4 * t),
+                "x0_change": None if i == 0 else 0.8 * math.exp(-4 * t) * (1.5 if tnr else 1.0),
             }
         )
     return table_of(rows)
@@ -83,13 +83,18 @@ def record_run(
     hue: int = 0,
     table: StepTable | None = None,
     image: bool = True,
+    decode_every: int = 0,
+    run_id: str | None = None,
+    telemetry: bool = True,
 ) -> str:
-    """A finished run with its rows (and its frames as the history keeps them); returns its id."""
+    """A finished run with its rows (and its frames as the history keeps them); returns its id.
+
+    `decode_every`: also decoded frames at every such step and the last (hue shifted by 100)."""
     from tnr_tui.services.history import OutputFile
     from tnr_tui.services.history.frames import FRAME_SUFFIX, write_frames
 
     request = GenerationRequest(prompt=prompt, steps=steps, guidance=guidance, solver=solver, seed=seed)
-    run_id = store.create_run(request)
+    run_id = store.create_run(request, run_id=run_id) if run_id else store.create_run(request)
     outputs = []
     stats: dict[str, Any] = {"seconds": 0.5, "model_evaluations": 2 * steps}
     if image:
@@ -103,7 +108,15 @@ def record_run(
         )
         outputs.append(OutputFile.of("frames", path))
         stats["frames"] = {"frames": list(range(steps))}
+        if decode_every:
+            decoded = [k for k in range(steps) if (k + 1) % decode_every == 0 or k == steps - 1]
+            images = [fake_frames(steps, size=32, hue=hue + 100)[k] for k in decoded]
+            path = write_frames(images, decoded, store.new_output_path(run_id, FRAME_SUFFIX["decoded_frames"]))
+            outputs.append(OutputFile.of("decoded_frames", path))
+            stats["frames"]["decoded_frames"] = decoded
     rows = table if table is not None else fake_rows(steps, guidance=guidance, tnr=guidance == "tnr-cfg")
+    if not telemetry:
+        rows = None
     store.finish_run(run_id, "done", stats=stats, outputs=outputs, steps=rows)
     return run_id
 

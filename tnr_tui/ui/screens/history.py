@@ -122,6 +122,9 @@ class HistoryScreen(Screen):
         Binding("n", "note", "Note", id="history.note"),
         Binding("e", "export", "Export", id="history.export"),
         Binding("delete", "delete", "Delete", id="history.delete"),
+        Binding("t", "trajectory", "Trajectory", id="history.trajectory"),
+        # c marks a run, c on another opens the two side by side (c on the marked one unmarks it).
+        Binding("c", "pair", "Pair", id="history.pair"),
         Binding("ctrl+l", "refresh", "Refresh", id="history.refresh", show=False),
     ]
 
@@ -132,6 +135,7 @@ class HistoryScreen(Screen):
         self._runs: dict[str, Any] = {}
         self._search_timer: Timer | None = None
         self.pages_loaded = 0
+        self.marked: str | None = None  # the run a pair compares against (c)
 
     def compose(self) -> ComposeResult:
         preset_breakpoints(self)
@@ -297,7 +301,10 @@ class HistoryScreen(Screen):
             thumb.show(None, "no image")
         else:
             thumb.show(*read_image(path))  # a damaged or missing file is its caption, not a crash
-        params.update(describe_run(run))
+        text = describe_run(run)
+        if self.marked == run.id:
+            text = "marked for a pair: c on another run compares the two\n" + text
+        params.update(text)
 
     def _refresh_run(self, run_id: str) -> None:
         app: Any = self.app
@@ -430,6 +437,27 @@ class HistoryScreen(Screen):
                 self.notify(f"deleted run {run.id[-8:]} and {len(removed)} file(s)", markup=False)
 
         self.app.push_screen(ConfirmDialog(delete_question(app.store, run, files)), delete)
+
+    def action_trajectory(self) -> None:
+        from tnr_tui.ui.screens.trajectory import TrajectoryScreen
+
+        run = self.selected_run()
+        if run is not None:
+            self.app.push_screen(TrajectoryScreen(run.id))
+
+    def action_pair(self) -> None:
+        run = self.selected_run()
+        if run is None:
+            return
+        if self.marked is None or self.marked == run.id:
+            self.marked = None if self.marked == run.id else run.id
+            if self.marked:
+                self.notify(f"run {run.id[-8:]} marked: select another run and press c", timeout=4, markup=False)
+            self._show_selected()
+            return
+        from tnr_tui.ui.screens.pair import PairScreen
+
+        self.app.push_screen(PairScreen(self.marked, run.id))
 
     def run_ended(self, message: Any, owner: str) -> None:
         """A run ended somewhere: show the newest runs (a cheap first-page query)."""
