@@ -35,6 +35,7 @@ FIELD_FLAGS = {
     "cfg_rescale": "cfg_rescale",
     "device": "device",
     "dtype": "dtype",
+    "decode_every": "decode_every",
 }
 
 
@@ -63,6 +64,26 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         help="hand the model the nearest trained timestep (ComfyUI, diffusers' multistep schedulers) instead of "
         "the fractional one of log-sigma interpolation (k-diffusion, A1111; the default)",
+    )
+    p.add_argument(
+        "--decode-every",
+        dest="decode_every",
+        help="decode the denoised estimate every N steps (kept with --keep-frames; default 0: the final image only)",
+    )
+    p.add_argument(
+        "--keep-frames",
+        dest="keep_frames",
+        action="store_true",
+        default=None,
+        help="keep the run's trajectory in the history: the preview of every step and the decoded image of every "
+        "--decode-every step (one animated PNG each; tnr-lab history show lists them)",
+    )
+    p.add_argument(
+        "--no-telemetry",
+        dest="telemetry",
+        action="store_false",
+        default=None,
+        help="record no per-step rows (tnr-lab history steps); the image is the same",
     )
     p.add_argument("--sigma-min", dest="sigma_min", help="guidance window: below this sigma, use the conditional eps")
     p.add_argument("--sigma-max", dest="sigma_max", help="guidance window: above this sigma, use the conditional eps")
@@ -192,6 +213,10 @@ def build_request(args: argparse.Namespace) -> Any:
         values["tnr"] = True
     if getattr(args, "discrete_timesteps", None):
         values["discrete_timesteps"] = True
+    if getattr(args, "keep_frames", None):
+        values["keep_frames"] = True
+    if getattr(args, "telemetry", None) is False:
+        values["telemetry"] = False
     values.update(model_options(args))
     weighted = parse_weighted(args.weighted or [])
     if weighted:

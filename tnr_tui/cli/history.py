@@ -1,4 +1,4 @@
-"""`tnr-lab history ...`: list, show, export, import, rerun, import-png.
+"""`tnr-lab history ...`: list, show, steps, export, import, rerun, import-png.
 
 Starts fast: only the store (SQLAlchemy) loads, never torch, except for `rerun`, which samples.
 """
@@ -42,6 +42,14 @@ def add_parser(subparsers: Any) -> None:
     q.add_argument("--json", action="store_true")
     data_dir_flag(q)
     q.set_defaults(func=run, action=cmd_show, readonly=True)
+
+    q = sub.add_parser("steps", help="one run's per-step telemetry rows (sigma, norms, x0 change, ...)")
+    q.add_argument("id", help="run id (or a unique prefix)")
+    form = q.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help='{"run_id", "format", "columns", "rows"} on stdout')
+    form.add_argument("--csv", action="store_true", help="a header of the columns, then one line per step")
+    data_dir_flag(q)
+    q.set_defaults(func=run, action=cmd_steps, readonly=True)
 
     q = sub.add_parser("export", help="write runs to JSONL, CSV or a zip with the images")
     q.add_argument("--format", required=True, choices=("jsonl", "csv", "zip"))
@@ -263,8 +271,44 @@ def cmd_show(args: argparse.Namespace, store: Any) -> int:
         path = store.resolve(out.path)
         state = "" if path.exists() else "  (missing)"
         print(f"  {v(out.kind):9} {v(path)}  {out.size} bytes{state}")
+    shape = store.steps_shape(run.id)
+    if shape is not None:
+        print(f"  steps     {shape[0]} rows of {shape[1]} columns (tnr-lab history steps {run.id})")
     # json.dumps escapes every control character (and all non-ASCII) itself.
     print("  request   " + json.dumps(run.request, sort_keys=True))
+    return 0
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return str(value) if isinstance(value, int) else f"{value:.6g}"
+
+
+def cmd_steps(args: argparse.Namespace, store: Any) -> int:
+    """A run's per-step rows: a table, JSON or CSV; one line (exit 1) for a run that has none."""
+    run = store.find_run(args.id)
+    table = store.run_steps(run.id)
+    if table is None:
+        reason = (
+            "it has not finished"
+            if run.status in ("queued", "running")
+            else ("it was recorded before tnr-lab kept them, or with telemetry off")
+        )
+        print(f"run {run.id} has no per-step rows: {reason}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"run_id": run.id, **table.to_dict()}))
+    elif args.csv:
+        table.write_csv(sys.stdout)
+    else:
+        # Column names come from units (extras) and imports: shown through `visible` like all user text.
+        names = [visible(c) for c in table.columns]
+        cells = [[_cell(v) for v in row] for row in table.rows]
+        widths = [max([len(n)] + [len(r[j]) for r in cells]) for j, n in enumerate(names)]
+        print("  ".join(n.rjust(w) for n, w in zip(names, widths, strict=True)))
+        for row in cells:
+            print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
     return 0
 
 

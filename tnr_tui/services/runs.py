@@ -154,6 +154,38 @@ def _metrics(image: Any, prompt: str, model: str, bundle: Any) -> dict[str, floa
     return values
 
 
+class FrameKeeper:
+    """Collects a run's trajectory frames from its step events (GenerationRequest.keep_frames): the preview of
+    every step (made here where the event has none) and the decoded image of every `decode_every` step."""
+
+    def __init__(self, bundle: Any, on_step: Callable[[Any], None] | None) -> None:
+        self.bundle = bundle
+        self.on_step = on_step
+        self.frames: dict[str, list[tuple[int, Any]]] = {"frames": [], "decoded_frames": []}
+
+    def __call__(self, event: Any) -> None:
+        preview = event.preview if event.preview is not None else self.bundle.preview(event.denoised)
+        self.frames["frames"].append((event.index, preview))
+        if event.image is not None:
+            self.frames["decoded_frames"].append((event.index, event.image))
+        if self.on_step is not None:
+            self.on_step(event)
+
+    def write(self, store: Store, run_id: str) -> tuple[list[Path], dict[str, list[int]]]:
+        """The frames files (one APNG per kind that has frames) and the step of each frame, by kind."""
+        from tnr_tui.services.history.frames import FRAME_SUFFIX, write_frames
+
+        paths, steps = [], {}
+        for kind, frames in self.frames.items():
+            if frames:
+                path = write_frames(
+                    [im for _, im in frames], [i for i, _ in frames], store.new_output_path(run_id, FRAME_SUFFIX[kind])
+                )
+                paths.append(path)
+                steps[kind] = [i for i, _ in frames]
+        return paths, steps
+
+
 def execute(
     request: Any,
     store: Store,
@@ -177,6 +209,8 @@ def execute(
     - `origin`: who ran it (`cli`, `tui`, `sweep`, `rerun`); `parent_id`: the run this one re-runs.
     - `run_id`: start a run already recorded as `queued` (the TUI's queue) instead of creating one.
     - `on_model_loaded(bundle)`: called once the model is loaded, before sampling (progress displays).
+    - The run's per-step telemetry rows (`request.telemetry`) are recorded with it (`store.run_steps`); with
+      `request.keep_frames` its frames too (`store.run_frames`: one APNG per kind beside the image).
 
     Returns the outcome (`done`, or `cancelled` when `should_stop` stopped it). Any other failure is
     recorded as `failed` with its message and then re-raised (ModelError, SamplingError, RequestError for a
@@ -211,8 +245,9 @@ def execute(
         )
         if on_model_loaded is not None:
             on_model_loaded(bundle)
+        keeper = FrameKeeper(bundle, on_step) if getattr(request, "keep_frames", False) else None
         try:
-            result = sample(bundle, request, on_step=on_step, should_stop=should_stop)
+            result = sample(bundle, request, on_step=keeper or on_step, should_stop=should_stop)
         except SamplingCancelled:
             store.finish_run(run_id, "cancelled", error="cancelled")
             return RunOutcome(run_id, "cancelled", request)
@@ -249,6 +284,11 @@ def execute(
             latent_path = Path(save_latent)
             place_copy(stored_latent, latent_path)
             copies.append(latent_path)
+        if keeper is not None:
+            frame_paths, frame_steps = keeper.write(store, run_id)
+            written.extend(frame_paths)
+            outputs += [OutputFile.of(kind, path) for kind, path in zip(frame_steps, frame_paths, strict=True)]
+            result.stats["frames"] = frame_steps
         metrics = _metrics(result.image, resolved.prompt, resolved.model, bundle)
         try:
             store.finish_run(
@@ -259,6 +299,7 @@ def execute(
                 outputs=outputs,
                 request=resolved_dict,
                 wait_s=store_module.FINISH_WAIT_S,
+                steps=getattr(result, "steps", None),
             )
         except HistoryError as e:
             raise RunNotRecorded(run_id, e, list(written), list(copies)) from None

@@ -174,11 +174,23 @@ def _sqlite_v3(conn: sqlite3.Connection) -> None:
 
 # Schema 4: a run's per-step telemetry rows (steps.py): one row per run, its values a float64 blob; deleting
 # the run deletes them (foreign key). Runs recorded before have none.
+SCHEMA_V4 = """
+CREATE TABLE run_steps (
+    run_id VARCHAR(26) NOT NULL PRIMARY KEY REFERENCES runs (id) ON DELETE CASCADE,
+    format INTEGER NOT NULL,
+    names TEXT NOT NULL,
+    steps INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+"""
+
+
 # version -> (what it does, how)
 MIGRATIONS: dict[int, tuple[str, Callable[[sqlite3.Connection], None]]] = {
     1: ("first schema: runs and outputs", _script(SCHEMA_V1)),
     2: ("sweep tag and re-run lineage", _script(SCHEMA_V2)),
     3: ("prompt search index, output bytes in the database", _sqlite_v3),
+    4: ("per-step telemetry rows", _script(SCHEMA_V4)),
 }
 LATEST_VERSION = max(MIGRATIONS)
 
@@ -352,10 +364,22 @@ def _pg_v3(connection: Any) -> None:
         )
 
 
+PG_SCHEMA_V4 = """
+CREATE TABLE run_steps (
+    run_id TEXT COLLATE "C" NOT NULL PRIMARY KEY REFERENCES runs (id) ON DELETE CASCADE,
+    format BIGINT NOT NULL,
+    names TEXT NOT NULL,
+    steps BIGINT NOT NULL,
+    data BYTEA NOT NULL
+)
+"""
+
+
 POSTGRES_MIGRATIONS: dict[int, tuple[str, Callable[[Any], None]]] = {
     1: ("first schema: runs and outputs", _pg_script(PG_SCHEMA_V1)),
     2: ("sweep tag and re-run lineage", _pg_script(PG_SCHEMA_V2)),
     3: ("prompt search index, output bytes in the database", _pg_v3),
+    4: ("per-step telemetry rows", _pg_script(PG_SCHEMA_V4)),
 }
 
 

@@ -17,7 +17,8 @@ from sqlalchemy.types import TypeDecorator
 RUN_STATUSES: tuple[str, ...] = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 # Statuses of a run whose process may still be working on it.
 LIVE_STATUSES: tuple[str, ...] = ("queued", "running")
-OUTPUT_KINDS: tuple[str, ...] = ("image", "latent", "preview")
+# frames / decoded_frames: a run's trajectory (frames.py: one APNG each, GenerationRequest.keep_frames).
+OUTPUT_KINDS: tuple[str, ...] = ("image", "latent", "preview", "frames", "decoded_frames")
 
 
 def utcnow() -> datetime:

@@ -56,6 +56,10 @@ from tnr_tui.services.history.paths import (
 )
 from tnr_tui.services.history.queries import RunFilter
 from tnr_tui.services.history.search import allocate_keys, count_matching, lock_keys, page_ids, register_functions
+from tnr_tui.services.history.steps import RunSteps
+from tnr_tui.services.history.steps import decode as decode_steps
+from tnr_tui.services.history.steps import encode as encode_steps
+from tnr_tui.services.history.steps import encode_values as step_values
 from tnr_tui.services.text import visible
 
 T = TypeVar("T")
@@ -490,10 +494,12 @@ class Store:
         request: dict[str, Any] | None = None,
         wait_s: float | None = None,
         if_live: bool = False,
+        steps: Any = None,
     ) -> bool:
         """Complete a run: its outcome and the rows of its (already complete) files, in one transaction.
 
         `request`, when given, replaces the stored one (the resolved request: native sizes filled in).
+        `steps`: the run's per-step telemetry rows (an engine.telemetry.StepTable), kept in `run_steps`.
         `wait_s`: how long to wait for another process's lock (default `LOCK_WAIT_S`).
         `if_live`: change the run only while it is still queued or running (an error path must never turn
         a run that was recorded `done` into `failed`); returns whether the run was changed.
@@ -528,6 +534,8 @@ class Store:
                     return False
                 raise HistoryError(f"no run with id {run_id}")
             self._add_outputs(session, run_id, outputs, contents)
+            if steps is not None:
+                session.merge(encode_steps(run_id, steps))
             return True
 
         return self._writing(work, wait_s=wait_s)
@@ -734,6 +742,66 @@ class Store:
                 return
             after = page[-1].id
 
+    # ---- a run's trajectory: its per-step rows and frames (docs/CONTRACTS.md) ------------------------------
+
+    def run_steps(self, run_id: str) -> Any:
+        """The run's per-step telemetry rows (an engine.telemetry.StepTable), or None where it has none (a run
+        recorded before schema 4, with telemetry off, or not finished). HistoryError for a damaged row."""
+        from engine.telemetry import TelemetryError
+
+        row = self._reading(lambda session: session.get(RunSteps, run_id))
+        if row is None:
+            return None
+        try:
+            return decode_steps(row)
+        except TelemetryError as e:
+            raise HistoryError(str(e)) from None
+
+    def steps_shape(self, run_id: str) -> tuple[int, int] | None:
+        """(rows, columns) of the run's per-step rows, read without decoding them (`history show`)."""
+        query = select(RunSteps.steps, RunSteps.names).where(RunSteps.run_id == run_id)
+        row = self._reading(lambda session: session.execute(query).first())
+        if row is None:
+            return None
+        try:
+            return int(row[0]), len(json.loads(row[1]))
+        except (TypeError, ValueError):
+            raise HistoryError(f"run {run_id}: its step columns are not a JSON list") from None
+
+    def steps_of(self, run_ids: Iterable[str]) -> dict[str, Any]:
+        """run id -> StepTable for those of `run_ids` that have rows (one query per 500 ids)."""
+        from engine.telemetry import TelemetryError
+
+        ids = list(dict.fromkeys(run_ids))
+
+        def work(session: Session) -> list[RunSteps]:
+            found: list[RunSteps] = []
+            for i in range(0, len(ids), 500):
+                found.extend(session.scalars(select(RunSteps).where(RunSteps.run_id.in_(ids[i : i + 500]))).all())
+            return found
+
+        try:
+            return {row.run_id: decode_steps(row) for row in self._reading(work)}
+        except TelemetryError as e:
+            raise HistoryError(str(e)) from None
+
+    def run_frames(self, run_id: str) -> Any:
+        """The run's kept frames (frames.RunFrames: file and step index of each frame, per kind); falsy when it
+        kept none. The steps come from the run's stats (no file is opened); `RunFrames.load(kind)` reads one."""
+        from tnr_tui.services.history.frames import FRAME_KINDS, RunFrames
+
+        run = self.get_run(run_id)
+        if run is None:
+            raise HistoryError(f"no run with id {run_id}")
+        kept = (run.stats or {}).get("frames") or {}
+        paths, steps = {}, {}
+        for kind in FRAME_KINDS:
+            out = run.output(kind)
+            if out is not None:
+                paths[kind] = self.resolve(out.path)
+                steps[kind] = [int(s) for s in kept.get(kind, [])]
+        return RunFrames(run_id, paths, steps)
+
     def run_with_output(self, sha256: str, kind: str = "image") -> str | None:
         """The id of a run that already records a file with this content, if any."""
         query = select(Output.run_id).where(Output.sha256 == sha256, Output.kind == kind).limit(1)
@@ -787,10 +855,14 @@ class Store:
                     if not fresh:
                         continue
                     keys = allocate_keys(session, [rec["id"] for rec in fresh])
-                    rows, outputs = [], []
+                    rows, outputs, step_rows = [], [], []
                     for rec in fresh:
                         current = rec["id"]
                         rows.append(_record_row(rec, keys[rec["id"]]))
+                        if rec.get("telemetry") is not None:  # checked by transfer.py; a bad one is a ValueError here
+                            from engine.telemetry import StepTable
+
+                            step_rows.append(step_values(rec["id"], StepTable.from_dict(rec["telemetry"])))
                         for out in rec.get("outputs") or ():
                             outputs.append(
                                 {
@@ -814,6 +886,8 @@ class Store:
                         session.execute(insert(OutputBlob), blobs)
                     elif outputs:
                         session.execute(insert(Output), outputs)
+                    if step_rows:
+                        session.execute(insert(RunSteps), step_rows)
                     added += len(fresh)
             except (
                 OverflowError,

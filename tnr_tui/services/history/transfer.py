@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, BinaryIO
 
+from tnr_tui.services.history.frames import FRAME_SUFFIX
 from tnr_tui.services.history.models import OUTPUT_KINDS, RUN_STATUSES, parse_iso, utcnow
 from tnr_tui.services.history.queries import RunFilter
 from tnr_tui.services.history.store import HistoryError, Store, _stderr_warning, sha256_file
@@ -98,14 +99,30 @@ def size_text(n: int) -> str:
     return f"{n} bytes"
 
 
-def _record(run: Any, store: Store) -> dict[str, Any]:
+def _record(run: Any, store: Store, steps: Any = None) -> dict[str, Any]:
     rec = run.to_dict()
     rec["tnr_lab_run"] = RECORD_FORMAT
+    if steps is not None:  # the run's per-step telemetry rows (StepTable.to_dict: columns and rows)
+        rec["telemetry"] = steps.to_dict()
     # Absolute paths: a JSONL line must still find its files when imported into another data directory.
     # (abspath: a relative --data-dir must not give relative paths.)
     for out in rec["outputs"]:
         out["path"] = os.path.abspath(store.resolve(out["path"]))
     return rec
+
+
+def _runs_with_steps(store: Store, filters: RunFilter | None, page: int = 500) -> Iterator[tuple[Any, Any]]:
+    """(run, its StepTable or None) for every matching run, the rows read one query per `page` runs."""
+    batch: list[Any] = []
+    for run in store.iter_runs(filters):
+        batch.append(run)
+        if len(batch) == page:
+            steps = store.steps_of(r.id for r in batch)
+            yield from ((r, steps.get(r.id)) for r in batch)
+            batch = []
+    if batch:
+        steps = store.steps_of(r.id for r in batch)
+        yield from ((r, steps.get(r.id)) for r in batch)
 
 
 def _atomic_target(out: Path, force: bool) -> Path:
@@ -158,8 +175,8 @@ def _export_to(
     count = 0
     if fmt == "jsonl":
         with open(tmp, "w", encoding="utf-8") as f:
-            for run in store.iter_runs(filters):
-                f.write(json.dumps(_record(run, store), sort_keys=True) + "\n")
+            for run, steps in _runs_with_steps(store, filters):
+                f.write(json.dumps(_record(run, store, steps), sort_keys=True) + "\n")
                 count += 1
     elif fmt == "csv":
         with open(tmp, "w", encoding="utf-8", newline="") as f:
@@ -181,8 +198,8 @@ def _export_zip(store: Store, tmp: Path, filters: RunFilter | None, warn: Callab
     count = 0
     lines = io.StringIO()
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for run in store.iter_runs(filters):
-            rec = _record(run, store)
+        for run, steps in _runs_with_steps(store, filters):
+            rec = _record(run, store, steps)
             outputs = []
             for out in rec["outputs"]:
                 source = Path(out["path"])  # absolute already (_record); resolving again doubled a relative dir
@@ -272,6 +289,13 @@ def _validate_record(rec: Any, where: str) -> dict[str, Any]:
         if not isinstance(out["sha256"], str) or len(out["sha256"]) != 64:
             raise HistoryError(f"{run}: output {out['path']!r} has a malformed sha256")
         _check_int(out["size"], f"{run}: output {out['path']!r} size", minimum=0)
+    from engine.telemetry import TelemetryError
+    from tnr_tui.services.history.steps import table_from_record
+
+    try:
+        table_from_record(rec.get("telemetry"), run)
+    except TelemetryError as e:
+        raise HistoryError(f"{e}; nothing was imported") from None
     return rec
 
 
@@ -473,7 +497,7 @@ def _rewritten(
 
 # ---- bringing files into the history -----------------------------------------------------------------
 
-KIND_SUFFIX = {"image": ".png", "latent": ".safetensors", "preview": ".png"}
+KIND_SUFFIX = {"image": ".png", "latent": ".safetensors", "preview": ".png", **FRAME_SUFFIX}
 _SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,12}")
 
 
@@ -506,6 +530,8 @@ class _Placer:
         HistoryError when the history's folder cannot take it (read-only, disk full)."""
         suffix = PurePosixPath(wanted.source.replace("\\", "/")).suffix
         suffix = suffix.lower() if _SUFFIX.fullmatch(suffix) else KIND_SUFFIX[wanted.kind]
+        if wanted.kind in FRAME_SUFFIX:  # `<run id>.frames.png`, never a second `<run id>.png` beside the image
+            suffix = FRAME_SUFFIX[wanted.kind]
         try:
             folder = self._day_dir(day)
             self.tmp = folder / f".{run_id}{suffix}.{os.getpid()}.tmp"
