@@ -214,11 +214,15 @@ def page_ids(session: Session, needle: str, conditions: list[Any], after: str | 
     first = session.execute(query.where(rowid >= 0).limit(limit)).all()
     found = {run_id: key for run_id, key in first}
     if len(first) == limit:
-        # The page ends inside some second: the rest of that second may hold newer ids.
+        # The page ends inside some second: the rest of that second may hold newer ids. (An index probe
+        # first: most seconds hold one run, and the full-text query costs more than the probe.)
         last_key = first[-1][1]
         start = last_key - last_key % SLOTS
-        found.update(session.execute(query.where(and_(rowid >= start, rowid < last_key))).all())
-    found.update(session.execute(query.where(rowid < 0)).all())  # the overflow pool (normally empty)
+        inside = and_(Run.search_key >= start, Run.search_key < last_key)
+        if session.scalar(select(Run.search_key).where(inside).limit(1)) is not None:
+            found.update(session.execute(query.where(and_(rowid >= start, rowid < last_key))).all())
+    if (session.scalar(select(func.min(Run.search_key))) or 0) < 0:
+        found.update(session.execute(query.where(rowid < 0)).all())  # the overflow pool (normally empty)
     return sorted(found, reverse=True)[:limit]
 
 
