@@ -2,6 +2,7 @@
 
     python bench/tui_latency.py [--model PATH] [--steps N] [--size PX] [--repeats N] [--runs N]
                                 [--first-frame-only]
+    python bench/tui_latency.py --gallery 100000     # the History's gallery pages over 100 000 runs
 
 Goals (issue 15): first frame <= 0.5 s (torch and the model load after it), event-loop lag p95 <= 20 ms
 during a run, with the live telemetry plot drawing beside the preview (150x46: both show).
@@ -27,6 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 FIRST_FRAME_SCRIPT = r"""
 import time, sys
@@ -111,6 +113,55 @@ async def loop_lag(model: str, steps: int, size: int, data_dir: str) -> tuple[li
     return lags, run_seconds, cpu
 
 
+async def gallery_pages(runs: int, data_dir: str, pages: int = 20) -> dict[str, list[float]]:
+    """Seconds the UI thread spends on a gallery page over a history of `runs` runs (filled in bulk by
+    bench/history_scale.py's fill): the first page, the next `pages`, the way back, and a prompt search."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from history_scale import fill
+
+    from tnr_tui.services.history import open_store
+    from tnr_tui.ui.app import TnrLabApp
+    from tnr_tui.ui.widgets.gallery import Gallery
+
+    store = open_store(Path(data_dir))
+    if store.count_runs() < runs:
+        fill(store, runs - store.count_runs())
+    store.close()
+    app = TnrLabApp(data_dir=Path(data_dir), image_protocol="halfcell", autoload=False)
+    times: dict[str, list[float]] = {"first": [], "next": [], "back": [], "search": []}
+    async with app.run_test(size=(150, 46)) as pilot:
+        await pilot.press("f3")
+        await pilot.pause(0.2)
+        history = app.history_screen
+        gallery = history.query_one("#gallery", Gallery)
+        history.action_gallery()
+        await pilot.pause(0.3)
+
+        def timed(kind: str, call: Any) -> None:
+            t = time.perf_counter()
+            call()
+            times[kind].append(time.perf_counter() - t)
+
+        for _ in range(3):
+            timed("first", gallery.reset)
+            await pilot.pause(0.02)
+        for _ in range(pages):
+            timed("next", lambda: gallery.action_page(1))
+            await pilot.pause(0.02)
+        for _ in range(pages):
+            timed("back", lambda: gallery.action_page(-1))
+            await pilot.pause(0.02)
+        history.query_one("#search").value = "purple star"
+        await pilot.pause(0.5)  # the debounced reload
+        for _ in range(3):
+            timed("search", gallery.reset)
+            await pilot.pause(0.02)
+        for _ in range(5):
+            timed("search", lambda: gallery.action_page(1))
+            await pilot.pause(0.02)
+    return times
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="embedded")
@@ -119,7 +170,14 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=7, help="fresh interpreters for the first frame")
     parser.add_argument("--runs", type=int, default=3, help="runs whose lag samples are pooled")
     parser.add_argument("--first-frame-only", action="store_true", help="skip the run (no model needed)")
+    parser.add_argument("--gallery", type=int, default=0, metavar="RUNS", help="time gallery pages over RUNS runs")
     args = parser.parse_args()
+    if args.gallery:
+        with tempfile.TemporaryDirectory() as data_dir:
+            times = asyncio.run(gallery_pages(args.gallery, data_dir))
+        parts = [f"{kind} {1000 * statistics.median(ts):.1f} ms" for kind, ts in times.items()]
+        print(f"gallery page over {args.gallery} runs (UI thread, median): {', '.join(parts)}  goal <= 20 ms")
+        return 0
     with tempfile.TemporaryDirectory() as data_dir:
         load = os.getloadavg()[0]
         frames = [first_frame(data_dir) for _ in range(args.repeats)]

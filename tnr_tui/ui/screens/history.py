@@ -12,7 +12,7 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Checkbox, DataTable, Footer, Header, Input, Select, Static
@@ -23,12 +23,15 @@ from tnr_tui.services.text import visible
 from tnr_tui.ui.screens import preset_breakpoints
 from tnr_tui.ui.screens.dialogs import ConfirmDialog, ExportDialog, NoteDialog
 from tnr_tui.ui.widgets.fields import TextInput
+from tnr_tui.ui.widgets.gallery import Gallery
 from tnr_tui.ui.widgets.picture import Picture, read_image
 
 PAGE_SIZE = 60
 PREFETCH_ROWS = 15  # fetch the next page when the cursor gets this close to the last loaded row
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 IMAGE_KINDS = ("image", "png")
+KEYS_HINT = "g gallery · t trajectory · c pair"
+KEYS_HINT_SHORT = "g grid · t steps · c pair"  # fits the title of the 36-column panel of 80x24
 
 
 def recorded_image(store: Any, run: Any) -> Path | None:
@@ -122,9 +125,11 @@ class HistoryScreen(Screen):
         Binding("n", "note", "Note", id="history.note"),
         Binding("e", "export", "Export", id="history.export"),
         Binding("delete", "delete", "Delete", id="history.delete"),
-        Binding("t", "trajectory", "Trajectory", id="history.trajectory"),
+        # Named on the Run panel's border (KEYS_HINT), not in the footer, which they would push off 150 columns.
+        Binding("g", "gallery", "Gallery", id="history.gallery", show=False),
+        Binding("t", "trajectory", "Trajectory", id="history.trajectory", show=False),
         # c marks a run, c on another opens the two side by side (c on the marked one unmarks it).
-        Binding("c", "pair", "Pair", id="history.pair"),
+        Binding("c", "pair", "Pair", id="history.pair", show=False),
         Binding("ctrl+l", "refresh", "Refresh", id="history.refresh", show=False),
     ]
 
@@ -160,6 +165,9 @@ class HistoryScreen(Screen):
         with Horizontal(id="history-body"):
             table: DataTable[Any] = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
             yield table
+            with Vertical(id="gallery-box"):
+                yield Static("", id="gallery-status", markup=False)
+                yield Gallery(self._gallery_page, self._thumbnail_path, id="gallery")
             with VerticalScroll(id="run-detail", classes="panel") as detail:
                 detail.border_title = "Run"
                 yield Picture("", id="thumb")
@@ -183,9 +191,17 @@ class HistoryScreen(Screen):
             table.add_column(label, key=key)
         self.reload()
 
+    def on_resize(self) -> None:
+        # A short terminal's panels have no bottom border (app.tcss): the hint goes into the title there.
+        detail = self.query_one("#run-detail")
+        if self.has_class("-short"):
+            detail.border_title, detail.border_subtitle = f"Run · {KEYS_HINT_SHORT}", ""
+        else:
+            detail.border_title, detail.border_subtitle = "Run", KEYS_HINT
+
     def on_screen_resume(self) -> None:
         if self.is_mounted:
-            self.reload()
+            self.reload(same_page=True)
 
     # ---- loading pages ----
 
@@ -201,7 +217,9 @@ class HistoryScreen(Screen):
             favourite=True if self.query_one("#favourite-filter", Checkbox).value else None,
         )
 
-    def reload(self) -> None:
+    def reload(self, same_page: bool = False) -> None:
+        """Reload the list's first page, and the gallery's first page (`same_page`: the page it shows, as when
+        coming back from a trajectory or when a run ended while the user browses page 7)."""
         table = self.query_one("#runs", DataTable)
         selected = self.selected_id()
         table.clear()
@@ -210,6 +228,12 @@ class HistoryScreen(Screen):
         self.load_page()
         if selected in self._runs:
             table.move_cursor(row=table.get_row_index(selected))
+        if self.gallery_shown:
+            gallery = self.query_one("#gallery", Gallery)
+            if same_page:
+                gallery.show_page(keep_id=getattr(gallery.selected_run(), "id", None))
+            else:
+                gallery.reset(keep=gallery.selected_run())
         self._show_selected()
 
     def load_page(self) -> int:
@@ -274,7 +298,56 @@ class HistoryScreen(Screen):
         if self.is_mounted:
             self.reload()
 
+    # ---- the gallery (g): the same filters, one page of thumbnails at a time ----
+
+    @property
+    def gallery_shown(self) -> bool:
+        return self.has_class("-gallery")
+
+    def _gallery_page(self, after: str | None, limit: int) -> list[Any]:
+        app: Any = self.app
+        return app.store.list_runs(self.filters(), after=after, limit=limit)
+
+    def _thumbnail_path(self, run: Any) -> Path | None:
+        app: Any = self.app
+        return recorded_image(app.store, run)
+
+    def action_gallery(self) -> None:
+        """Switch between the list and the gallery; the selected run stays selected if the page shows it."""
+        keep = self.selected_run()
+        self.toggle_class("-gallery")
+        if self.gallery_shown:
+            self.call_after_refresh(self._show_gallery, keep)
+        else:
+            table = self.query_one("#runs", DataTable)
+            if keep is not None and keep.id in table.rows:
+                table.move_cursor(row=table.get_row_index(keep.id))
+            table.focus()
+            self._show_selected()
+
+    def _show_gallery(self, keep: Any) -> None:
+        gallery = self.query_one("#gallery", Gallery)
+        gallery.fit_tiles()
+        gallery.reset(keep=keep)
+        gallery.focus()
+
+    @on(Gallery.Highlighted, "#gallery")
+    def _gallery_highlighted(self) -> None:
+        gallery = self.query_one("#gallery", Gallery)
+        first = gallery.page * gallery.page_size + 1
+        if gallery.runs:
+            where = f"page {gallery.page + 1} · runs {first}–{first + len(gallery.runs) - 1}"
+            more = "pgdn: more" if gallery.has_next else "the last page"
+            text = f"{where} · {more}" + (" · pgup: back" if gallery.page else "")
+        else:
+            text = "no runs match"
+        self.query_one("#gallery-status", Static).update(text)
+        self._show_selected()
+
     def selected_id(self) -> str | None:
+        if self.gallery_shown:
+            run = self.query_one("#gallery", Gallery).selected_run()
+            return run.id if run is not None else None
         table = self.query_one("#runs", DataTable)
         if table.row_count == 0:
             return None
@@ -284,6 +357,8 @@ class HistoryScreen(Screen):
             return None
 
     def selected_run(self) -> Any:
+        if self.gallery_shown:
+            return self.query_one("#gallery", Gallery).selected_run()
         run_id = self.selected_id()
         return self._runs.get(run_id) if run_id else None
 
@@ -313,12 +388,14 @@ class HistoryScreen(Screen):
             return
         self._runs[run_id] = run
         table = self.query_one("#runs", DataTable)
-        for key, cell in zip(
-            ("id", "when", "status", "fav", "method", "scale", "solver", "steps", "seed", "prompt"),
-            self._cells(run),
-            strict=True,
-        ):
-            table.update_cell(run_id, key, cell)
+        if run_id in table.rows:  # a run the gallery shows may be on a page the list has not loaded
+            for key, cell in zip(
+                ("id", "when", "status", "fav", "method", "scale", "solver", "steps", "seed", "prompt"),
+                self._cells(run),
+                strict=True,
+            ):
+                table.update_cell(run_id, key, cell)
+        self.query_one("#gallery", Gallery).replace_run(run)
         self._show_selected()
 
     # ---- actions ----
@@ -432,6 +509,8 @@ class HistoryScreen(Screen):
                 table = self.query_one("#runs", DataTable)
                 if run.id in table.rows:
                     table.remove_row(run.id)
+                if self.gallery_shown:
+                    self.query_one("#gallery", Gallery).show_page()  # the page closes the gap
                 self._show_selected()
             if ok:
                 self.notify(f"deleted run {run.id[-8:]} and {len(removed)} file(s)", markup=False)
@@ -461,4 +540,4 @@ class HistoryScreen(Screen):
 
     def run_ended(self, message: Any, owner: str) -> None:
         """A run ended somewhere: show the newest runs (a cheap first-page query)."""
-        self.reload()
+        self.reload(same_page=True)
