@@ -166,3 +166,32 @@ def test_numbers_fill_columns_of_the_height_they_have() -> None:
     text = numbers_text(items, 3, label_width=3).splitlines()
     assert len(text) == 3
     assert text[0].split() == ["n0", "0", "n3", "3", "n6", "6"] and text[2].split() == ["n2", "2", "n5", "5"]
+
+
+async def test_a_lab_run_keeps_its_trajectory_for_the_history(tmp_data_dir: Path, tiny_sdxl_dir: Path) -> None:
+    # The real path: the Lab's run (keep_frames on) on the tiny model, then History, t: its own rows and frames.
+    from textual.widgets import Input
+
+    app = TnrLabApp(data_dir=tmp_data_dir, model=str(tiny_sdxl_dir), image_protocol="halfcell")
+    async with app.run_test(size=(150, 46)) as pilot:
+        lab = app.lab
+        for name, value in (("steps", "4"), ("width", "64"), ("height", "64"), ("decode_every", "2")):
+            lab.query_one(f"#{name}", Input).value = value
+        await pilot.pause(0.05)
+        assert lab.build_request().keep_frames
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: app.ended, timeout=120, what="the run")
+        assert app.ended[0].status == "done", app.ended[0].error
+        run_id = app.ended[0].run_id
+        assert len(lab.plot_rows) == 4  # the live plot had every step's row
+        screen = await open_trajectory(pilot, run_id)
+        trajectory = screen.trajectory
+        stored = app.store.run_steps(run_id)
+        assert [r["sigma"] for r in trajectory.rows] == stored.column("sigma") == [r["sigma"] for r in lab.plot_rows]
+        assert trajectory.kinds() == ["frames", "decoded_frames"] and trajectory.steps == 4
+        last = screen.query_one("#traj-frame").pil_image.copy()
+        await pilot.press("home")
+        await pilot.pause(0.05)
+        first = screen.query_one("#traj-frame").pil_image
+        assert first.size == last.size and first.tobytes() != last.tobytes()  # step 1's estimate is not the end's
+        assert numbers(screen).startswith("step 1/4") and format_number(stored.row(0)["sigma"]) in numbers(screen)

@@ -384,6 +384,8 @@ class LabScreen(Screen):
         values["guidance_params"] = self.query_one("#guidance-params", UnitParams).values()
         values["tnr"] = tnr
         values["loras"] = self._loras()
+        # The Lab's runs keep their trajectory frames (History: t scrubs them); the CLI's need --keep-frames.
+        values["keep_frames"] = True
         if unit.uses_scale and not weighted:
             values["scale"] = self._field("field-scale").value()
         if unit.tnr or tnr:
