@@ -173,6 +173,8 @@ def test_study_cli_end_to_end_on_the_tiny_model(tiny_sdxl_dir: Path, tmp_path: P
             "tnr-cfg=2",
             "--solvers",
             "euler,rk4",
+            "--skip",
+            "samplers,guidance",
             "--width",
             "64",
             "--height",
@@ -218,6 +220,7 @@ def test_a_study_with_midpoint_on_the_embedded_model_writes_numbers_tables_and_p
     out = tmp_path / "study"
     args = ["study", "--samples", "2", "--steps", "1", "--budgets", "1", "--scales", "cfg=2", "cfg++=0.5"]
     args += ["tnr-cfg=2", "--solvers", "euler,midpoint", "--width", "64", "--height", "64", "--out", str(out)]
+    args += ["--sections", "claims,solvers"]
     assert main(args) == 0
     captured = capsys.readouterr()
     arms = json.loads((out / "study.json").read_text())["arms"]
@@ -272,14 +275,14 @@ def test_the_study_cli_prints_a_failed_plot_and_exits_0(
     import tnr_tui.services.study.runner as study  # where run_study looks the plot up
     from tnr_tui.cli import main
 
-    def broken_sheet(cfg, results, path, embedded):
+    def broken_sheet(cfg, results, path, embedded, best=None):
         raise MemoryError("contact sheet")
 
     monkeypatch.setattr(study, "study_sheet", broken_sheet)
     out = tmp_path / "study"
     args = ["study", "--model", str(tiny_sdxl_dir), "--samples", "2", "--steps", "1", "--budgets", "1"]
     args += ["--scales", "cfg=2", "cfg++=0.5", "tnr-cfg=2", "--solvers", "midpoint", "--width", "64"]
-    args += ["--height", "64", "--out", str(out)]
+    args += ["--height", "64", "--out", str(out), "--skip", "samplers,guidance"]
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "warning: contact-sheet.png was not drawn: MemoryError: contact sheet" in err

@@ -10,6 +10,22 @@ from pathlib import Path
 
 from tnr_tui.cli import UserError
 
+# The defaults of --sections, --samplers and --methods (services.study.design's; repeated here so that
+# `tnr-lab study --help` imports no torch).
+SECTIONS_DEFAULT = ("claims", "solvers", "samplers", "guidance")
+SAMPLERS_DEFAULT = (
+    "euler",
+    "euler_ancestral",
+    "heun",
+    "dpmpp_2m",
+    "dpmpp_2m_sde",
+    "dpmpp_sde",
+    "uni_pc",
+    "ddim",
+    "lms",
+)
+METHODS_DEFAULT = ("cfg", "cfg++", "tnr-cfg", "apg", "cfg-zero-star", "pag")
+
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
     try:
@@ -27,6 +43,20 @@ def command_line(args: argparse.Namespace) -> str:
     parts += ["--budgets", args.budgets, "--solvers", args.solvers, "--threads", str(args.threads)]
     if args.schedule != "default":
         parts += ["--schedule", args.schedule]
+    if args.sections != ",".join(SECTIONS_DEFAULT):
+        parts += ["--sections", args.sections]
+    if args.skip:
+        parts += ["--skip", args.skip]
+    for name, default in (
+        ("samplers", ",".join(SAMPLERS_DEFAULT)),
+        ("methods", ",".join(METHODS_DEFAULT)),
+        ("sampler_budget", None),
+        ("search_samples", 32),
+        ("pag_scales", "1,3"),
+    ):
+        value = getattr(args, name)
+        if value is not None and value != default:
+            parts += ["--" + name.replace("_", "-"), str(value)]
     if args.scales:
         parts += ["--scales", *args.scales]
     for prompt in args.prompt:
@@ -149,17 +179,32 @@ def ray_dispatcher(args: argparse.Namespace, model: str):  # -> RayDispatcher (s
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "study",
-        help="compare none/tnr, cfg/cfg++/tnr-cfg and euler/heun/rk4 with bootstrap intervals; write study.md",
+        help="measure TNR against none, cfg, cfg++, apg, cfg-zero-star and pag, on the common samplers, with "
+        "bootstrap intervals; write study.md",
         description=(
-            "Sample every arm of the study (single prediction: none vs tnr; two predictions: cfg, cfg++ and tnr-cfg "
-            "over a scale range; solvers euler, heun and rk4 at equal model evaluations with and without tnr) over "
-            "the same seeds, then write DIR/study.md (tables with 95%% bootstrap intervals), DIR/study.json and PNG "
-            "plots. Study images are not recorded in the history."
+            "Sample every arm of the study over the same seeds, then write DIR/study.md (tables with 95 % paired "
+            "bootstrap intervals), DIR/study.json and PNG plots. Sections: claims (the notebook's: none vs tnr; "
+            "cfg, cfg++ and tnr-cfg over a scale range; the difference term from the telemetry rows), solvers "
+            "(euler, heun and rk4 at equal model evaluations with and without tnr), samplers (the common samplers "
+            "with none, tnr, cfg, cfg++ and tnr-cfg at equal model evaluations) and guidance (cfg, cfg++, tnr-cfg, "
+            "apg, cfg-zero-star and pag at their best settings and equal model evaluations, pag also at equal "
+            "steps, and apg --tnr vs apg). The samplers and guidance sections take each method's setting from a "
+            "scale search on other seeds (90001, ...). On the embedded model and a 2-core CPU the whole study at "
+            "32 seeds takes about 20-25 minutes (claims + solvers alone about 5; see docs/study/study.md for "
+            "measured times): --skip samplers,guidance gives the notebook's study. Study images are not recorded "
+            "in the history."
         ),
     )
     p.add_argument("--model", default="embedded", help="model directory, .safetensors file or 'embedded'")
     p.add_argument("--samples", type=int, default=32, help="seeds per arm (default 32)")
     p.add_argument("--steps", type=int, default=20, help="steps of the single- and two-prediction arms (default 20)")
+    p.add_argument(
+        "--sections",
+        default=",".join(SECTIONS_DEFAULT),
+        metavar="LIST",
+        help="sections to run, comma-separated (default all: " + ",".join(SECTIONS_DEFAULT) + ")",
+    )
+    p.add_argument("--skip", default="", metavar="LIST", help="sections to leave out (e.g. samplers,guidance)")
     p.add_argument(
         "--budgets",
         default="5,10,20",
@@ -170,8 +215,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         default=[],
         metavar="METHOD=V,...",
-        help="scale ranges of the two-prediction methods (default cfg=1.5,3,5,7.5 cfg++=0.2,0.4,0.6,0.8,1 "
-        "tnr-cfg=1.5,3,5,7.5); a method left out keeps its default range",
+        help="scale ranges (default cfg=1.5,3,5,7.5 cfg++=0.2,0.4,0.6,0.8,1 tnr-cfg=1.5,3,5,7.5 "
+        "apg=1.5,3,5,7.5,10 cfg-zero-star=1.5,3,5,7.5 pag=1.5,3,5): section 2's arms and the grids the scale "
+        "search tries; a method left out keeps its default range",
     )
     p.add_argument("--solvers", default="euler,heun,rk4", help="solvers compared (default euler,heun,rk4)")
     p.add_argument(
@@ -179,6 +225,44 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="default",
         help="sigma schedule of every arm (default: the model's own spacing; 'trailing' starts every grid at the "
         "top noise level, whatever the step count)",
+    )
+    p.add_argument(
+        "--samplers",
+        default=",".join(SAMPLERS_DEFAULT),
+        metavar="LIST",
+        help="samplers of the samplers section (default " + ",".join(SAMPLERS_DEFAULT) + ")",
+    )
+    p.add_argument(
+        "--sampler-budget",
+        dest="sampler_budget",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the samplers section's budget: the model evaluations of N Euler steps (N for one prediction, 2N for "
+        "two; default --steps)",
+    )
+    p.add_argument(
+        "--methods",
+        default=",".join(METHODS_DEFAULT),
+        metavar="LIST",
+        help="guidance methods of the guidance section, each needing a scale grid (default "
+        + ",".join(METHODS_DEFAULT)
+        + ")",
+    )
+    p.add_argument(
+        "--search-samples",
+        dest="search_samples",
+        type=int,
+        default=32,
+        metavar="N",
+        help="seeds of the scale search (90001..90000+N, never the reported ones; default 32)",
+    )
+    p.add_argument(
+        "--pag-scales",
+        dest="pag_scales",
+        default="1,3",
+        metavar="V,...",
+        help="pag's perturbed_guidance_scale values the search tries with each of its scales (default 1,3)",
     )
     p.add_argument("--prompt", action="append", default=[], help="prompts for models without a checker (repeatable)")
     p.add_argument("--width", type=int, default=None)
@@ -201,11 +285,26 @@ def run(args: argparse.Namespace) -> int:
         if message:
             raise UserError(message)
     check_dispatch_options(args)
+    from engine.units import GUIDANCE
+    from tnr_tui.services.study import SECTIONS
+
     try:
         scales = {**StudyConfig().scales, **parse_scales(args.scales)}
         solvers = parse_list(args.solvers, SOLVERS, "solver")
+        sections = parse_list(args.sections, SECTIONS, "section")
+        skipped = parse_list(args.skip, SECTIONS, "section") if args.skip.strip() else ()
+        samplers = parse_list(args.samplers, SOLVERS, "sampler")
+        scaled = tuple(u.name for u in GUIDANCE if u.uses_scale)
+        methods = parse_list(args.methods, scaled, "guidance method (with a scale)")
     except SweepError as e:
         raise UserError(str(e)) from None
+    sections = tuple(s for s in sections if s not in skipped)
+    if not sections:
+        raise UserError("--skip leaves no section to run")
+    try:
+        pag_scales = tuple(float(v) for v in args.pag_scales.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"--pag-scales: {args.pag_scales!r} are not numbers") from None
     try:
         cfg = StudyConfig(
             samples=args.samples,
@@ -218,6 +317,12 @@ def run(args: argparse.Namespace) -> int:
             width=args.width,
             height=args.height,
             schedule=args.schedule,
+            sections=sections,
+            samplers=samplers,
+            sampler_budget=args.sampler_budget,
+            rivals=methods,
+            search_samples=args.search_samples,
+            pag_scales=pag_scales,
         )
     except StudyError as e:
         raise UserError(str(e)) from None
@@ -256,6 +361,10 @@ def run(args: argparse.Namespace) -> int:
         if dispatcher is not None:
             dispatcher.close()
     print(f"study: {report.images} images in {report.seconds:.0f} s ({report.seconds / 60:.1f} min)")
+    if report.times:
+        from tnr_tui.services.study.tables import _times
+
+        print(f"time: {_times(report.times)}")
     print(f"tables: {report.markdown}")
     if report.json is not None:
         print(f"numbers: {report.json}")

@@ -7,6 +7,10 @@ Claims under test (the seed's words, turned into measurements):
 - TNR-CFG competes with CFG++: cfg, cfg++ and tnr-cfg over a scale range, each at its best scale;
 - TNR steadies RK4: euler, heun and rk4 at equal model evaluations, with and without TNR.
 
+And two sections beyond the notebook (design.py): the common samplers with none, tnr, cfg, cfg++ and tnr-cfg
+at equal model evaluations (issue 12), and the guidance methods TNR competes with (apg, cfg-zero-star, pag)
+at their best settings, chosen by a scale search on other seeds, at equal model evaluations (issue 13).
+
 Every arm samples the same seeds, and on the embedded model seed s always gets the same prompt (a fixed
 shuffle of the toy grammar's scenes), so arms are compared pairwise. Confidence intervals are 95 % percentile
 bootstrap intervals over seeds (the same resampled seed sets for every arm, so differences are paired).
@@ -26,13 +30,29 @@ from __future__ import annotations
 from tnr_tui.services.study.design import (
     BOOTSTRAP_RESAMPLES,
     CHECK_NAMES,
+    FIXED_PARAMS,
     GENERAL_PROMPTS,
+    NOTEBOOK_SECTIONS,
+    RIVALS,
+    SAMPLER_METHODS,
+    SAMPLERS,
+    SEARCH_SEED,
+    SECTIONS,
     SHEET_SEEDS,
     Arm,
     StudyConfig,
     StudyError,
     all_arms,
+    best_settings,
+    equal_evaluations,
+    guidance_rows,
+    method_arm,
     prompt_for_seed,
+    reported_arms,
+    sampler_arm,
+    sampler_arms,
+    search_arms,
+    search_seeds,
     single_arms,
     solver_arms,
     study_evaluations,
@@ -48,7 +68,9 @@ from tnr_tui.services.study.plots import (
     legend_layout,
     nice_ticks,
     plot_accuracy_vs_evaluations,
+    plot_guidance,
     plot_metrics_vs_scale,
+    plot_samplers,
     solver_colours,
 )
 from tnr_tui.services.study.runner import (
@@ -77,6 +99,24 @@ from tnr_tui.services.study.tables import (
 )
 
 __all__ = [
+    "FIXED_PARAMS",
+    "NOTEBOOK_SECTIONS",
+    "RIVALS",
+    "SAMPLERS",
+    "SAMPLER_METHODS",
+    "SEARCH_SEED",
+    "SECTIONS",
+    "best_settings",
+    "equal_evaluations",
+    "guidance_rows",
+    "method_arm",
+    "plot_guidance",
+    "plot_samplers",
+    "reported_arms",
+    "sampler_arm",
+    "sampler_arms",
+    "search_arms",
+    "search_seeds",
     "Arm",
     "ArmResult",
     "BOOTSTRAP_RESAMPLES",

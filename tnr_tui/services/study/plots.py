@@ -287,3 +287,161 @@ def plot_accuracy_vs_evaluations(
         )
     draw_legend(draw, 2 * 420 + 20, placed, font)
     return _save(img, path)
+
+
+# ---- dot plots of the samplers and guidance sections ---------------------------------------------------------
+
+Interval = tuple[float, float, float]  # mean, lo, hi
+
+
+@dataclass
+class DotSeries:
+    label: str
+    colour: tuple[int, int, int]
+    values: list[Interval | None]  # one per row; None: not measured
+
+
+def draw_dots(
+    draw: Any,
+    box: tuple[int, int, int, int],
+    rows: Sequence[str],
+    series: Sequence[DotSeries],
+    title: str,
+    xlabel: str,
+    font: Any,
+    vline: float | None = None,
+) -> None:
+    """Rows of labelled dots with horizontal 95 % interval bars (a forest plot), a dashed line at `vline`."""
+    x0, y0, x1, y1 = box
+    left, right, top, bottom = x0 + 156, x1 - 12, y0 + 24, y1 - 40
+    xs = [v for s in series for t in s.values if t is not None for v in t] + ([vline] if vline is not None else [])
+    if not xs or not rows:
+        return
+    xt = nice_ticks(min(xs), max(xs))
+    xmin, xmax = xt[0], xt[-1]
+
+    def px(x: float) -> float:
+        return left + (x - xmin) / (xmax - xmin or 1.0) * (right - left)
+
+    draw.text((x0 + 4, y0 + 4), title, fill=(0, 0, 0), font=font)
+    draw.rectangle((left, top, right, bottom), outline=(0, 0, 0))
+    for t in xt:
+        x = px(t)
+        draw.line((x, top + 1, x, bottom - 1), fill=(235, 235, 235))
+        draw.line((x, bottom, x, bottom + 4), fill=(0, 0, 0))
+        draw.text((x - 10, bottom + 6), f"{t:g}", fill=(0, 0, 0), font=font)
+    draw.text(((left + right) / 2 - 40, bottom + 22), xlabel, fill=(0, 0, 0), font=font)
+    if vline is not None:
+        x = px(vline)
+        for ya in range(int(top), int(bottom), 8):
+            draw.line((x, ya, x, min(ya + 4, bottom)), fill=(90, 90, 90))
+    band = (bottom - top) / len(rows)
+    for i, name in enumerate(rows):
+        yc = top + (i + 0.5) * band
+        draw.text((x0 + 4, yc - 7), name, fill=(0, 0, 0), font=font)
+        if i:
+            draw.line((left + 1, top + i * band, right - 1, top + i * band), fill=(245, 245, 245))
+        for k, s in enumerate(series):
+            value = s.values[i] if i < len(s.values) else None
+            if value is None:
+                continue
+            y = yc + (k - (len(series) - 1) / 2) * min(band / (len(series) + 1), 10)
+            mean, lo, hi = value
+            draw.line((px(lo), y, px(hi), y), fill=s.colour, width=2)
+            draw.line((px(lo), y - 3, px(lo), y + 3), fill=s.colour)
+            draw.line((px(hi), y - 3, px(hi), y + 3), fill=s.colour)
+            draw.ellipse((px(mean) - 3, y - 3, px(mean) + 3, y + 3), fill=s.colour)
+
+
+def _dot_image(
+    panels: Sequence[tuple[str, str, Sequence[str], Sequence[DotSeries], float | None]], path: Path, title: str
+) -> Path:
+    """Panels side by side (title, x label, rows, series, vline), one legend under them."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=12)
+    rows = max(len(p[2]) for p in panels)
+    pw, ph = 460, 80 + max(rows, 1) * max(8 * len(panels[0][3]) + 10, 26)
+    legend = [Series(s.label, [], [], [], [], s.colour) for s in panels[0][3]]
+    placed = legend_layout(legend, font, pw * len(panels))
+    legend_rows = 1 + max((row for _, row, _ in placed), default=0)
+    img = Image.new("RGB", (pw * len(panels), ph + 30 + legend_rows * LEGEND_ROW), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    draw.text((6, 8), title, fill=(0, 0, 0), font=font)
+    for j, (panel_title, xlabel, names, series, vline) in enumerate(panels):
+        draw_dots(draw, (j * pw, 30, (j + 1) * pw, 30 + ph), names, series, panel_title, xlabel, font, vline)
+    draw_legend(draw, ph + 36, placed, font)
+    return _save(img, path)
+
+
+def _scaled_interval(values: Sequence[float], indices: np.ndarray, name: str) -> Interval:
+    scale = 100.0 if name in CHECK_NAMES else 1.0
+    mean, lo, hi = mean_ci(values, indices)
+    return scale * mean, scale * lo, scale * hi
+
+
+SAMPLER_PAIRS: tuple[tuple[str, str, tuple[int, int, int]], ...] = (
+    ("tnr", "none", METHOD_COLOURS["tnr"]),
+    ("cfg++", "cfg", METHOD_COLOURS["cfg++"]),
+    ("tnr-cfg", "cfg", METHOD_COLOURS["tnr-cfg"]),
+)
+
+
+def plot_samplers(
+    cfg: StudyConfig,
+    results: dict[Arm, ArmResult],
+    best: Any,
+    indices: np.ndarray,
+    path: Path,
+    embedded: bool,
+) -> Path:
+    """Per sampler, the paired differences tnr - none, cfg++ - cfg and tnr-cfg - cfg with their intervals."""
+    from tnr_tui.services.study.design import sampler_arm
+
+    names = ["accuracy", "colourfulness"] if embedded else ["colourfulness", "contrast"]
+    panels = []
+    for name in names:
+        series = []
+        for a_method, b_method, colour in SAMPLER_PAIRS:
+            values: list[Interval | None] = []
+            for solver in cfg.samplers:
+                a, b = sampler_arm(cfg, a_method, solver, best), sampler_arm(cfg, b_method, solver, best)
+                if a in results and b in results:
+                    diff = np.asarray(results[a].values[name]) - np.asarray(results[b].values[name])
+                    values.append(_scaled_interval(diff, indices, name))
+                else:
+                    values.append(None)
+            series.append(DotSeries(f"{a_method} - {b_method}", colour, values))
+        unit = " (points)" if name in CHECK_NAMES else ""
+        panels.append((f"{name}{unit}: paired difference", "difference [95% CI]", cfg.samplers, series, 0.0))
+    title = (
+        f"samplers at equal model evaluations ({cfg.samplers_budget} Euler steps' worth), {cfg.samples} seeds, "
+        "paired 95% bootstrap CI"
+    )
+    return _dot_image(panels, path, title)
+
+
+def plot_guidance(
+    cfg: StudyConfig,
+    results: dict[Arm, ArmResult],
+    best: Any,
+    indices: np.ndarray,
+    path: Path,
+    embedded: bool,
+) -> Path:
+    """Each guidance method at its best setting: the measure's mean and interval (a dashed line at cfg's)."""
+    from tnr_tui.services.study.design import guidance_rows
+
+    roles = [(role, results[arm]) for role, arm in guidance_rows(cfg, best) if arm in results]
+    if not roles:
+        raise ValueError("no guidance arms to draw")
+    names = ["accuracy", "colourfulness"] if embedded else ["colourfulness", "contrast"]
+    panels = []
+    for name in names:
+        values = [_scaled_interval(r.values[name], indices, name) for _, r in roles]
+        labels = [f"{role} ({r.evaluations}ev)" for role, r in roles]
+        reference = next((v[0] for (role, _), v in zip(roles, values, strict=True) if role == "cfg"), None)
+        unit = " (%)" if name in CHECK_NAMES else ""
+        series = [DotSeries(f"{cfg.samples} seeds, 95% bootstrap CI", (31, 119, 180), values)]
+        panels.append((f"{name}{unit}", f"{name}{unit}", labels, series, reference))
+    return _dot_image(panels, path, "guidance methods at their best settings (Euler); dashed: cfg")

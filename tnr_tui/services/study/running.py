@@ -52,22 +52,20 @@ def measure(image: Any, prompt: str, embedded: bool, scorer: Any = None) -> dict
 
 
 def arm_request(arm: Arm, seed: int, cfg: StudyConfig, embedded: bool) -> GenerationRequest:
-    """The request of one image of the study: the arm's configuration, the seed and the seed's prompt."""
-    return GenerationRequest(
+    """The request of one image of the study: the arm's configuration (its units' parameters and --tnr
+    included), the seed and the seed's prompt."""
+    base = GenerationRequest(
         prompt=prompt_for_seed(seed, cfg, embedded),
         model=cfg.model,
         width=cfg.width,
         height=cfg.height,
         seed=seed,
-        steps=arm.steps,
-        solver=arm.solver,
         schedule=cfg.schedule,
-        guidance=arm.guidance,
-        scale=arm.scale,
         preview_every=0,
         decode_every=0,
         tags={"study": "1"},
     )
+    return arm.request(base)
 
 
 def run_arms(
@@ -81,12 +79,14 @@ def run_arms(
     log: Callable[[str], None] = print,
     dispatcher: Any = None,
     batch: int | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> dict[Arm, ArmResult]:
-    """Sample every arm over every seed: with `sample_fn` one image at a time, else on `dispatcher`
-    (services.dispatch: an arm's seeds in batches, here or on Ray workers, results in any order).
+    """Sample every arm over every seed (`seeds`, default 1..cfg.samples): with `sample_fn` one image at a
+    time, else on `dispatcher` (services.dispatch: an arm's seeds in batches, here or on Ray workers, results
+    in any order).
 
     An arm's `seconds` is its images' sampling time (a batch's time shared by its images) plus measuring them."""
-    seeds = list(range(1, cfg.samples + 1))
+    seeds = list(seeds) if seeds is not None else list(range(1, cfg.samples + 1))
     results: dict[Arm, ArmResult] = {}
     total = len(arms) * len(seeds)
     started = time.perf_counter()
@@ -115,7 +115,7 @@ def run_arms(
             if stats.get("schedule"):
                 schedules[str(stats["schedule"])] = None
             warnings.update(dict.fromkeys(str(w) for w in stats.get("warnings", ())))
-            if seed <= SHEET_SEEDS:
+            if seed <= SHEET_SEEDS:  # the study's own seeds only (the search's start at SEARCH_SEED)
                 thumbs[seed] = thumbnail(image)  # small copies only: SDXL images would fill memory
             if keep_images is not None:
                 folder = keep_images / arm.label.replace(" ", "_")

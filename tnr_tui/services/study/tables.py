@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +14,14 @@ from engine.metrics import METRIC_NAMES
 from tnr_tui.services.study.design import (
     BOOTSTRAP_RESAMPLES,
     CHECK_NAMES,
+    FIXED_PARAMS,
+    SEARCH_SEED,
     Arm,
     StudyConfig,
+    guidance_budget,
+    guidance_rows,
+    sampler_arm,
+    search_arms,
     single_arms,
     solver_arms,
     two_prediction_arms,
@@ -94,12 +100,16 @@ def write_markdown(
     plots: list[Path],
     command: str,
     failed_plots: Sequence[str] = (),
+    *,
+    search: Mapping[Arm, ArmResult] | None = None,
+    best: Mapping[str, Arm] | None = None,
+    times: Mapping[str, float] | None = None,
 ) -> Path:
     import torch
 
-    by_arm = results
-    single = [by_arm[a] for a in single_arms(cfg)]
-    two = [by_arm[a] for a in two_prediction_arms(cfg)]
+    search = search or {}
+    best = best or {}
+    images = len(results) * cfg.samples + len(search) * cfg.search_samples
     lines = [
         "# The TNR study",
         "",
@@ -107,13 +117,19 @@ def write_markdown(
         "",
         f"- model: {model_description or cfg.model}",
         f"- sigma schedule: {cfg.schedule}" + _grids_sampled(results),
+        f"- sections: {', '.join(cfg.sections)}",
         f"- seeds 1..{cfg.samples} per arm"
         + (
             ", each seed with its own toy prompt (the same in every arm)" if embedded else ", prompts cycled over seeds"
         ),
-        f"- {len(results)} arms, {len(results) * cfg.samples} images, {seconds:.0f} s "
-        f"({seconds / 60:.1f} min) on {platform.machine()} with {os.cpu_count()} CPU cores "
+        f"- {len(results)} arms, {images} images"
+        + (f" ({len(search)} of the arms' settings searched on {cfg.search_samples} other seeds)" if search else "")
+        + f", {seconds:.0f} s ({seconds / 60:.1f} min) on {platform.machine()} with {os.cpu_count()} CPU cores "
         f"(torch threads: {torch.get_num_threads()})",
+    ]
+    if times:
+        lines.append("- time: " + _times(times))
+    lines += [
         f"- intervals: 95 % percentile bootstrap over seeds ({BOOTSTRAP_RESAMPLES} resamples, paired across arms); "
         "a difference marked * has an interval that excludes 0 by more than the last printed digit",
     ]
@@ -126,6 +142,52 @@ def write_markdown(
         "- metrics (engine/metrics.py): colourfulness (Hasler and Suesstrunk, 0..255 scale), saturation (mean HSV "
         "S), contrast (std of Rec. 709 luma, 0..1), dynamic range (1st to 99th percentile of luma, 0..1)",
         "",
+    ]
+    bests: dict[str, ArmResult | None] = {}
+    if cfg.has("claims"):
+        section, bests = _claims_sections(cfg, results, indices, embedded)
+        lines += section
+    if cfg.has("solvers"):
+        lines += _solvers_section(cfg, results, indices, embedded)
+    if cfg.has("claims"):
+        lines += trajectory_markdown(cfg, results, indices)
+    if search:
+        lines += _search_section(cfg, search, best, indices, embedded)
+    if cfg.has("samplers"):
+        lines += _samplers_section(cfg, results, best, indices, embedded)
+    if cfg.has("guidance"):
+        lines += _guidance_section(cfg, results, best, indices, embedded)
+    lines += claim_verdicts(cfg, results, indices, embedded, bests, best)
+    warnings = list(dict.fromkeys(w for r in results.values() for w in r.warnings))
+    if warnings:
+        lines += ["## Warnings of the runs", "", *(f"- {w}" for w in warnings), ""]
+    lines += ["## Plots", ""]
+    for p in plots:
+        lines += [f"![{p.stem}]({p.name})", ""]
+    lines += [f"- {text}" for text in failed_plots]
+    if not plots and not failed_plots:
+        lines.append("(drawn after the tables)")
+    return _write_text(path, "\n".join(lines) + "\n")
+
+
+def _times(times: Mapping[str, float]) -> str:
+    """'scale search 120 s; arms 300 s (claims 80 s, ...)': the phases, then each section's share of the arms
+    (an arm two sections share counts in both)."""
+    phases = [f"{name} {times[name]:.0f} s" for name in ("scale search", "arms") if name in times]
+    sections = [f"{name} {value:.0f} s" for name, value in times.items() if name not in ("scale search", "arms")]
+    text = "; ".join(phases)
+    if sections:
+        text += " (sampling and measuring, by section: " + ", ".join(sections) + ")"
+    return text
+
+
+def _claims_sections(
+    cfg: StudyConfig, by_arm: dict[Arm, ArmResult], indices: np.ndarray, embedded: bool
+) -> tuple[list[str], dict[str, ArmResult | None]]:
+    """Sections 1 and 2 (none vs tnr; cfg, cfg++ and tnr-cfg over their scales) and the best scales of 2."""
+    single = [by_arm[a] for a in single_arms(cfg)]
+    two = [by_arm[a] for a in two_prediction_arms(cfg)]
+    lines = [
         f"## 1. Single prediction: none vs TNR (Euler, {cfg.steps} steps)",
         "",
         *_table(single, indices, embedded, extra=True),
@@ -137,11 +199,13 @@ def write_markdown(
         *_table(two, indices, embedded, extra=True),
         "",
     ]
-    bests = {m: best_scale(results, m, cfg, embedded) for m in ("cfg", "cfg++", "tnr-cfg")}
+    bests = {m: best_scale(by_arm, m, cfg, embedded) for m in ("cfg", "cfg++", "tnr-cfg")}
     chosen = "accuracy" if embedded else "colourfulness"
     lines.append(
         f"Best scale of each method (highest mean {chosen}; chosen on the same seeds, so the best of each is "
-        "slightly flattered, equally for all three): "
+        "slightly flattered, equally for all three"
+        + ("; section 7 chooses on other seeds" if cfg.has("guidance") else "")
+        + "): "
         + ", ".join(f"{m} {r.arm.scale:g}" for m, r in bests.items() if r is not None)
         + "."
     )
@@ -161,7 +225,11 @@ def write_markdown(
         )
     if pairs:
         lines += [*_diff_table(pairs, indices, embedded), ""]
-    lines += [
+    return lines, bests
+
+
+def _solvers_section(cfg: StudyConfig, by_arm: dict[Arm, ArmResult], indices: np.ndarray, embedded: bool) -> list[str]:
+    lines = [
         "## 3. Solvers at equal model evaluations, with and without TNR",
         "",
         "Budget B: the evaluations of B Euler steps with one prediction; each solver gets the step count whose "
@@ -187,18 +255,173 @@ def write_markdown(
             pairs.append((f"B={budget} {solver}: tnr - none", by_arm[tnr], by_arm[none]))
     if pairs:
         lines += [*_diff_table(pairs, indices, embedded), ""]
-    lines += trajectory_markdown(cfg, results, indices)
-    lines += claim_verdicts(cfg, results, indices, embedded, bests)
-    warnings = list(dict.fromkeys(w for r in results.values() for w in r.warnings))
-    if warnings:
-        lines += ["## Warnings of the runs", "", *(f"- {w}" for w in warnings), ""]
-    lines += ["## Plots", ""]
-    for p in plots:
-        lines += [f"![{p.stem}]({p.name})", ""]
-    lines += [f"- {text}" for text in failed_plots]
-    if not plots and not failed_plots:
-        lines.append("(drawn after the tables)")
-    return _write_text(path, "\n".join(lines) + "\n")
+    return lines
+
+
+def _key(embedded: bool) -> str:
+    """The measure a best setting maximises and a verdict reads: accuracy where the checker applies."""
+    return "accuracy" if embedded else "colourfulness"
+
+
+def _setting(arm: Arm) -> str:
+    """An arm's setting without solver and steps: 'apg 5 eta=0'."""
+    return arm.label.rsplit(" ", 2)[0]
+
+
+def _search_section(
+    cfg: StudyConfig,
+    search: Mapping[Arm, ArmResult],
+    best: Mapping[str, Arm],
+    indices: np.ndarray,
+    embedded: bool,
+) -> list[str]:
+    key = _key(embedded)
+    seeds = f"{SEARCH_SEED + 1}..{SEARCH_SEED + cfg.search_samples}"
+    fixed = "; ".join(
+        f"{m}: " + ", ".join(f"{k}={v:g}" for k, v in FIXED_PARAMS[m].items())
+        for m in cfg.searched_methods
+        if m in FIXED_PARAMS
+    )
+    lines = [
+        f"## 5. Scale search on other seeds ({cfg.search_samples} seeds, {seeds}; Euler, {cfg.steps} steps)",
+        "",
+        f"Sections 6 and 7 use each method's setting with the highest mean {key} on these seeds (ties: the "
+        "smaller scale), never on the seeds they report, as engine/toy/evaluate.py chooses its scales."
+        + (f" Fixed settings: {fixed}." if fixed else "")
+        + (
+            " pag is searched over its scale and its perturbed_guidance_scale s (identity self-attention in the "
+            "mid block, perturbed at every step)."
+            if "pag" in cfg.searched_methods
+            else ""
+        ),
+        "",
+    ]
+    columns = list(dict.fromkeys([key, *_columns(embedded, next(iter(search.values())))]))
+    head = ["method", "setting", "evaluations", *columns, "chosen"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, arms in search_arms(cfg).items():
+        for arm in arms:
+            r = search.get(arm)
+            if r is None:
+                continue
+            cells = [method, _setting(arm), str(r.evaluations)]
+            cells += [_fmt(*mean_ci(r.values[c], bootstrap_for(r, indices)), c) for c in columns]
+            cells.append("**best**" if best.get(method) == arm else "")
+            lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def bootstrap_for(result: ArmResult, indices: np.ndarray) -> np.ndarray:
+    """The study's resamples when an arm has as many seeds, else resamples of its own seed count."""
+    n = len(result.seeds)
+    if indices.shape[1] == n:
+        return indices
+    from tnr_tui.services.study.statistics import bootstrap_indices
+
+    return bootstrap_indices(n, resamples=indices.shape[0])
+
+
+def _samplers_section(
+    cfg: StudyConfig,
+    by_arm: dict[Arm, ArmResult],
+    best: Mapping[str, Arm],
+    indices: np.ndarray,
+    embedded: bool,
+) -> list[str]:
+    key = _key(embedded)
+    methods = list(cfg.sampler_methods)
+    budget = cfg.samplers_budget
+    settings = ", ".join(_setting(best[m]) for m in methods if m in best)
+    lines = [
+        "## 6. Samplers at equal model evaluations: TNR and CFG++ vs none and CFG",
+        "",
+        f"Each method at its searched setting ({settings or 'no scaled method'}) on every sampler, at the model "
+        f"evaluations of {budget} Euler steps with it ({budget} for one prediction, {2 * budget} for two): "
+        "samplers of two evaluations a step (heun, dpmpp_sde) get half the steps. Stochastic samplers "
+        "(euler_ancestral, dpmpp_2m_sde, dpmpp_sde; ddim at its default eta 0 is deterministic) inject their "
+        "own seeded noise, and TNR tracks it (n' = (sigma_down n + sigma_up z) / sigma_next, MATH.md 9): their "
+        "tnr - none rows are whether that tracked noise helps.",
+        "",
+    ]
+    arms = {(s, m): sampler_arm(cfg, m, s, best) for s in cfg.samplers for m in methods}
+    head = ["sampler", "steps", *[f"{m}: {key}" for m in methods]]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for solver in cfg.samplers:
+        found = [arms[solver, m] for m in methods]
+        steps = "/".join(str(s) for s in dict.fromkeys(a.steps for a in found if a is not None))
+        cells = [solver, steps]
+        for a in found:
+            r = by_arm.get(a) if a is not None else None
+            cells.append("-" if r is None else _fmt(*mean_ci(r.values[key], indices), key))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    pairs = []
+    for solver in cfg.samplers:
+        for a_method, b_method in (("tnr", "none"), ("cfg++", "cfg"), ("tnr-cfg", "cfg"), ("tnr-cfg", "cfg++")):
+            a, b = arms.get((solver, a_method)), arms.get((solver, b_method))
+            if a in by_arm and b in by_arm:
+                pairs.append((f"{solver}: {a_method} - {b_method}", by_arm[a], by_arm[b]))
+    if pairs:
+        lines += [*_diff_table(pairs, indices, embedded), ""]
+    rows = [by_arm[a] for a in dict.fromkeys(arms.values()) if a in by_arm]
+    if rows:
+        lines += ["<details><summary>every sampler arm, every measure</summary>", ""]
+        lines += [*_table(rows, indices, embedded), "", "</details>", ""]
+    return lines
+
+
+def _guidance_section(
+    cfg: StudyConfig,
+    by_arm: dict[Arm, ArmResult],
+    best: Mapping[str, Arm],
+    indices: np.ndarray,
+    embedded: bool,
+) -> list[str]:
+    roles = [(role, by_arm[arm]) for role, arm in guidance_rows(cfg, best) if arm in by_arm]
+    lines = [
+        "## 7. Guidance methods at their best settings, at equal model evaluations",
+        "",
+    ]
+    if not roles:
+        return lines + ["(no method had a setting to measure)", ""]
+    budget = guidance_budget(cfg, best)
+    lines += [
+        f"Euler; each method at its setting from the search (section 5) and the step count whose model "
+        f"evaluations are nearest {budget} (CFG's at {cfg.steps} steps): pag spends three a step (u, c and the "
+        "perturbed pass), so it gets fewer steps, and is also shown at equal steps; cfg-zero-star's zeroed "
+        "first step costs one. `apg --tnr`: TNR on APG's guided prediction, at APG's setting.",
+        "",
+    ]
+    cols = _columns(embedded, roles[0][1])
+    head = ["method", "arm", "evaluations", *cols]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for role, r in roles:
+        cells = [role, r.arm.label, str(r.evaluations)] + [_fmt(*mean_ci(r.values[c], indices), c) for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [*_diff_table(guidance_pairs(roles), indices, embedded), ""]
+    return lines
+
+
+def guidance_pairs(roles: Sequence[tuple[str, ArmResult]]) -> list[tuple[str, ArmResult, ArmResult]]:
+    """The guidance section's paired differences: every method - cfg, tnr-cfg - every rival, apg --tnr - apg,
+    pag at equal steps - pag at equal evaluations."""
+    by_role = dict(roles)
+    pairs: list[tuple[str, ArmResult, ArmResult]] = []
+    if "cfg" in by_role:
+        pairs += [(f"{role} - cfg", r, by_role["cfg"]) for role, r in roles if role != "cfg"]
+    if "tnr-cfg" in by_role:
+        pairs += [
+            (f"tnr-cfg - {role}", by_role["tnr-cfg"], r)
+            for role, r in roles
+            if role not in ("cfg", "tnr-cfg", "apg --tnr")
+        ]
+    if "apg --tnr" in by_role and "apg" in by_role:
+        pairs.append(("apg --tnr - apg", by_role["apg --tnr"], by_role["apg"]))
+    if "pag (equal steps)" in by_role and "pag" in by_role:
+        pairs.append(("pag (equal steps) - pag (equal evaluations)", by_role["pag (equal steps)"], by_role["pag"]))
+    return pairs
 
 
 def _grids_sampled(results: dict[Arm, ArmResult]) -> str:
@@ -246,6 +469,7 @@ def claim_verdicts(
     indices: np.ndarray,
     embedded: bool,
     bests: dict[str, ArmResult | None],
+    best: Mapping[str, Arm] | None = None,
 ) -> list[str]:
     """A mechanical reading of each claim from the paired intervals (the prose interpretation is the reader's)."""
     lines = [
@@ -263,17 +487,25 @@ def claim_verdicts(
         value = _fmt(mean, lo, hi, name).replace("% [", " pts [").replace("%", "")
         lines.append(f"| {claim} | {title} | {name} | {value} | {direction(lo, hi, name)} |")
 
-    none, tnr = (results[a] for a in single_arms(cfg))
-    for name in ("colourfulness", "saturation", "contrast", "dynamic_range"):
-        row("TNR lifts the washed-out look", "tnr - none", tnr, none, name)
-    if embedded:
-        row("TNR mildly improves prompt coherence", f"euler {cfg.steps} steps: tnr - none", tnr, none, "accuracy")
+    key = _key(embedded)
+    if cfg.has("claims"):
+        none, tnr = (results[a] for a in single_arms(cfg))
+        for name in ("colourfulness", "saturation", "contrast", "dynamic_range"):
+            row("TNR lifts the washed-out look", "tnr - none", tnr, none, name)
+        if embedded:
+            row("TNR mildly improves prompt coherence", f"euler {cfg.steps} steps: tnr - none", tnr, none, "accuracy")
+    if embedded and cfg.has("solvers"):
         for budget in cfg.budgets:
-            if budget == cfg.steps or "euler" not in cfg.solvers:
+            a_arm, b_arm = Arm("tnr", None, "euler", budget), Arm("none", None, "euler", budget)
+            if budget == cfg.steps or a_arm not in results or b_arm not in results:
                 continue
-            a, b = results[Arm("tnr", None, "euler", budget)], results[Arm("none", None, "euler", budget)]
-            row("TNR mildly improves prompt coherence", f"euler {budget} steps: tnr - none", a, b, "accuracy")
-    key = "accuracy" if embedded else "colourfulness"
+            row(
+                "TNR mildly improves prompt coherence",
+                f"euler {budget} steps: tnr - none",
+                results[a_arm],
+                results[b_arm],
+                "accuracy",
+            )
     if bests.get("tnr-cfg") is not None and bests.get("cfg++") is not None:
         a, b = bests["tnr-cfg"], bests["cfg++"]
         assert a is not None and b is not None
@@ -281,13 +513,57 @@ def claim_verdicts(
         row("TNR-CFG competes with CFG++", title, a, b, key)
         if embedded:
             row("TNR-CFG competes with CFG++", title, a, b, "colourfulness")
-    measured = difference_verdict(cfg, results)
+    measured = difference_verdict(cfg, results) if cfg.has("claims") else None
     if measured is not None:
         lines.append(f"| c - u is a hundredth of either base term | {measured[0]} | diff_ratio | - | {measured[1]} |")
-    if "rk4" in cfg.solvers:
+    if "rk4" in cfg.solvers and cfg.has("solvers"):
         for budget in cfg.budgets:
             steps = {g: matched_steps("rk4", g, reference_budget(budget)) for g in ("none", "tnr")}
             a, b = results[Arm("tnr", None, "rk4", steps["tnr"])], results[Arm("none", None, "rk4", steps["none"])]
             row("TNR steadies RK4", f"rk4 {a.evaluations} evaluations: tnr - none", a, b, key)
+    best = best or {}
+    if cfg.has("samplers"):
+        lines += _sampler_verdicts(cfg, results, best, indices, key)
+    if cfg.has("guidance"):
+        roles = [(role, results[arm]) for role, arm in guidance_rows(cfg, best) if arm in results]
+        for title, a, b in guidance_pairs(roles):
+            if title.startswith("tnr-cfg - "):
+                row("TNR-CFG competes with the newer methods", title, a, b, key)
+            elif title == "apg --tnr - apg":
+                row("TNR as a modifier helps APG", title, a, b, key)
+            elif title == "pag (equal steps) - pag (equal evaluations)":
+                row("PAG's third evaluation is worth its cost", title, a, b, key)
     lines.append("")
+    return lines
+
+
+def _sampler_verdicts(
+    cfg: StudyConfig, results: dict[Arm, ArmResult], best: Mapping[str, Arm], indices: np.ndarray, key: str
+) -> list[str]:
+    """One row per comparison over all samplers: on which the difference is higher, lower or not shown."""
+    lines = []
+    for a_method, b_method, claim in (
+        ("tnr", "none", "TNR helps on every sampler (one prediction)"),
+        ("cfg++", "cfg", "CFG++ beats CFG on every sampler"),
+        ("tnr-cfg", "cfg", "TNR-CFG beats CFG on every sampler"),
+        ("tnr-cfg", "cfg++", "TNR-CFG competes with CFG++ on every sampler"),
+    ):
+        readings: dict[str, list[str]] = {}
+        means = []
+        for solver in cfg.samplers:
+            a, b = sampler_arm(cfg, a_method, solver, best), sampler_arm(cfg, b_method, solver, best)
+            if a not in results or b not in results:
+                continue
+            mean, lo, hi = _diff(results[a], results[b], key, indices)
+            readings.setdefault(direction(lo, hi, key), []).append(solver)
+            means.append(mean)
+        if not means:
+            continue
+        scale = 100.0 if key in CHECK_NAMES else 1.0
+        unit = " pts" if key in CHECK_NAMES else ""
+        spread = f"{scale * min(means):+.{0 if unit else 1}f} to {scale * max(means):+.{0 if unit else 1}f}{unit}"
+        summary = "; ".join(f"{word}: {', '.join(solvers)}" for word, solvers in readings.items())
+        lines.append(
+            f"| {claim} | {a_method} - {b_method} on {len(means)} samplers | {key} | means {spread} | {summary} |"
+        )
     return lines
