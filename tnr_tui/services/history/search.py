@@ -27,6 +27,9 @@ reads whole; it is empty unless more than 1024 runs share one second.
 
 from __future__ import annotations
 
+import functools
+import operator
+import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -35,7 +38,6 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import Join
 
-from tnr_tui.services.history.ids import id_time_ms, is_run_id
 from tnr_tui.services.history.models import Run
 
 SLOTS = 1024  # keys per second of run ids
@@ -52,7 +54,9 @@ def ascii_lower(text: str) -> str:
     return text.translate(_ASCII_LOWER)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _hex(gram: str) -> str:
+    # Cached: a history's characters and pairs are a small vocabulary, met again in every prompt.
     return gram.encode("utf-8", "surrogatepass").hex()
 
 
@@ -68,8 +72,8 @@ def grams_v1(prompt: str | None, negative_prompt: str | None) -> str:
             continue
         low = ascii_lower(value)
         grams.update(low)
-        grams.update(low[i : i + 2] for i in range(len(low) - 1))
-    return " ".join(sorted(_hex(g) for g in grams))
+        grams.update(map(operator.add, low, low[1:]))  # the pairs (the C loop of map: 3x faster)
+    return " ".join(sorted(map(_hex, grams)))
 
 
 def register_functions(dbapi_connection: Any) -> None:
@@ -80,18 +84,23 @@ def register_functions(dbapi_connection: Any) -> None:
 # ---- keys ----------------------------------------------------------------------------------------------
 
 
+_ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
+# Crockford's base-32 digits as int(..., 32) reads them (0-9, a-v).
+_TO_BASE32 = str.maketrans("ABCDEFGHJKMNPQRSTVWXYZ", "abcdefghijklmnopqrstuv")
+
+
 def key_block(run_id: str) -> int | None:
-    """The second a run id was made in (its key block), or None for an id that is not a ULID."""
-    if not is_run_id(run_id):
+    """The second a run id was made in (its key block), or None for an id that is not a ULID (ids.py's
+    format; decoded with int(), not character by character: imports ask this for every run)."""
+    if not _ULID.fullmatch(run_id):
         return None
-    return id_time_ms(run_id) // BLOCK_MS
+    return int(run_id[:10].translate(_TO_BASE32), 32) // BLOCK_MS
 
 
 def _preferred_slot(run_id: str) -> int:
     # The id's last two characters are its lowest 10 random bits: ids one process makes within one
     # millisecond count up there, so they land in different slots.
-    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-    return alphabet.index(run_id[-2]) * 32 + alphabet.index(run_id[-1])
+    return int(run_id[-2:].translate(_TO_BASE32), 32)
 
 
 def plan_keys(ids: Iterable[str], taken: set[int], lowest: Callable[[], int]) -> dict[str, int]:
