@@ -219,6 +219,31 @@ class TnrLabApp(App[int]):
         self.job_owner[job_id] = owner
         return job_id
 
+    def submit_batch(self, requests: list[GenerationRequest], owner: str = "lab") -> list[int] | None:
+        """Queue runs that differ only in the seed (or prompt) as one batch for the device worker: one history
+        row each (`queued`), sampled together. None (and a notification) when the history refuses them."""
+        run_ids = []
+        for request in requests:
+            try:
+                run_ids.append(self.store.create_run(request, status="queued", origin="tui"))
+            except Exception as exc:
+                from tnr_tui.ui.worker import describe_error
+
+                for run_id in run_ids:  # nothing half-queued: the ones already recorded are closed again
+                    try:
+                        self.store.finish_run(run_id, "cancelled", error="not queued")
+                    except Exception:
+                        pass
+                message = (
+                    str(exc) if isinstance(exc, HistoryUnavailable) else f"cannot record the run: {describe_error(exc)}"
+                )
+                self.notify(message, title="Not run", severity="error", markup=False, timeout=10)
+                return None
+        job_ids = self.worker.submit_batch(requests, run_ids)
+        for job_id in job_ids:
+            self.job_owner[job_id] = owner
+        return job_ids
+
     def queue_text(self) -> str:
         """The queue as "running 1, 9 queued" while runs wait behind the one in progress (or about to
         start); "" when there is at most one run."""

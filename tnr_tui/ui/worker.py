@@ -25,6 +25,7 @@ from engine.request import GenerationRequest
 
 PREVIEW_INTERVAL_S = 0.25  # at most four previews a second reach the UI
 PREVIEW_MAX_PX = 192  # previews are shrunk to this size before they cross the thread boundary
+ROWS_KEPT = 64  # jobs whose telemetry rows the worker holds (a batch has at most engine.batch.MAX_BATCH = 32)
 
 
 # ---- messages (posted from the worker thread; handled on the UI thread) ---------------------------
@@ -174,6 +175,7 @@ class DeviceWorker:
         self._ids = itertools.count(1)
         self._bundles: dict[tuple[str, str, str], Any] = {}  # (model, device, dtype) -> bundle
         self._store: Any = None
+        self._job_rows: dict[int, list[dict[str, Any]]] = {}  # job id -> its telemetry rows so far (_on_step)
         self.current_job: int | None = None
         self.pending = 0  # queued runs not started yet; changed by both threads, under _pending_lock
         self._pending_lock = threading.Lock()
@@ -201,6 +203,19 @@ class DeviceWorker:
         self._queue.put(("run", job))
         return job.job_id
 
+    def submit_batch(
+        self, requests: list[GenerationRequest], run_ids: list[str | None], origin: str = "tui"
+    ) -> list[int]:
+        """Runs queued as one item, so the worker takes them together as one batch (they must differ only in
+        seed, prompts and tags; the worker samples them in batches its device's memory holds)."""
+        jobs = [
+            Job(next(self._ids), request, run_id, origin) for request, run_id in zip(requests, run_ids, strict=True)
+        ]
+        with self._pending_lock:
+            self.pending += len(jobs)
+        self._queue.put(("runs", jobs))
+        return [job.job_id for job in jobs]
+
     def cancel(self) -> list[Job]:
         """Cancel the run in progress (within one model evaluation); returns the queued jobs it dropped."""
         dropped: list[Job] = []
@@ -208,10 +223,11 @@ class DeviceWorker:
         try:
             while True:
                 item = self._queue.get_nowait()
-                if item and item[0] == "run":
-                    dropped.append(item[1])
+                if item and item[0] in ("run", "runs"):
+                    jobs = item[1] if item[0] == "runs" else [item[1]]
+                    dropped.extend(jobs)
                     with self._pending_lock:
-                        self.pending -= 1
+                        self.pending -= len(jobs)
                 else:
                     kept.append(item)
         except queue.Empty:
@@ -253,8 +269,10 @@ class DeviceWorker:
             try:
                 if kind == "load":
                     self._load_model(payload)
+                elif kind == "runs":
+                    self._run_jobs(payload[0], payload[1:])
                 else:
-                    self._run_job(payload)
+                    self._run_jobs(payload)
             except BaseException as exc:  # the worker must survive anything a run throws
                 self._post(ModelState("?", "failed", f"internal error: {describe_error(exc)}"))
                 traceback.print_exc()
@@ -287,6 +305,135 @@ class DeviceWorker:
         self._post(ModelState(ref, "loaded", label, getattr(bundle, "default_scales", None)))
         return bundle
 
+    def _batchable(self, first: Job) -> list[Job]:
+        """Runs queued right behind `first` that can share its batch (engine.batch: they differ only in seed,
+        prompts and tags; the Compare screen's seeds per tile), taken off the queue now. Only with the real run
+        function (a test's stand-in runs one request at a time) and never re-runs (each has its own parent)."""
+        from engine.batch import MAX_BATCH, batch_key
+
+        if self._run is not _default_run or first.parent_id is not None:
+            return []
+        key = batch_key(first.request)
+        taken: list[Job] = []
+        with self._queue.mutex:  # the queue's own lock: nothing is put or got while we look
+            waiting = self._queue.queue
+            while waiting and len(taken) + 1 < MAX_BATCH:
+                item = waiting[0]
+                if not item or item[0] != "run" or item[1].parent_id is not None:
+                    break
+                if batch_key(item[1].request) != key:
+                    break
+                taken.append(waiting.popleft()[1])
+        return taken
+
+    def _run_jobs(self, job: Job, together: list[Job] | None = None) -> None:
+        """One run, or it and the runs behind it (or submitted with it) that share its batch, as one batch."""
+        jobs = [job, *together] if together else [job, *self._batchable(job)]
+        if len(jobs) > 1 and self._run is not _default_run:  # a test's stand-in runs one request at a time
+            for each in jobs:
+                self._run_job(each)
+            return
+        if len(jobs) == 1:
+            self._run_job(job)
+            return
+        self._cancel.clear()  # before current_job is set: a cancel from then on reaches these jobs
+        with self._pending_lock:
+            self.pending -= len(jobs)
+            self.current_job = job.job_id
+        for each in jobs:
+            self._post(RunStarted(each.job_id, each.request))
+        ended: set[int] = set()
+        try:
+            request = job.request
+            key = (request.model, request.device, request.dtype)
+            bundle = self._bundles.get(key) or self._load_model(key)
+            if bundle is None:  # the load failed (ModelState said why): each run records its own failure
+                for each in jobs:
+                    self._run_job_started(each)
+                    ended.add(each.job_id)
+                return
+            if self._store is None:
+                self._store = self._open_store(self._data_dir)
+            from engine.batch import choose_batch_size
+            from tnr_tui.services.dispatch.seeds import execute_batch
+
+            size = choose_batch_size(bundle, request, len(jobs))
+            for start in range(0, len(jobs), size):
+                chunk = jobs[start : start + size]
+                previews = {each.job_id: [0.0] for each in chunk}
+
+                def on_step(image: int, event: Any, chunk: list[Job] = chunk, previews: dict = previews) -> None:
+                    job_id = chunk[image].job_id
+                    self._on_step(job_id, event, previews[job_id])
+
+                run_ids = [
+                    each.run_id or self._store.create_run(each.request, status="queued", origin=each.origin)
+                    for each in chunk
+                ]
+                outcomes = execute_batch(
+                    [each.request for each in chunk],
+                    self._store,
+                    bundle,
+                    run_ids=run_ids,
+                    on_step=on_step,
+                    should_stop=self._should_stop,
+                )
+                for each, outcome in zip(chunk, outcomes, strict=True):
+                    if outcome.status == "failed":
+                        message = RunEnded(
+                            each.job_id,
+                            each.request,
+                            "failed",
+                            run_id=outcome.run_id,
+                            error=outcome.stats.get("error", ""),
+                        )
+                    else:
+                        message = RunEnded(
+                            each.job_id,
+                            each.request,
+                            outcome.status,
+                            run_id=outcome.run_id,
+                            image=outcome.image,
+                            stats=outcome.stats,
+                            metrics=outcome.metrics,
+                        )
+                    self._post(message)
+                    ended.add(each.job_id)
+        except Exception as exc:  # execute_batch has closed the rows; the app stays up
+            for each in jobs:
+                if each.job_id not in ended:
+                    self._post(
+                        RunEnded(each.job_id, each.request, "failed", run_id=each.run_id, error=describe_error(exc))
+                    )
+        finally:
+            self.current_job = None
+            self._cancel.clear()
+
+    def _run_job_started(self, job: Job) -> None:
+        """A job of a batch that could not run as one: alone, its RunStarted already posted."""
+        try:
+            outcome = self._run(
+                job.request,
+                self._store or self._open_store(self._data_dir),
+                bundle=None,
+                origin=job.origin,
+                parent_id=job.parent_id,
+                run_id=job.run_id,
+            )
+            self._post(
+                RunEnded(
+                    job.job_id,
+                    job.request,
+                    outcome.status,
+                    run_id=outcome.run_id,
+                    image=outcome.image,
+                    stats=outcome.stats,
+                    metrics=outcome.metrics,
+                )
+            )
+        except Exception as exc:
+            self._post(RunEnded(job.job_id, job.request, "failed", run_id=job.run_id, error=describe_error(exc)))
+
     def _run_job(self, job: Job) -> None:
         self._cancel.clear()  # before current_job is set: a cancel from then on reaches this job
         with self._pending_lock:
@@ -300,10 +447,9 @@ class DeviceWorker:
             if self._store is None:
                 self._store = self._open_store(self._data_dir)
             last_preview = [0.0]
-            rows: list[dict[str, Any]] = []  # the run's telemetry rows so far (its one image's)
 
             def on_step(event: Any) -> None:
-                self._on_step(job.job_id, event, last_preview, rows)
+                self._on_step(job.job_id, event, last_preview)
 
             # With no bundle (the model failed to load) execute() tries again and records the failure.
             outcome = self._run(
@@ -333,9 +479,10 @@ class DeviceWorker:
             self.current_job = None
             self._cancel.clear()
 
-    def _on_step(self, job_id: int, event: Any, last_preview: list[float], rows: list[dict[str, Any]]) -> None:
+    def _on_step(self, job_id: int, event: Any, last_preview: list[float]) -> None:
+        rows = self._rows_of(job_id, event.index)
         step_rows = getattr(event, "rows", None)
-        if step_rows:
+        if step_rows:  # the event's image's row (a batch's event carries its own image's)
             rows.append(step_rows[0])
         self._post(
             RunProgress(
@@ -357,6 +504,16 @@ class DeviceWorker:
             return
         last_preview[0] = now
         self._post(RunPreview(job_id, shrink(picture), decoded is not None, event.index))
+
+
+    def _rows_of(self, job_id: int, index: int) -> list[dict[str, Any]]:
+        """The job's telemetry rows so far (a new list at its first step); the last ROWS_KEPT jobs' only."""
+        rows = self._job_rows.get(job_id)
+        if rows is None or index == 0:
+            rows = self._job_rows[job_id] = []
+            while len(self._job_rows) > ROWS_KEPT:  # a batch's jobs interleave: keep a few, drop the oldest
+                self._job_rows.pop(next(iter(self._job_rows)))
+        return rows
 
 
 def shrink(image: Any, max_px: int = PREVIEW_MAX_PX) -> Any:

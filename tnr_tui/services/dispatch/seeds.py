@@ -119,3 +119,59 @@ def rerun_in_batch(
     return SeedOutcome(
         recorded.run_id, request.seed, recorded.status, image_path, None, result.stats, result.metrics, result.error
     )
+
+
+def execute_batch(
+    requests: list[Any],
+    store: Any,
+    bundle: Any,
+    *,
+    run_ids: list[str],
+    on_step: Callable[[int, Any], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[Any]:
+    """Queued runs (the TUI's, rows already `queued`) that can share a batch, sampled as one and recorded each:
+    `runs.RunOutcome`s in order ("done", "failed" with `stats["error"]`, or all "cancelled" when should_stop
+    stopped the batch). Any other error closes the rows (failed, or cancelled on ctrl-c) and is re-raised."""
+    from engine.request import GenerationRequest
+    from engine.sampler import SamplingCancelled
+    from tnr_tui.services.runs import RunOutcome
+
+    worker = BatchWorker(requests[0].model, bundle=bundle, name="local")
+    items = [WorkItem(str(k), r, run_id) for k, (r, run_id) in enumerate(zip(requests, run_ids, strict=True))]
+    batch = make_batches(items, lambda r, n: n)[0]
+    for run_id in run_ids:
+        store.start_run(run_id)
+    try:
+        results = worker.run(batch, on_step=on_step, should_stop=should_stop)
+    except SamplingCancelled:
+        for run_id in run_ids:
+            store.finish_run(run_id, "cancelled", error="cancelled", if_live=True)
+        return [RunOutcome(run_id, "cancelled", r) for r, run_id in zip(requests, run_ids, strict=True)]
+    except BaseException as e:
+        status = "cancelled" if isinstance(e, KeyboardInterrupt) else "failed"
+        from tnr_tui.services.dispatch.worker import one_line
+
+        for run_id in run_ids:
+            try:
+                store.finish_run(run_id, status, error=one_line(e), if_live=True, wait_s=0.0)
+            except Exception:  # the store failing too: the next open marks the rows interrupted
+                pass
+        raise
+    model = worker.describe()
+    outcomes = []
+    for result in results:
+        recorded = record(store, result, model)
+        stats = dict(result.stats) if recorded.status == "done" else {"error": result.error}
+        outcomes.append(
+            RunOutcome(
+                recorded.run_id,
+                recorded.status,
+                GenerationRequest.from_dict(result.request),
+                image_path=recorded.image_path,
+                image=result.image,
+                stats=stats,
+                metrics=result.metrics,
+            )
+        )
+    return outcomes

@@ -118,14 +118,16 @@ class BatchWorker:
 
     # ---- the work ----
 
-    def run(self, batch: Batch) -> list[ImageResult]:
+    def run(self, batch: Batch, on_step: Any = None, should_stop: Any = None) -> list[ImageResult]:
+        """The batch's images. `on_step(image, event)` and `should_stop()` as engine.sampler.sample_batch takes
+        them (the TUI's previews and cancel button); SamplingCancelled goes through to the caller."""
         from engine.request import RequestError
         from engine.sampler import SamplingError, sample_batch
 
         started = time.perf_counter()
         requests = batch.requests
         try:
-            results = sample_batch(self.bundle, requests)
+            results = sample_batch(self.bundle, requests, on_step=on_step, should_stop=should_stop)
         except (SamplingError, RequestError, RuntimeError, MemoryError) as e:
             if len(requests) == 1 or isinstance(e, RequestError):
                 return [self._failed(item, e) for item in batch.items]
