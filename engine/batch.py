@@ -4,7 +4,7 @@
 every stage is one model call for all images (the image's rows stacked, a a b b), while each image keeps its
 own seed, true noise, noise stream (one CPU float32 generator, or Brownian tree, per image) and guidance
 (every method combines per image: norms and projections over the non-batch dimensions). So a batched image
-is its unbatched run up to the last bits of a batched convolution (docs/MATH.md 11 gives the measured drift).
+is its unbatched run up to the last bits of a batched convolution (docs/batching.md gives the measured drift).
 
 `batch_key` says which requests may go together; `choose_batch_size` how many fit a memory budget, estimated
 from the latent size and the UNet's widths (or forced). Torch-free at import.

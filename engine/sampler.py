@@ -438,7 +438,7 @@ def _sample(
             "warnings": image_warnings[b],
         }
         if images > 1:
-            # The model saw this image inside a batch: a re-run alone may differ in the last bits (MATH.md 11).
+            # The model saw this image inside a batch: a re-run alone may differ in the last bits (docs/batching.md).
             stats["batch"] = {"size": images, "index": b, "seconds": seconds}
         results.append(
             Result(

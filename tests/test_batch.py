@@ -1,6 +1,6 @@
 """Batched seeds (engine.sampler.sample_batch): a batched image is its unbatched run, per solver family and per
 guidance method, up to the last bits of a batched convolution on the CPU (measured here: <= 3e-6 relative on the
-tiny fixture at 5 steps; docs/MATH.md 11 has the embedded model's numbers)."""
+tiny fixture at 5 steps; docs/batching.md has the embedded model's numbers)."""
 
 from __future__ import annotations
 

@@ -457,7 +457,7 @@ def cmd_rerun(args: argparse.Namespace, store: Any) -> int:
     if outcome.status != "done":
         raise UserError(f"re-run {outcome.run_id} was {outcome.status}")
     report: dict[str, Any] = {"run_id": outcome.run_id, "rerun_of": old.id, "image": str(outcome.image_path)}
-    if batch:  # sampled in a batch: alone, its convolutions ran at another batch size (docs/MATH.md 11)
+    if batch:  # sampled in a batch: alone, its convolutions ran at another batch size (docs/batching.md)
         report["recorded_in_batch"] = {"size": batch.get("size"), "index": batch.get("index")}
         report["rerun_batched"] = bool(getattr(args, "batched", False))
     stored = old.output("image")
