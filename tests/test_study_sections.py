@@ -148,6 +148,10 @@ def test_the_search_chooses_on_other_seeds_and_the_sections_report_the_study_see
     data = json.loads((tmp_path / "study.json").read_text())
     assert data["search"]["best"]["cfg"] == "cfg 4 euler 4st"
     assert data["search"]["seeds"] == list(range(SEARCH_SEED + 1, SEARCH_SEED + 5))
+    # the embedded model's pag perturbs down_blocks.1 (its 2x2 mid block barely changes under identity attention)
+    pag = [r for r in seen if r.guidance == "pag"]
+    assert pag and {r.guidance_params["perturbed_guidance_layers"] for r in pag} == {"down_blocks.1"}
+    assert data["search"]["best"]["pag"] == "pag 2 layers=down_blocks.1 s=1 start=-1 stop=1 euler 4st"
     cfg_arm = next(a for a in data["arms"] if a["label"] == "cfg 4 euler 4st")
     assert cfg_arm["accuracy"] == [0.0, 0.0, 0.0]
     md = report.markdown.read_text()
@@ -216,6 +220,7 @@ def test_the_new_sections_on_the_tiny_model(tiny_sdxl_dir: Path, tmp_path: Path)
     assert by_label[roles["pag (equal steps)"]]["evaluations"] == 9
     assert by_label[roles["apg"]]["evaluations"] == by_label[roles["apg --tnr"]]["evaluations"] == 6
     assert by_label[roles["apg --tnr"]]["tnr"] is True
+    assert "perturbed_guidance_layers" not in dict(by_label[roles["pag"]]["guidance_params"])  # the guider's mid
     assert by_label[roles["apg --tnr"]]["colourfulness"] != by_label[roles["apg"]]["colourfulness"]
     for label, arm in by_label.items():
         planned = Arm(
@@ -231,3 +236,4 @@ def test_the_new_sections_on_the_tiny_model(tiny_sdxl_dir: Path, tmp_path: Path)
     md = (out / "study.md").read_text()
     assert "## 6. Samplers" in md and "| dpmpp_2m_sde: tnr - none |" in md
     assert (out / "samplers.png").is_file() and (out / "guidance.png").is_file()
+    assert "pag: the perturbed pass (identity self-attention in mid) moves c by a median ‖c - p‖ / ‖c - u‖ = " in md

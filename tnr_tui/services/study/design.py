@@ -68,6 +68,11 @@ FIXED_PARAMS: dict[str, dict[str, Any]] = {
     "apg": {"eta": 0.0},
     "pag": {"perturbed_guidance_start": -1.0, "perturbed_guidance_stop": 1.0},
 }
+# On the embedded model (64x64 images, an 8x8 latent) the UNet's mid block works at 2x2: identity
+# self-attention over 4 tokens moves c by about 2 % of ||c - u|| (measured from the telemetry's perturbed_term,
+# 20 Euler steps), so pag at the guider's default "mid" is CFG. down_blocks.1 is its lowest-resolution
+# attention with room to perturb (4x4 tokens; ||c - p|| about 2 ||c - u||), the role SDXL's 32x32 mid plays.
+EMBEDDED_PAG_LAYERS = "down_blocks.1"
 SEARCH_SEED = 90_000  # the scale search samples seeds 90001, 90002, ... (engine/toy/evaluate.py's SEARCH_SEED)
 
 
@@ -111,6 +116,9 @@ class StudyConfig:
     rivals: tuple[str, ...] = RIVALS
     search_samples: int = 32  # seeds of the scale search (SEARCH_SEED + 1, ...)
     pag_scales: tuple[float, ...] = (1.0, 3.0)  # pag's perturbed_guidance_scale grid (with its scale grid)
+    # The self-attention layers pag perturbs. "auto": EMBEDDED_PAG_LAYERS on the embedded model, else the
+    # guider's "mid" (run_study resolves it once it knows the model).
+    pag_layers: str = "auto"
 
     def __post_init__(self) -> None:
         if self.samples < 2:
@@ -157,6 +165,13 @@ class StudyConfig:
         return self.sampler_budget or self.steps
 
 
+def resolve_pag_layers(cfg: StudyConfig, embedded: bool) -> StudyConfig:
+    """`cfg` with pag_layers "auto" made concrete for the model (EMBEDDED_PAG_LAYERS or "mid")."""
+    if cfg.pag_layers != "auto":
+        return cfg
+    return replace(cfg, pag_layers=EMBEDDED_PAG_LAYERS if embedded else "mid")
+
+
 def _scaled(method: str) -> bool:
     from engine.units import GUIDANCE
 
@@ -168,6 +183,7 @@ LABEL_NAMES: dict[str, str] = {
     "perturbed_guidance_scale": "s",
     "perturbed_guidance_start": "start",
     "perturbed_guidance_stop": "stop",
+    "perturbed_guidance_layers": "layers",
 }
 
 
@@ -250,7 +266,8 @@ def search_arms(cfg: StudyConfig) -> dict[str, list[Arm]]:
     for method in cfg.searched_methods:
         extra: list[dict[str, Any]] = [{}]
         if method == "pag":
-            extra = [{"perturbed_guidance_scale": float(s)} for s in cfg.pag_scales]
+            layers = {} if cfg.pag_layers in ("auto", "mid") else {"perturbed_guidance_layers": cfg.pag_layers}
+            extra = [{"perturbed_guidance_scale": float(s), **layers} for s in cfg.pag_scales]
         out[method] = [method_arm(method, s, "euler", cfg.steps, e) for s in cfg.scales[method] for e in extra]
     return out
 
@@ -268,7 +285,11 @@ def best_settings(cfg: StudyConfig, search: Mapping[Arm, Any], embedded: bool) -
                 key=lambda a: (
                     float(np.mean(search[a].values[key])),
                     -(a.scale or 0.0),
-                    tuple(-float(v) for _, v in a.guidance_params if isinstance(v, (int, float))),
+                    tuple(
+                        -float(v)
+                        for _, v in a.guidance_params
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)
+                    ),
                 ),
             )
     return best

@@ -18,6 +18,7 @@ from tnr_tui.services.study.design import (
     guidance_rows,
     prompt_for_seed,
     reported_arms,
+    resolve_pag_layers,
     sampler_arm,
     search_arms,
     search_seeds,
@@ -110,6 +111,7 @@ def run_study(
         embedded = is_embedded(cfg.model, bundle)
     if not model_description and bundle is not None:
         model_description = f"{bundle.name} (identity {bundle.identity}, {bundle.path})"
+    cfg = resolve_pag_layers(cfg, embedded)
     scorer = None
     if clip_model is not None:
         from engine.metrics import ClipScorer, MetricsError

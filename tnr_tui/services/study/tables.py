@@ -400,8 +400,31 @@ def _guidance_section(
         cells = [role, r.arm.label, str(r.evaluations)] + [_fmt(*mean_ci(r.values[c], indices), c) for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    for role, r in roles:
+        ratio = perturbed_ratio(r)
+        if ratio is not None:
+            layers = dict(r.arm.guidance_params).get("perturbed_guidance_layers", "mid")
+            lines.append(
+                f"{role}: the perturbed pass (identity self-attention in {layers}) moves c by a median "
+                f"‖c - p‖ / ‖c - u‖ = {ratio:.3g} over steps and seeds (telemetry's perturbed_term / norm_diff)."
+            )
+    if any(perturbed_ratio(r) is not None for _, r in roles):
+        lines.append("")
     lines += [*_diff_table(guidance_pairs(roles), indices, embedded), ""]
     return lines
+
+
+def perturbed_ratio(result: ArmResult) -> float | None:
+    """Median over steps and seeds of ||c - p|| / ||c - u|| (a perturbed method's rows), None without rows."""
+    from tnr_tui.services.study.trajectory import column_matrix
+
+    p, d = column_matrix(result, "perturbed_term"), column_matrix(result, "norm_diff")
+    if p is None or d is None:
+        return None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = p / d
+    ratio = ratio[np.isfinite(ratio)]
+    return float(np.median(ratio)) if ratio.size else None
 
 
 def guidance_pairs(roles: Sequence[tuple[str, ArmResult]]) -> list[tuple[str, ArmResult, ArmResult]]:
