@@ -269,6 +269,32 @@ def test_the_trigram_index_serves_prompt_search(url: str, tmp_path: Path) -> Non
         assert "ix_runs_prompt_trgm" in plan and "ix_runs_negative_prompt_trgm" in plan, plan
 
 
+def test_short_texts_are_served_by_the_index_of_characters_and_pairs(url: str, tmp_path: Path) -> None:
+    """1-2 characters, which a trigram index cannot answer: the array of characters and pairs (schema 5)
+    finds the candidates, with or without pg_trgm; its function gives what search.grams_v1 gives."""
+    from sqlalchemy import func, select, text
+
+    from tnr_tui.services.history.models import Run
+    from tnr_tui.services.history.queries import text_condition
+    from tnr_tui.services.history.search import ascii_lower
+
+    with open_store(tmp_path, url=url) as store:
+        store.insert_records(
+            [{"id": new_run_id(), "request": request_dict(f"take {i} Ab ß日本"), "outputs": []} for i in range(500)]
+        )
+        with store.engine.connect() as conn:
+            grams = conn.scalar(select(func.tnr_grams_v1("Ab ß", None)))
+            low = ascii_lower("Ab ß")
+            assert sorted(grams) == sorted({*low, *(low[i : i + 2] for i in range(len(low) - 1))})
+            assert conn.scalar(select(func.tnr_grams_v1(None, ""))) == []
+            conn.execute(text("SET enable_seqscan = off"))
+            for needle in ("#", "ß", "zq"):
+                query = select(Run.id).where(text_condition(needle, "postgresql")).order_by(Run.id.desc()).limit(50)
+                sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
+                plan = "\n".join(r[0] for r in conn.execute(text("EXPLAIN " + sql)))
+                assert "ix_runs_grams" in plan, plan
+
+
 # ---- files --------------------------------------------------------------------------------------------
 
 

@@ -185,14 +185,24 @@ CREATE TABLE run_steps (
 """
 
 
+def _nothing(conn: sqlite3.Connection) -> None:
+    """A version that changes only the other engine's schema (the numbers stay one sequence for both)."""
+
+
 # version -> (what it does, how)
 MIGRATIONS: dict[int, tuple[str, Callable[[sqlite3.Connection], None]]] = {
     1: ("first schema: runs and outputs", _script(SCHEMA_V1)),
     2: ("sweep tag and re-run lineage", _script(SCHEMA_V2)),
     3: ("prompt search index, output bytes in the database", _sqlite_v3),
     4: ("per-step telemetry rows", _script(SCHEMA_V4)),
+    5: ("PostgreSQL only: an index of short substrings (SQLite has had runs_grams since 3)", _nothing),
 }
 LATEST_VERSION = max(MIGRATIONS)
+
+
+def needs_backup(version: int, target: int = LATEST_VERSION) -> bool:
+    """Whether migrating a file from `version` changes anything (a file is backed up first only then)."""
+    return any(MIGRATIONS[v][1] is not _nothing for v in range(version + 1, target + 1))
 
 
 def migrate(conn: sqlite3.Connection, target: int = LATEST_VERSION) -> list[int]:
@@ -374,12 +384,30 @@ CREATE TABLE run_steps (
 )
 """
 
+# Schema 5: what runs_grams is to SQLite (search.py), for texts of 1-2 characters, which pg_trgm cannot
+# index (a rare one scanned every run: 0.55 s at 100 000). The distinct characters and pairs of both prompts,
+# ASCII-lowered, as an array; a GIN index over the expression; the search asks `@> ARRAY[text]` beside its
+# LIKE. Plain SQL, no extension. Frozen like grams_v1: a change is a new function and migration.
+PG_SCHEMA_V5 = """
+CREATE FUNCTION tnr_grams_v1(prompt text, negative_prompt text) RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT coalesce(array_agg(DISTINCT substr(s.t, i, k)), '{}'::text[])
+FROM (
+    SELECT translate(x, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz') AS t
+    FROM unnest(ARRAY[prompt, negative_prompt]) AS x
+) AS s, generate_series(1, length(s.t)) AS i, generate_series(1, 2) AS k
+WHERE i + k - 1 <= length(s.t)
+$$;
+CREATE INDEX ix_runs_grams ON runs USING gin (tnr_grams_v1(prompt, negative_prompt)) WITH (fastupdate = off)
+"""
+
 
 POSTGRES_MIGRATIONS: dict[int, tuple[str, Callable[[Any], None]]] = {
     1: ("first schema: runs and outputs", _pg_script(PG_SCHEMA_V1)),
     2: ("sweep tag and re-run lineage", _pg_script(PG_SCHEMA_V2)),
     3: ("prompt search index, output bytes in the database", _pg_v3),
     4: ("per-step telemetry rows", _pg_script(PG_SCHEMA_V4)),
+    5: ("an index of short substrings (1-2 characters)", _pg_script(PG_SCHEMA_V5)),
 }
 
 

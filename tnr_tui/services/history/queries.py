@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, literal_column, or_
+from sqlalchemy import Select, and_, func, literal_column, or_
 
 from tnr_tui.services.history.models import RUN_STATUSES, Run
 
@@ -82,10 +82,19 @@ def text_condition(needle: str, dialect: str = "sqlite") -> Any:
 
         upper = literal_column("'ABCDEFGHIJKLMNOPQRSTUVWXYZ'")
         lower = literal_column("'abcdefghijklmnopqrstuvwxyz'")
-        pattern = _like_pattern(ascii_lower(needle))
-        return or_(
+        low = ascii_lower(needle)
+        pattern = _like_pattern(low)
+        like = or_(
             func.translate(Run.prompt, upper, lower).like(pattern, escape="\\"),
             func.translate(Run.negative_prompt, upper, lower).like(pattern, escape="\\"),
         )
+        if len(needle) > 2:
+            return like
+        # 1-2 characters: the index of short substrings (migrations.PG_SCHEMA_V5) proposes, LIKE decides.
+        from sqlalchemy import Text, cast
+        from sqlalchemy.dialects.postgresql import ARRAY, array
+
+        grams = func.tnr_grams_v1(Run.prompt, Run.negative_prompt)
+        return and_(grams.op("@>")(cast(array([low]), ARRAY(Text))), like)
     pattern = _like_pattern(needle)
     return or_(Run.prompt.like(pattern, escape="\\"), Run.negative_prompt.like(pattern, escape="\\"))

@@ -1337,7 +1337,7 @@ def _upgrade(conn: sqlite3.Connection, db_path: Path, version: int) -> None:
     """Migrate a file at `version` to the latest schema, backing up one that holds data first."""
     if version < migrations.LATEST_VERSION:
         conn.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT_S * 1000)}")
-        if version > 0:
+        if version > 0 and migrations.needs_backup(version):
             migrations.backup(conn, db_path, version, utcnow().strftime("%Y%m%dT%H%M%S"))
         migrations.migrate(conn)
 
