@@ -174,3 +174,21 @@ def _identity(store) -> str:
 
     runs = list(store.iter_runs(RunFilter(status="done")))
     return runs[0].model_identity
+
+
+def test_a_study_on_ray_workers_matches_this_process(workers, tiny_sdxl_dir):
+    """The study's arms on the Ray workers give the numbers of the same batches sampled here (same batch
+    sizes, same CPU: bit-identical images), results arriving in any order."""
+    from engine.models import load_bundle
+    from tnr_tui.services.dispatch import LocalDispatcher
+    from tnr_tui.services.study import StudyConfig, single_arms
+    from tnr_tui.services.study.running import run_arms
+
+    dispatcher, _ = workers
+    cfg = StudyConfig(samples=4, steps=3, model=str(tiny_sdxl_dir), prompts=("a red circle", "a blue square"))
+    arms = single_arms(cfg)
+    on_ray = run_arms(arms, cfg, None, embedded=False, log=lambda _: None, dispatcher=dispatcher, batch=2)
+    here = LocalDispatcher(load_bundle(str(tiny_sdxl_dir), device="cpu"), cfg.model)
+    local = run_arms(arms, cfg, None, embedded=False, log=lambda _: None, dispatcher=here, batch=2)
+    for arm in arms:
+        assert on_ray[arm].values == local[arm].values and on_ray[arm].evaluations == local[arm].evaluations
