@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from textual.widgets import Select
 from tui_runs import FakeEvent, fake_rows, fake_run_fn
 
 from tnr_tui.ui.app import TnrLabApp
+from tnr_tui.ui.widgets.choice import Choice
 from tnr_tui.ui.widgets.plot import LinePlot, PlotSpec, Series, draw, format_number
 from tnr_tui.ui.widgets.telemetry import BY_KEY, choices_for, row_items, series_of
 from tnr_tui.ui.worker import DeviceWorker, RunProgress
@@ -140,15 +140,21 @@ def test_a_units_extra_column_is_offered_and_shown() -> None:
 def test_progress_messages_carry_every_row_so_far() -> None:
     posted: list[Any] = []
     worker = DeviceWorker(posted.append)
-    table = fake_rows(6)
-    rows: list[dict[str, Any]] = []
-    for i, row in enumerate(table.as_dicts()):
-        event = FakeEvent(i, 6, row["sigma"], row["sigma_next"], None, 2 * (i + 1), 0.1 * i, rows=[row])
-        worker._on_step(1, event, [time.monotonic()], rows)
-    progress = [m for m in posted if isinstance(m, RunProgress)]
+    table, other = fake_rows(6), fake_rows(6, guidance="tnr-cfg", tnr=True)
+    for i, (row, row_b) in enumerate(zip(table.as_dicts(), other.as_dicts(), strict=True)):
+        # two jobs of one batch, their steps interleaved as a batch's events are
+        for job_id, r in ((1, row), (2, row_b)):
+            event = FakeEvent(i, 6, r["sigma"], r["sigma_next"], None, 2 * (i + 1), 0.1 * i, rows=[r])
+            worker._on_step(job_id, event, [time.monotonic()])
+    progress = [m for m in posted if isinstance(m, RunProgress) and m.job_id == 1]
     assert [len(m.rows) for m in progress] == [1, 2, 3, 4, 5, 6]
     # The last one replaces any queued older one and still holds all six rows.
     assert progress[-1].can_replace(progress[2]) and list(progress[-1].rows) == table.as_dicts()
+    last_b = [m for m in posted if isinstance(m, RunProgress) and m.job_id == 2][-1]
+    assert list(last_b.rows) == other.as_dicts() and not last_b.can_replace(progress[-1])
+    # A job's step 0 starts its list anew.
+    worker._on_step(1, FakeEvent(0, 6, 1.0, 0.5, None, 2, 0.0, rows=[table.row(0)]), [0.0])
+    assert len([m for m in posted if isinstance(m, RunProgress) and m.job_id == 1][-1].rows) == 1
 
 
 # ---- the Lab's live plot ------------------------------------------------------------------------------
@@ -201,7 +207,7 @@ async def test_the_live_plot_draws_the_rows_as_the_run_samples(tmp_data_dir: Pat
 
         # Another series from the drop-down redraws from the same rows.
         async def choose(key: str) -> None:
-            lab.query_one("#plot-series", Select).value = key
+            lab.query_one("#plot-series", Choice).value = key
             expected = [s.label for s in series_of(lab.plot_rows, BY_KEY[key])]
             await wait_for(pilot, lambda: [s.label for s in plot.spec.series] == expected, what=key)
 

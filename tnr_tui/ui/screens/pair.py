@@ -21,12 +21,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Select, Static
+from textual.widgets import Header, Static
 from textual.worker import Worker, WorkerState
 
 from tnr_tui.services.text import visible
 from tnr_tui.ui.screens import preset_breakpoints
 from tnr_tui.ui.screens.trajectory import Trajectory, load_trajectory, run_label
+from tnr_tui.ui.widgets.choice import Choice
+from tnr_tui.ui.widgets.footer import Footer
 from tnr_tui.ui.widgets.picture import Picture
 from tnr_tui.ui.widgets.plot import LinePlot
 from tnr_tui.ui.widgets.telemetry import (
@@ -91,6 +93,8 @@ class PairScreen(Screen):
         Binding("home", "go(0)", "First", show=False, id="pair.first"),
         Binding("end", "go(-1)", "Last", show=False, id="pair.last"),
         Binding("d", "kind", "Decoded/preview", id="pair.kind"),
+        Binding("left_square_bracket", "series(-1)", "Series", show=False, id="pair.series_back"),
+        Binding("right_square_bracket", "series(1)", "Series", id="pair.series_next"),
         Binding("s", "swap", "Swap A/B", id="pair.swap"),
     ]
     AUTO_FOCUS = None
@@ -114,12 +118,8 @@ class PairScreen(Screen):
             yield Picture("B: loading…", id="pair-frame-b", classes="pair-frame")
             yield Static("", id="pair-numbers", markup=False)
         with Vertical(id="pair-plot-box"):
-            yield Select(
-                [(c.label, c.key) for c in choices_for() if len(c.columns) == 1],
-                value=DEFAULT_CHOICE,
-                allow_blank=False,
-                id="pair-series",
-                compact=True,
+            yield Choice(
+                [(c.label, c.key) for c in choices_for() if len(c.columns) == 1], DEFAULT_CHOICE, id="pair-series"
             )
             yield LinePlot("loading…", id="pair-plot")
         yield Footer()
@@ -156,9 +156,8 @@ class PairScreen(Screen):
         kinds = [k for k in a.kinds() if k in b.kinds()] or a.kinds() or b.kinds()
         self.kind = kinds[0] if kinds else "frames"
         columns = tuple(dict.fromkeys([*a.columns, *b.columns]))
-        select = self.query_one("#pair-series", Select)
+        select = self.query_one("#pair-series", Choice)
         select.set_options([(c.label, c.key) for c in choices_for(columns) if len(c.columns) == 1])
-        select.value = DEFAULT_CHOICE
         self.index = max(a.steps - 1, 0)
         how = (
             "aligned by sigma: B at its step of nearest sigma (log sigma)"
@@ -187,19 +186,23 @@ class PairScreen(Screen):
         self.index = min(max(index, 0), max(steps - 1, 0))
         self.show_step()
 
+    def action_series(self, delta: int) -> None:
+        """[ and ]: the plot's previous or next series (enter on the focused picker does it too)."""
+        self.query_one("#pair-series", Choice).action_step(delta)
+
     def action_kind(self) -> None:
         kinds = sorted(set(self.a.kinds() if self.a else []) | set(self.b.kinds() if self.b else []))
         if len(kinds) > 1:
             self.kind = kinds[(kinds.index(self.kind) + 1) % len(kinds)] if self.kind in kinds else kinds[0]
             self.show_step()
 
-    @on(Select.Changed, "#pair-series")
+    @on(Choice.Changed, "#pair-series")
     def _series_changed(self) -> None:
         if self.a is not None:
             self.show_step()
 
     def chosen(self) -> SeriesChoice:
-        return choice(str(self.query_one("#pair-series", Select).value))
+        return choice(str(self.query_one("#pair-series", Choice).value))
 
     def b_index(self) -> int | None:
         return self.alignment[self.index] if 0 <= self.index < len(self.alignment) else None

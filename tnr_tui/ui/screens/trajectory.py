@@ -17,11 +17,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Select, Static
+from textual.widgets import Header, Static
 from textual.worker import Worker, WorkerState
 
 from tnr_tui.services.text import visible
 from tnr_tui.ui.screens import preset_breakpoints
+from tnr_tui.ui.widgets.choice import Choice
+from tnr_tui.ui.widgets.footer import Footer
 from tnr_tui.ui.widgets.picture import Picture
 from tnr_tui.ui.widgets.plot import LinePlot
 from tnr_tui.ui.widgets.telemetry import (
@@ -149,6 +151,8 @@ class TrajectoryScreen(Screen):
         Binding("home", "go(0)", "First", show=False, id="trajectory.first"),
         Binding("end", "go(-1)", "Last", show=False, id="trajectory.last"),
         Binding("d", "kind", "Decoded/preview", id="trajectory.kind"),
+        Binding("left_square_bracket", "series(-1)", "Series", show=False, id="trajectory.series_back"),
+        Binding("right_square_bracket", "series(1)", "Series", id="trajectory.series_next"),
     ]
     AUTO_FOCUS = None  # ←/→ belong to the scrubber, not to a focused drop-down
 
@@ -167,13 +171,7 @@ class TrajectoryScreen(Screen):
             yield Picture("loading frames…", id="traj-frame")
             yield Static("", id="traj-numbers", markup=False)
         with Vertical(id="traj-plot-box"):
-            yield Select(
-                [(c.label, c.key) for c in choices_for()],
-                value=DEFAULT_CHOICE,
-                allow_blank=False,
-                id="traj-series",
-                compact=True,
-            )
+            yield Choice([(c.label, c.key) for c in choices_for()], DEFAULT_CHOICE, id="traj-series")
             yield LinePlot("loading…", id="traj-plot")
         yield Footer()
 
@@ -197,9 +195,8 @@ class TrajectoryScreen(Screen):
         self.trajectory = trajectory
         kinds = trajectory.kinds()
         self.kind = kinds[0] if kinds else "frames"
-        select = self.query_one("#traj-series", Select)
+        select = self.query_one("#traj-series", Choice)
         select.set_options([(c.label, c.key) for c in choices_for(trajectory.columns)])
-        select.value = DEFAULT_CHOICE
         self.index = max(trajectory.steps - 1, 0)
         title = f"run {run_label(trajectory.run)}"
         if trajectory.notes:
@@ -221,6 +218,10 @@ class TrajectoryScreen(Screen):
         self.index = min(max(index, 0), max(steps - 1, 0))
         self.show_step()
 
+    def action_series(self, delta: int) -> None:
+        """[ and ]: the plot's previous or next series (enter on the focused picker does it too)."""
+        self.query_one("#traj-series", Choice).action_step(delta)
+
     def action_kind(self) -> None:
         kinds = self.trajectory.kinds() if self.trajectory else []
         if len(kinds) > 1:
@@ -229,13 +230,13 @@ class TrajectoryScreen(Screen):
         elif self.trajectory is not None:
             self.notify("this run kept one kind of frame" if kinds else "this run kept no frames", timeout=3)
 
-    @on(Select.Changed, "#traj-series")
+    @on(Choice.Changed, "#traj-series")
     def _series_changed(self) -> None:
         if self.trajectory is not None:
             self.show_step(replot=True)
 
     def chosen(self) -> SeriesChoice:
-        return choice(str(self.query_one("#traj-series", Select).value))
+        return choice(str(self.query_one("#traj-series", Choice).value))
 
     def show_step(self, replot: bool = True) -> None:
         trajectory = self.trajectory
