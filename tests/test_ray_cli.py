@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# Before Ray loads (collection imports this module first): every cluster of the tests binds to loopback.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 pytest.importorskip("ray", reason="Ray is an optional extra: pip install -e '.[ray]'")
 pytestmark = pytest.mark.slow  # ~30 s: a cluster start and two workers loading torch
 
