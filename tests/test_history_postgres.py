@@ -283,16 +283,20 @@ def test_short_texts_are_served_by_the_index_of_characters_and_pairs(url: str, t
             [{"id": new_run_id(), "request": request_dict(f"take {i} Ab ß日本"), "outputs": []} for i in range(500)]
         )
         with store.engine.connect() as conn:
-            grams = conn.scalar(select(func.tnr_grams_v1("Ab ß", None)))
-            low = ascii_lower("Ab ß")
-            assert sorted(grams) == sorted({*low, *(low[i : i + 2] for i in range(len(low) - 1))})
-            assert conn.scalar(select(func.tnr_grams_v1(None, ""))) == []
+            for p, n in (("Ab ß", None), ("aAa", "日本 x"), ("", "q"), ("e\u0301\t%", "_")):
+                grams = conn.scalar(select(func.tnr_grams_v2(p, n)))
+                want = set()
+                for value in (p, n):
+                    low = ascii_lower(value or "")
+                    want |= {*low, *(low[i : i + 2] for i in range(len(low) - 1))}
+                assert set(grams) == want, (p, n)
+            assert conn.scalar(select(func.tnr_grams_v2(None, ""))) == []
             conn.execute(text("SET enable_seqscan = off"))
             for needle in ("#", "ß", "zq"):
                 query = select(Run.id).where(text_condition(needle, "postgresql")).order_by(Run.id.desc()).limit(50)
                 sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
                 plan = "\n".join(r[0] for r in conn.execute(text("EXPLAIN " + sql)))
-                assert "ix_runs_grams" in plan, plan
+                assert "ix_runs_grams_v2" in plan, plan
 
 
 # ---- files --------------------------------------------------------------------------------------------

@@ -90,11 +90,11 @@ def text_condition(needle: str, dialect: str = "sqlite") -> Any:
         )
         if len(needle) > 2:
             return like
-        # 1-2 characters: the index of short substrings (migrations.PG_SCHEMA_V5) proposes, LIKE decides.
+        # 1-2 characters: the index of short substrings (migrations.PG_GRAMS_V2) proposes, LIKE decides.
         from sqlalchemy import Text, cast
         from sqlalchemy.dialects.postgresql import ARRAY, array
 
-        grams = func.tnr_grams_v1(Run.prompt, Run.negative_prompt)
+        grams = func.tnr_grams_v2(Run.prompt, Run.negative_prompt)
         return and_(grams.op("@>")(cast(array([low]), ARRAY(Text))), like)
     pattern = _like_pattern(needle)
     return or_(Run.prompt.like(pattern, escape="\\"), Run.negative_prompt.like(pattern, escape="\\"))
