@@ -7,6 +7,7 @@ The model is the session's tiny SDXL-topology directory (tests/conftest.py), pas
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -431,10 +432,14 @@ def test_first_frame_imports_no_heavy_library(tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("tui_latency", path)
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    seconds, loaded = bench.first_frame(str(tmp_path))  # a fresh interpreter
-    assert loaded == "-", f"imported before the first frame: {loaded}"
-    assert 0 < seconds < 30
+    sys.modules[spec.name] = bench  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(bench)
+        frame = bench.first_frame(str(tmp_path))  # a fresh interpreter
+    finally:
+        sys.modules.pop(spec.name, None)
+    assert frame.loaded == "-", f"imported before the first frame: {frame.loaded}"
+    assert 0 < frame.seconds < 30
 
 
 async def test_schedule_rho_left_blank_means_each_schedules_own_default(
