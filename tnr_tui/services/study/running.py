@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.metrics import image_metrics
+from engine.metrics import METRIC_NAMES, image_metrics
 from engine.request import GenerationRequest
 from tnr_tui.services.study.design import SHEET_SEEDS, Arm, StudyConfig, StudyError, prompt_for_seed
 from tnr_tui.services.sweep.sheets import thumbnail
@@ -68,6 +68,28 @@ def arm_request(arm: Arm, seed: int, cfg: StudyConfig, embedded: bool) -> Genera
     return arm.request(base)
 
 
+def from_worker(measured: Any, embedded: bool) -> dict[str, float] | None:
+    """`measure`'s numbers from what a dispatch worker returned (image metrics, the checker's verdicts: the same
+    functions on the same image), or None where it has not all of them."""
+    if not measured:
+        return None
+    metrics, verdicts = measured
+    values = {name: float(metrics[name]) for name in METRIC_NAMES if name in metrics}
+    if len(values) != len(METRIC_NAMES):
+        return None
+    if embedded:
+        names = {
+            "accuracy": "check_all",
+            "colour_ok": "check_colour",
+            "background_ok": "check_background",
+            "shape_ok": "check_shape",
+        }
+        if any(verdicts.get(v) is None for v in names.values()):
+            return None
+        values.update({name: float(verdicts[v]) for name, v in names.items()})
+    return values
+
+
 def run_arms(
     arms: Sequence[Arm],
     cfg: StudyConfig,
@@ -109,7 +131,13 @@ def run_arms(
             if _table(stats.get("telemetry")) is not None:
                 steps[seed] = _table(stats["telemetry"])
             prompt = prompt_for_seed(seed, cfg, embedded)
-            for name, value in measure(image, prompt, embedded, scorer).items():
+            numbers = from_worker(stats.get("measured"), embedded)  # the worker measured it: not twice
+            if numbers is None:
+                numbers = measure(image, prompt, embedded, scorer)
+            elif scorer is not None:  # in measure's order: metrics, CLIP score, the checker's verdicts
+                metrics = {name: numbers.pop(name) for name in METRIC_NAMES}
+                numbers = {**metrics, "clip_score": scorer.score(image, prompt), **numbers}
+            for name, value in numbers.items():
                 values.setdefault(name, []).append(value)
             evals.append(int(stats.get("model_evaluations", arm.planned_evaluations)))
             if stats.get("schedule"):
@@ -163,7 +191,12 @@ def run_arms(
                     f"{arms[int(result.key.split(':')[0])].label}, seed {result.key.split(':')[1]}: {result.error}"
                 )
             k, seed = (int(part) for part in result.key.split(":"))
-            per_arm[k][seed] = (result.image, {**result.stats, "telemetry": _table(result.telemetry)})
+            stats = {
+                **result.stats,
+                "telemetry": _table(result.telemetry),
+                "measured": (result.metrics, result.verdicts),
+            }
+            per_arm[k][seed] = (result.image, stats)
             sampling[k] += float(result.stats.get("seconds", 0.0))
             done += 1
             if len(per_arm[k]) == len(seeds):
