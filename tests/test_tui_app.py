@@ -16,11 +16,11 @@ import pytest
 from textual.widgets import DataTable, Input, Select
 
 from engine.request import GenerationRequest
-from tnr_tui.ui.app import TnrLabApp
 from tnr_tui.services.history import open_store
+from tnr_tui.services.sweep import evaluations, matched_steps
+from tnr_tui.ui.app import TnrLabApp
 from tnr_tui.ui.screens.compare import parse_methods, plan_grid
 from tnr_tui.ui.screens.lab import equivalent_cfg_scale, format_progress
-from tnr_tui.services.sweep import evaluations, matched_steps
 from tnr_tui.ui.widgets.fields import RequestField
 from tnr_tui.ui.widgets.picture import Picture
 

@@ -284,13 +284,16 @@ class LoraState:
 
     def activate(self, bundle: Any, chosen: list[tuple[LoadedLora, float]]) -> None:
         """Make exactly `chosen` active with their weights (diffusers' `set_adapters` per component)."""
+        models = self.models(bundle)
+        if not any(getattr(model, "peft_config", None) for model in models.values()):
+            return  # no LoRA was ever loaded: nothing to switch, and diffusers' LoRA loaders (peft, ~1 s) unimported
         from diffusers.loaders.lora_base import (
             disable_lora_for_text_encoder,
             enable_lora_for_text_encoder,
             set_adapters_for_text_encoder,
         )
 
-        for component, model in self.models(bundle).items():
+        for component, model in models.items():
             if not getattr(model, "peft_config", None):
                 continue  # no adapter was ever loaded into this part
             mine = [(lora.adapter, weight) for lora, weight in chosen if component in lora.components]

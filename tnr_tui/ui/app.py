@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -19,11 +19,13 @@ from textual.screen import Screen
 
 from engine.request import EMBEDDED_MODEL, GenerationRequest
 from tnr_tui.services.text import visible
-from tnr_tui.ui.screens.compare import CompareScreen
-from tnr_tui.ui.screens.history import HistoryScreen
 from tnr_tui.ui.screens.lab import LabScreen
 from tnr_tui.ui.widgets.picture import import_image_library, load_image_class, prepare_images
 from tnr_tui.ui.worker import DeviceWorker, ModelState, RunEnded, RunPreview, RunProgress, RunStarted
+
+if TYPE_CHECKING:
+    from tnr_tui.ui.screens.compare import CompareScreen
+    from tnr_tui.ui.screens.history import HistoryScreen
 
 KEYMAP_FILE = "keymap.json"  # {"binding id": "keys"}, e.g. {"lab.run": "ctrl+g"}, in the data directory
 
@@ -65,8 +67,10 @@ class TnrLabApp(App[int]):
         super().__init__()
         # One instance of each screen for the app's life: the Lab keeps its panels while History is open.
         self.lab_screen = LabScreen()
-        self.history_screen = HistoryScreen()
-        self.compare_screen = CompareScreen()
+        # History and Compare are made (their modules imported) when first shown or asked for: the first frame
+        # does without them; the thread that imports after the first frame loads their modules meanwhile.
+        self._history_screen: HistoryScreen | None = None
+        self._compare_screen: CompareScreen | None = None
         self.add_mode("lab", lambda: self.lab_screen)
         self.add_mode("history", lambda: self.history_screen)
         self.add_mode("compare", lambda: self.compare_screen)
@@ -90,6 +94,22 @@ class TnrLabApp(App[int]):
         self.deferred_ready = False  # the keymap is applied and the pictures have their image widgets
         self.ended: list[RunEnded] = []  # every outcome, in order (tests and the compare screen read it)
 
+    @property
+    def history_screen(self) -> HistoryScreen:
+        if self._history_screen is None:
+            from tnr_tui.ui.screens.history import HistoryScreen
+
+            self._history_screen = HistoryScreen()
+        return self._history_screen
+
+    @property
+    def compare_screen(self) -> CompareScreen:
+        if self._compare_screen is None:
+            from tnr_tui.ui.screens.compare import CompareScreen
+
+            self._compare_screen = CompareScreen()
+        return self._compare_screen
+
     # ---- lifecycle ----
 
     def on_mount(self) -> None:
@@ -108,6 +128,8 @@ class TnrLabApp(App[int]):
     def _import_deferred(self) -> None:
         """Off the UI thread: the libraries the first frame did without; then back to it to use them."""
         import tnr_tui.services.history  # noqa: F401  (SQLAlchemy, for the keymap's data directory)
+        import tnr_tui.ui.screens.compare  # noqa: F401  (so that f3 and f4 do not wait for them)
+        import tnr_tui.ui.screens.history  # noqa: F401
 
         import_image_library()
         try:
@@ -303,8 +325,8 @@ class TnrLabApp(App[int]):
         if message.status == "failed":
             self.notify(message.error or "the run failed", title="Run failed", severity="error", markup=False)
         owner = self.job_owner.pop(message.job_id, "lab")
-        for screen in (self.history_screen, self.compare_screen):
-            if screen.is_mounted:
+        for screen in (self._history_screen, self._compare_screen):
+            if screen is not None and screen.is_mounted:
                 screen.run_ended(message, owner)
 
     # ---- command palette ----

@@ -6,8 +6,8 @@ from typing import Any
 
 from rich.markup import escape
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical
 from textual.validation import ValidationResult, Validator
+from textual.widget import Widget
 from textual.widgets import Input, Label, Static
 
 from engine.request import RequestError, parse_field
@@ -65,15 +65,17 @@ class RequestFieldValidator(Validator):
         return self.success()
 
 
-class RequestField(Vertical):
-    """A label, an input for one GenerationRequest field, and its validation message (plain text)."""
+class RequestField(Widget):
+    """A label, an input for one GenerationRequest field, and its validation message (plain text).
+
+    A two-column grid (label, input; the message below, across both) rather than a row inside a column: the
+    Lab has 16 of them, and a widget fewer each is 16 fewer for its first frame to mount and style."""
 
     DEFAULT_CSS = """
-    RequestField { height: auto; }
-    RequestField > .field-row { height: 1; }
-    RequestField > .field-row > Label { color: $text-muted; width: 17; }
-    RequestField > .field-row > Input { width: 1fr; }
-    RequestField > .field-error { color: $error; height: auto; }
+    RequestField { height: auto; layout: grid; grid-size: 2; grid-columns: 17 1fr; grid-rows: 1 auto; }
+    RequestField > Label { color: $text-muted; width: 100%; }
+    RequestField > Input { width: 1fr; }
+    RequestField > .field-error { color: $error; height: auto; column-span: 2; }
     RequestField > .field-error.-empty { display: none; }
     """
 
@@ -98,16 +100,16 @@ class RequestField(Vertical):
         self._placeholder = placeholder
 
     def compose(self) -> ComposeResult:
-        with Horizontal(classes="field-row"):
-            yield Label(escape(self._label))
-            yield TextInput(
-                self._value,
-                placeholder=self._placeholder,
-                id=self._input_id,
-                validators=[RequestFieldValidator(self.field_name, self.blank_is_none)],
-                compact=True,
-            )
-        yield Static("", classes="field-error -empty", markup=False)
+        yield Label(escape(self._label))
+        yield TextInput(
+            self._value,
+            placeholder=self._placeholder,
+            id=self._input_id,
+            validators=[RequestFieldValidator(self.field_name, self.blank_is_none)],
+            compact=True,
+        )
+        # The message line is mounted with the first message: the Lab's 16 fields would cost the first frame 16
+        # widgets (about 3 ms of CPU each on the 2-core box) for lines that are empty.
 
     @property
     def input(self) -> TextInput:
@@ -115,7 +117,8 @@ class RequestField(Vertical):
 
     @property
     def error(self) -> str:
-        return str(self.query_one(".field-error", Static).content)
+        found = self.query(".field-error")
+        return str(found.first(Static).content) if found else ""
 
     def value(self) -> Any:
         """The parsed value; raises RequestError with the field's message."""
@@ -127,6 +130,11 @@ class RequestField(Vertical):
     def on_input_changed(self, event: Input.Changed) -> None:
         result = event.validation_result
         message = "" if result is None or result.is_valid else "; ".join(result.failure_descriptions)
-        error = self.query_one(".field-error", Static)
+        found = self.query(".field-error")
+        if not found:
+            if message:
+                self.mount(Static(message, classes="field-error", markup=False))
+            return
+        error = found.first(Static)
         error.update(message)
         error.set_class(not message, "-empty")
