@@ -18,7 +18,8 @@ then the sides alternate, the order swapped every repeat (ABBA), so load drift o
 alike. Both get the same torch thread count (OMP_NUM_THREADS). Prints per side the median wall seconds and
 the median user+sys CPU seconds of the process (CPU time is less sensitive to other processes' load than wall
 time), the ratios ours/diffusers of both (ratio of medians and median of the back-to-back pairs), and the goal
-(issue 11, item 6: wall ratio <= 0.8). --importtime DIR also writes one `python -X importtime` log per side.
+(issue 11, item 6: wall ratio <= 0.8). Compiled modules are cached as an install caches them (the warm-up fills
+the cache) unless --no-bytecode-cache. --importtime DIR also writes one `python -X importtime` log per side.
 --also-tree DIR adds a third side, `tnr-lab generate` run from another checkout of the lab (PYTHONPATH=DIR,
 e.g. `git worktree add /tmp/before HEAD~1`): before and after a change, measured in the same interleaved run.
 """
@@ -94,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of both sides (OMP_NUM_THREADS)")
     parser.add_argument("--importtime", type=Path, help="write one -X importtime log per side into this folder")
     parser.add_argument("--also-tree", type=Path, help="also time tnr-lab from this checkout (PYTHONPATH=DIR)")
+    parser.add_argument(
+        "--no-bytecode-cache",
+        action="store_true",
+        help="compile every module at every start, as PYTHONDONTWRITEBYTECODE=1 makes Python do",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -107,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
             model = str(build_tiny_sdxl(tmp / "tiny-sdxl"))
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TNR_LAB_HOME=str(tmp / "home"))
         env.pop("TNR_LAB_THREADS", None)  # tnr-lab then keeps OMP_NUM_THREADS, as diffusers does
+        if not args.no_bytecode_cache:
+            # Compiled modules kept (in the temporary directory), as an installed lab's and diffusers' own are,
+            # even where PYTHONDONTWRITEBYTECODE is set (as on this project's machines): else every start of the
+            # editable lab compiles its ~100 modules while site-packages' diffusers has its .pyc from pip.
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+            env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
         size, steps = str(args.size), str(args.steps)
         ours = [
             *tnr_lab_command(),
