@@ -96,6 +96,9 @@ def _filter_flags(q: argparse.ArgumentParser) -> None:
     q.add_argument("--status", help=f"one of: {', '.join(RUN_STATUSES)}")
     q.add_argument("--guidance", help="guidance method")
     q.add_argument("--solver", help="solver")
+    q.add_argument(
+        "--schedule", help="sigma schedule (runs of requests before format 3 named karras: karras_diffusers)"
+    )
     q.add_argument("--favourite", action="store_true", default=None, help="favourites only")
     q.add_argument("--since", help="created at or after (UTC: YYYY-MM-DD or ISO time)")
     q.add_argument("--until", help="created before (UTC: YYYY-MM-DD or ISO time)")
@@ -125,6 +128,7 @@ def filters_of(args: argparse.Namespace) -> Any:
             since=_parse_time("--since", args.since),
             until=_parse_time("--until", args.until),
             sweep=args.sweep,
+            schedule=args.schedule,
         )
     except FilterError as e:
         raise UserError(str(e)) from None

@@ -189,6 +189,36 @@ def _nothing(conn: sqlite3.Connection) -> None:
     """A version that changes only the other engine's schema (the numbers stay one sequence for both)."""
 
 
+# Schema 7: request format 3 renamed schedule "karras" to "karras_diffusers" for requests of format < 3
+# (engine.request.upgrade, at read); the indexed `schedule` column of those runs still said "karras", so a
+# filter by name found them under the grid they did not sample. The column follows the request as upgraded;
+# the stored request JSON stays as written. The rule is frozen here (a migration never follows later code):
+# an integer "format" below 3 and "karras"; a request without "format" is read as the current format.
+# json.loads in Python, not the engines' JSON functions: it reads every request json.dumps wrote (NaN too).
+KARRAS_V7_OLD, KARRAS_V7_NEW = "karras", "karras_diffusers"
+
+
+def _karras_rows(rows: Any) -> list[str]:
+    """The ids of the rows (id, request_json) whose request is of format < 3."""
+    import json
+
+    ids = []
+    for run_id, request_json in rows:
+        try:
+            fmt = json.loads(request_json).get("format")
+        except (ValueError, AttributeError):
+            continue  # not a request this version reads: upgrade() refuses it at read, leave its row
+        if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt < 3:
+            ids.append(run_id)
+    return ids
+
+
+def _sqlite_v7(conn: sqlite3.Connection) -> None:
+    rows = conn.execute("SELECT id, request_json FROM runs WHERE schedule = ?", (KARRAS_V7_OLD,))
+    ids = _karras_rows(rows.fetchall())
+    conn.executemany("UPDATE runs SET schedule = ? WHERE id = ?", [(KARRAS_V7_NEW, i) for i in ids])
+
+
 # version -> (what it does, how)
 MIGRATIONS: dict[int, tuple[str, Callable[[sqlite3.Connection], None]]] = {
     1: ("first schema: runs and outputs", _script(SCHEMA_V1)),
@@ -197,6 +227,7 @@ MIGRATIONS: dict[int, tuple[str, Callable[[sqlite3.Connection], None]]] = {
     4: ("per-step telemetry rows", _script(SCHEMA_V4)),
     5: ("PostgreSQL only: an index of short substrings (SQLite has had runs_grams since 3)", _nothing),
     6: ("PostgreSQL only: that index through a faster function", _nothing),
+    7: ('schedule "karras" of requests before format 3 indexed as "karras_diffusers"', _sqlite_v7),
 }
 LATEST_VERSION = max(MIGRATIONS)
 
@@ -442,6 +473,19 @@ def _pg_v6(connection: Any) -> None:
     )
 
 
+def _pg_v7(connection: Any) -> None:
+    from sqlalchemy import text
+
+    rows = connection.execute(
+        text("SELECT id, request_json FROM runs WHERE schedule = :old"), {"old": KARRAS_V7_OLD}
+    ).all()
+    ids = _karras_rows(rows)
+    if ids:
+        connection.execute(
+            text("UPDATE runs SET schedule = :new WHERE id = :id"), [{"new": KARRAS_V7_NEW, "id": i} for i in ids]
+        )
+
+
 POSTGRES_MIGRATIONS: dict[int, tuple[str, Callable[[Any], None]]] = {
     1: ("first schema: runs and outputs", _pg_script(PG_SCHEMA_V1)),
     2: ("sweep tag and re-run lineage", _pg_script(PG_SCHEMA_V2)),
@@ -449,6 +493,7 @@ POSTGRES_MIGRATIONS: dict[int, tuple[str, Callable[[Any], None]]] = {
     4: ("per-step telemetry rows", _pg_script(PG_SCHEMA_V4)),
     5: ("an index of short substrings (1-2 characters)", _pg_script(PG_SCHEMA_V5)),
     6: ("the index of short substrings through a faster function", _pg_v6),
+    7: ('schedule "karras" of requests before format 3 indexed as "karras_diffusers"', _pg_v7),
 }
 
 

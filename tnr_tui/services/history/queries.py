@@ -26,15 +26,17 @@ class RunFilter:
     until: datetime | None = None  # created_at < until
     sweep: str | None = None
     model: str | None = None
+    schedule: str | None = None  # the schedule the run sampled (schema 7 indexes format 2's "karras" as such)
 
     def __post_init__(self) -> None:
-        from engine.request import GUIDANCE_METHODS, SOLVERS  # torch-free
+        from engine.request import GUIDANCE_METHODS, SCHEDULES, SOLVERS  # torch-free
 
         # A misspelt value would match nothing and read as "no runs": refuse it by name instead.
         for what, value, choices in (
             ("status", self.status, RUN_STATUSES),
             ("guidance method", self.guidance, GUIDANCE_METHODS),
             ("solver", self.solver, SOLVERS),
+            ("schedule", self.schedule, SCHEDULES),
         ):
             if value is not None and value not in choices:
                 raise FilterError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
@@ -62,6 +64,8 @@ class RunFilter:
             found.append(Run.sweep == self.sweep)
         if self.model:
             found.append(Run.model == self.model)
+        if self.schedule:
+            found.append(Run.schedule == self.schedule)
         return found
 
     def apply(self, query: Select[Any], dialect: str = "sqlite") -> Select[Any]:

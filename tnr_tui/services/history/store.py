@@ -116,9 +116,21 @@ def _index_columns(request: dict[str, Any]) -> dict[str, Any]:
         "seed": request.get("seed", 0),
         "width": request.get("width"),
         "height": request.get("height"),
-        "schedule": request.get("schedule", "default"),
+        "schedule": _indexed_schedule(request),
         "sweep": tags.get("sweep") if isinstance(tags, dict) else None,
     }
+
+
+def _indexed_schedule(request: dict[str, Any]) -> Any:
+    """The schedule the run sampled: a request of format < 3 (an import of an old export) says "karras" for
+    what is now "karras_diffusers" (engine.request.upgrade; schema 7 rewrote the rows already stored)."""
+    from engine.request import KARRAS_BEFORE_FORMAT_3  # torch-free
+
+    schedule = request.get("schedule", "default")
+    fmt = request.get("format")
+    if schedule == "karras" and isinstance(fmt, int) and not isinstance(fmt, bool) and fmt < 3:
+        return KARRAS_BEFORE_FORMAT_3
+    return schedule
 
 
 def _sqlite_code(exc: BaseException) -> int | None:
