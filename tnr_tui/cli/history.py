@@ -99,6 +99,15 @@ def _filter_flags(q: argparse.ArgumentParser) -> None:
     q.add_argument(
         "--schedule", help="sigma schedule (runs of requests before format 3 named karras: karras_diffusers)"
     )
+    for option, what in (("--solver-param", "solver"), ("--guidance-param", "guidance method")):
+        q.add_argument(
+            option,
+            dest=option[2:].replace("-", "_") + "s",
+            action="append",
+            metavar="NAME=VALUE",
+            help=f"runs whose {what} sampled with this parameter value, parsed as the unit's parameter "
+            "(eta=1 matches 1.0; a run that left it out has its unit's default); repeat for more",
+        )
     q.add_argument("--favourite", action="store_true", default=None, help="favourites only")
     q.add_argument("--since", help="created at or after (UTC: YYYY-MM-DD or ISO time)")
     q.add_argument("--until", help="created before (UTC: YYYY-MM-DD or ISO time)")
@@ -115,9 +124,21 @@ def _parse_time(flag: str, text: str | None) -> datetime | None:
     return t.astimezone(timezone.utc).replace(tzinfo=None) if t.tzinfo else t
 
 
+def _param_pairs(option: str, items: list[str] | None) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise UserError(f"{option} expects NAME=VALUE, got {item!r}")
+        pairs.append((name.strip(), value))
+    return tuple(pairs)
+
+
 def filters_of(args: argparse.Namespace) -> Any:
     from tnr_tui.services.history import FilterError, RunFilter
 
+    solver_params = _param_pairs("--solver-param", args.solver_params)
+    guidance_params = _param_pairs("--guidance-param", args.guidance_params)
     try:
         return RunFilter(
             text=args.search,
@@ -129,6 +150,8 @@ def filters_of(args: argparse.Namespace) -> Any:
             until=_parse_time("--until", args.until),
             sweep=args.sweep,
             schedule=args.schedule,
+            solver_params=solver_params,
+            guidance_params=guidance_params,
         )
     except FilterError as e:
         raise UserError(str(e)) from None
@@ -139,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
 
     from tnr_tui.services.history import HistoryError, NoHistory
 
+    if args.action in (cmd_list, cmd_export):
+        filters_of(args)  # a bad filter is said even where there is no history yet
     try:
         store = open_history(args)
     except NoHistory as e:

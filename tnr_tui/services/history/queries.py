@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,6 +28,11 @@ class RunFilter:
     sweep: str | None = None
     model: str | None = None
     schedule: str | None = None  # the schedule the run sampled (schema 7 indexes format 2's "karras" as such)
+    # (NAME, VALUE text) pairs over the stored request's solver_params / guidance_params, all of which must
+    # hold: the value is parsed by the unit's Param (so eta=1 matches 1.0), a run that left it out matches
+    # its unit's default (the value it sampled with), and only runs of a unit that has the parameter match.
+    solver_params: tuple[tuple[str, str], ...] = ()
+    guidance_params: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         from engine.request import GUIDANCE_METHODS, SCHEDULES, SOLVERS  # torch-free
@@ -40,8 +46,41 @@ class RunFilter:
         ):
             if value is not None and value not in choices:
                 raise FilterError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
+        for field in ("solver_params", "guidance_params"):
+            object.__setattr__(self, field, tuple((str(n), str(v)) for n, v in getattr(self, field)))
+            self._param_matches(field)  # refuses an unknown name or a value no unit takes
         if self.since and self.until and self.since >= self.until:
             raise FilterError("date range is empty: the start is not before the end")
+
+    def _param_matches(self, field: str) -> list[list[tuple[str, str, Any, Any]]]:
+        """Per (NAME, VALUE) of `field`: the (unit, name, value parsed by its Param, its default) of every unit
+        it can match (the chosen solver / guidance method only, where the filter names one)."""
+        from engine import units  # torch-free
+
+        registry, chosen = (units.SOLVERS, self.solver) if field == "solver_params" else (units.GUIDANCE, self.guidance)
+        kind = registry.kind
+        found = []
+        for name, value in getattr(self, field):
+            name = name.strip().replace("-", "_")
+            having = [u for u in registry if any(p.name == name for p in u.params)]
+            if not name or not having:
+                raise FilterError(f"no {kind} has a parameter {name!r} ('tnr-lab units' lists them)")
+            names = ", ".join(u.name for u in having)
+            if chosen is not None:
+                if chosen not in {u.name for u in having}:
+                    raise FilterError(f"the {kind} {chosen!r} has no parameter {name!r} (these have: {names})")
+                having = [registry.get(chosen)]
+            matches, failures = [], []
+            for unit in having:
+                param = next(p for p in unit.params if p.name == name)
+                try:
+                    matches.append((unit.name, name, param.parse(value), param.default))
+                except units.UnitError as e:
+                    failures.append(str(e))
+            if not matches:
+                raise FilterError(f"{kind} parameter {failures[0]}")
+            found.append(matches)
+        return found
 
     def conditions(self, dialect: str = "sqlite", *, text: bool = True) -> list[Any]:
         """The WHERE clauses of this filter (`text=False`: all but the prompt search's own)."""
@@ -66,11 +105,46 @@ class RunFilter:
             found.append(Run.model == self.model)
         if self.schedule:
             found.append(Run.schedule == self.schedule)
+        for field, column in (("solver_params", Run.solver), ("guidance_params", Run.guidance)):
+            for matches in self._param_matches(field):
+                found.append(
+                    or_(
+                        *(
+                            and_(column == unit, param_condition(field, name, value, value == default, dialect))
+                            for unit, name, value, default in matches
+                        )
+                    )
+                )
         return found
 
     def apply(self, query: Select[Any], dialect: str = "sqlite") -> Select[Any]:
         conditions = self.conditions(dialect)
         return query.where(*conditions) if conditions else query
+
+
+def param_condition(field: str, name: str, value: Any, is_default: bool, dialect: str = "sqlite") -> Any:
+    """The stored request's `field`.`name` equals `value` (numbers by value: 1 matches 1.0), or, where
+    `is_default`, the request left it out (format 1 requests have no parameter dicts at all). SQLite:
+    json_extract / json_type over the request text; PostgreSQL: the text as jsonb (whose numbers compare by
+    value) and its -> operator."""
+    if dialect == "postgresql":
+        from sqlalchemy import cast, literal
+        from sqlalchemy.dialects.postgresql import JSONB
+
+        stored = cast(Run.request_json, JSONB)[field][name]
+        same = stored == cast(literal(json.dumps(value)), JSONB)
+        return or_(same, stored.is_(None)) if is_default else same
+    path = f'$.{field}."{name}"'
+    kind = func.json_type(Run.request_json, path)  # NULL where absent, 'null' for a JSON null
+    if value is None:
+        same = kind == "null"
+    else:
+        same = func.json_extract(Run.request_json, path) == (int(value) if isinstance(value, bool) else value)
+        if isinstance(value, str):  # a text '1' is not the number 1
+            same = and_(same, kind == "text")
+        elif isinstance(value, bool):
+            same = and_(same, kind.in_(("true", "false")))
+    return or_(same, kind.is_(None)) if is_default else same
 
 
 def _like_pattern(needle: str) -> str:
