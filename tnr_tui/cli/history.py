@@ -281,6 +281,8 @@ def cmd_show(args: argparse.Namespace, store: Any) -> int:
     if run.width:
         print(f"  size      {run.width}x{run.height}")
     print(f"  model     {v(run.model_name or run.model)}  {v(run.model_identity or '')}")
+    for path, weight, sha in _loras(run.request):
+        print(f"  lora      {v(path)}  weight {weight}  sha256 {v(sha[:12]) if sha else '(not read)'}")
     if run.seconds is not None:
         print(
             f"  outcome   {run.seconds:.2f} s, {run.model_evaluations} model evaluations on {v(run.device)} "
@@ -306,6 +308,25 @@ def cmd_show(args: argparse.Namespace, store: Any) -> int:
     # json.dumps escapes every control character (and all non-ASCII) itself.
     print("  request   " + json.dumps(run.request, sort_keys=True))
     return 0
+
+
+def _loras(request: Any) -> list[tuple[str, str, str | None]]:
+    """(path, weight, sha256) of each LoRA of a stored request, as written (dicts; (path, weight) pairs in a
+    hand-written one); a request without LoRAs (or before they existed) has none."""
+    found = []
+    items = request.get("loras") if isinstance(request, dict) else None
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict):
+            path, weight, sha = item.get("path"), item.get("weight", 1.0), item.get("sha256")
+        elif isinstance(item, list) and len(item) == 2:
+            (path, weight), sha = item, None
+        else:
+            continue
+        weight_text = (
+            f"{weight:g}" if isinstance(weight, (int, float)) and not isinstance(weight, bool) else str(weight)
+        )
+        found.append((str(path), weight_text, sha if isinstance(sha, str) else None))
+    return found
 
 
 def _cell(value: Any) -> str:
