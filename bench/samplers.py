@@ -54,6 +54,7 @@ TWINS: dict[str, tuple[str | None, dict[str, Any], dict[str, Any]]] = {
         {},
     ),
     "ddim": ("DDIMScheduler", {"set_alpha_to_one": True}, {}),
+    "ddpm": ("DDPMScheduler", {}, {}),
     "uni_pc": ("UniPCMultistepScheduler", {"solver_type": "bh1", "solver_order": 3}, {}),
     "uni_pc_bh2": ("UniPCMultistepScheduler", {"solver_type": "bh2", "solver_order": 3}, {}),
     "deis": ("DEISMultistepScheduler", {"solver_order": 3}, {}),

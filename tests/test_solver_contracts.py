@@ -181,7 +181,7 @@ def test_eta_zero_draws_no_noise_and_s_noise_zero_injects_none(name: str) -> Non
             GaussianBundle(), request(solver=name, steps=5, solver_params={"eta": 1.0, "s_noise": 0.0})
         ).latent
         quiet = sample(GaussianBundle(), request(solver=name, steps=5, solver_params={"eta": 0.0})).latent
-        if name in ("euler_ancestral", "ddim", "dpm_2_ancestral", "dpmpp_2s_ancestral", "res_multistep"):
+        if name in ("euler_ancestral", "ddim", "ddpm", "dpm_2_ancestral", "dpmpp_2s_ancestral", "res_multistep"):
             assert not torch.allclose(zero, quiet)  # s_noise 0 still steps to sigma_down (k-diffusion's meaning)
     finally:
         NoiseSource.normal = original  # type: ignore[method-assign]
