@@ -62,6 +62,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--scales", *args.scales]
     for prompt in args.prompt:
         parts += ["--prompt", prompt]
+    for lora in getattr(args, "lora", None) or []:
+        parts += ["--lora", lora]
     for name in ("width", "height", "clip_model", "batch"):
         if getattr(args, name, None) is not None:
             parts += ["--" + name.replace("_", "-"), str(getattr(args, name))]
@@ -177,6 +179,35 @@ def ray_dispatcher(args: argparse.Namespace, model: str):  # -> RayDispatcher (s
         raise UserError(str(e)) from None
 
 
+def check_lora_files(loras: tuple[tuple[str, float], ...]) -> None:
+    """Each LoRA file is there, not pickled and readable: one line naming the file, before any model loads."""
+    if not loras:
+        return
+    from engine.models.lora import LoraError, check_lora_file, resolve_lora_path
+
+    for path, _ in loras:
+        try:
+            check_lora_file(resolve_lora_path(path))
+        except LoraError as e:
+            raise UserError(str(e)) from None
+
+
+def apply_loras(bundle: object, loras: tuple[tuple[str, float], ...]) -> None:
+    """Load the LoRAs into the model now (each run's request sets them again, at no cost): a LoRA of another
+    family, with wrong shapes, or without peft installed is one line before anything samples. (With --ray the
+    workers load them: check_lora_files is what is checked here.)"""
+    set_loras = getattr(bundle, "set_loras", None)
+    if not loras or set_loras is None:
+        return
+    from engine.models import ModelError
+    from engine.request import LoraSpec
+
+    try:
+        set_loras(tuple(LoraSpec(path, weight) for path, weight in loras))
+    except ModelError as e:
+        raise UserError(str(e)) from None
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "study",
@@ -274,6 +305,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "the embedded model, whose 2x2 mid block barely changes under identity attention; mid elsewhere)",
     )
     p.add_argument("--prompt", action="append", default=[], help="prompts for models without a checker (repeatable)")
+    p.add_argument(
+        "--lora",
+        dest="lora",
+        action="append",
+        default=[],
+        metavar="PATH[:WEIGHT]",
+        help="a LoRA every arm samples with (.safetensors; kohya/A1111 or diffusers layout), its weight default 1; "
+        "repeat for several; a bare NAME is looked up in $TNR_LAB_LORA_DIRS (needs peft: pip install 'tnr-lab[lora]')",
+    )
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
     add_device_options(p)
@@ -320,6 +360,9 @@ def run(args: argparse.Namespace) -> int:
         pag_scales = tuple(float(v) for v in args.pag_scales.split(",") if v.strip())
     except ValueError:
         raise UserError(f"--pag-scales: {args.pag_scales!r} are not numbers") from None
+    from engine.loras import parse_lora_arg
+
+    loras = tuple(parse_lora_arg(item) for item in args.lora or [])
     try:
         cfg = StudyConfig(
             samples=args.samples,
@@ -339,9 +382,11 @@ def run(args: argparse.Namespace) -> int:
             search_samples=args.search_samples,
             pag_scales=pag_scales,
             pag_layers=args.pag_layers,
+            loras=loras,
         )
     except StudyError as e:
         raise UserError(str(e)) from None
+    check_lora_files(loras)
 
     from engine.models import ModelError, load_bundle
     from tnr_tui.services.study import run_study
@@ -356,6 +401,7 @@ def run(args: argparse.Namespace) -> int:
         except ModelError as e:
             raise UserError(str(e)) from None
         set_cpu_threads(bundle, args.threads)
+        apply_loras(bundle, loras)
     clip_model = Path(args.clip_model) if args.clip_model else None
     from tnr_tui.services.dispatch import DispatchError
 

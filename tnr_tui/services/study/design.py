@@ -119,6 +119,9 @@ class StudyConfig:
     # The self-attention layers pag perturbs. "auto": EMBEDDED_PAG_LAYERS on the embedded model, else the
     # guider's "mid" (run_study resolves it once it knows the model).
     pag_layers: str = "auto"
+    # (path, weight) of each LoRA every arm samples with (the request's `loras`, as `sweep --lora` gives every
+    # cell); the arms' labels stay as they are: study.md's header names the LoRAs once.
+    loras: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.samples < 2:
@@ -141,6 +144,15 @@ class StudyConfig:
                 raise StudyError(f"scales: {method} needs at least one scale to search")
         if "pag" in self.searched_methods and not self.pag_scales:
             raise StudyError("pag scales: give at least one perturbed_guidance_scale")
+        from engine.request import LoraSpec, validate_field
+
+        try:
+            object.__setattr__(self, "loras", tuple((str(p), float(w)) for p, w in self.loras))
+        except (TypeError, ValueError):
+            raise StudyError(f"loras: give (path, weight) pairs, got {self.loras!r}") from None
+        message = validate_field("loras", tuple(LoraSpec(p, w) for p, w in self.loras))
+        if message:
+            raise StudyError(message)
 
     def has(self, section: str) -> bool:
         return section in self.sections

@@ -112,6 +112,8 @@ def run_study(
     if not model_description and bundle is not None:
         model_description = f"{bundle.name} (identity {bundle.identity}, {bundle.path})"
     cfg = resolve_pag_layers(cfg, embedded)
+    if cfg.loras:  # every arm samples with them: study.md's header says so once, beside the model
+        model_description = f"{model_description or cfg.model}; LoRAs: {lora_description(cfg.loras)}"
     scorer = None
     if clip_model is not None:
         from engine.metrics import ClipScorer, MetricsError
@@ -231,6 +233,21 @@ def run_study(
     run_warnings = list(dict.fromkeys(w for r in results.values() for w in r.warnings))
     images = len(arms) * cfg.samples + len(search) * (cfg.search_samples if search else 0)
     return StudyReport(md, plots, seconds, images, json_path, failed, run_warnings, times)
+
+
+def lora_description(loras: tuple[tuple[str, float], ...]) -> str:
+    """'style.safetensors weight 0.5 (sha256 0123456789ab), ...': each LoRA as study.md's header names it (the
+    sha256 prefix of the file as it is now; the history's runs record the whole hash)."""
+    from engine.loras import file_hashes, resolve_lora_path
+
+    parts = []
+    for path, weight in loras:
+        try:
+            sha = f" (sha256 {file_hashes(resolve_lora_path(path))[0][:12]})"
+        except OSError:
+            sha = ""
+        parts.append(f"{path} weight {weight:g}{sha}")
+    return ", ".join(parts)
 
 
 def study_sheet(

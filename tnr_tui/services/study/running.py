@@ -61,6 +61,7 @@ def arm_request(arm: Arm, seed: int, cfg: StudyConfig, embedded: bool) -> Genera
         height=cfg.height,
         seed=seed,
         schedule=cfg.schedule,
+        loras=cfg.loras,
         preview_every=0,
         decode_every=0,
         tags={"study": "1"},
