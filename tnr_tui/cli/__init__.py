@@ -100,10 +100,48 @@ def _stdout_gone() -> int:
     return 128 + 13
 
 
+# Arguments only ever opened as files: a path in a non-UTF-8 file name is the filesystem's business and works.
+# Every other string is stored in the history or sent to it as text (a prompt, a model path, a search, an id).
+_FILE_ONLY_ARGS = frozenset({"out", "save_latent", "file", "files", "data_dir"})
+
+
+def _not_utf8(args: argparse.Namespace) -> str | None:
+    """One line naming the first argument that is not UTF-8 text, or None.
+
+    Python hands a byte of argv that is not UTF-8 (a Latin-1 prompt typed in a terminal set to another
+    encoding) over as a lone surrogate; the history stores UTF-8 only, so the first query or insert with it
+    failed with a UnicodeEncodeError traceback. Said once here, before any command opens anything.
+    """
+    from tnr_tui.services.text import visible
+
+    def strings(value: object) -> list[str]:
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, (list, tuple)):
+            return [s for v in value for s in strings(v)]
+        return []
+
+    for dest, value in vars(args).items():
+        if dest in _FILE_ONLY_ARGS:
+            continue
+        for text in strings(value):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                name = "the run id" if dest == "id" else "--" + dest.replace("_", "-")
+                return f"{name} '{visible(text)}' is not UTF-8 text (a byte in another encoding); give it in UTF-8"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from engine.request import RequestError
+
+    bad = _not_utf8(args)
+    if bad is not None:
+        print(f"tnr-lab: error: {bad}", file=sys.stderr)
+        return 2
 
     # Commands only: the TUI keeps the default SIGTERM. signal() works in the main thread alone.
     previous = None
