@@ -22,12 +22,13 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, BinaryIO
 
 from tnr_tui.services.history.frames import FRAME_SUFFIX
-from tnr_tui.services.history.models import OUTPUT_KINDS, RUN_STATUSES, parse_iso, utcnow
+from tnr_tui.services.history.models import LIVE_STATUSES, OUTPUT_KINDS, RUN_STATUSES, parse_iso, utcnow
 from tnr_tui.services.history.queries import RunFilter
 from tnr_tui.services.history.store import HistoryError, Store, _stderr_warning, sha256_file
 
 EXPORT_FORMATS = ("jsonl", "csv", "zip")
 RECORD_FORMAT = 1  # the "tnr_lab_run" marker of an exported line
+IMPORTED_LIVE = "it was still running when it was exported; imported as interrupted"
 ZIP_RUNS = "runs.jsonl"
 SQLITE_INT = (-(2**63), 2**63 - 1)  # what an INTEGER column holds
 # Errors of reading a damaged zip (bad CRC, corrupt deflate stream, truncated member, unknown compression).
@@ -251,6 +252,8 @@ def _validate_record(rec: Any, where: str) -> dict[str, Any]:
     status = rec.get("status", "done")
     if status not in RUN_STATUSES:
         raise HistoryError(f"{run} has an unknown status {status!r}; expected one of: {', '.join(RUN_STATUSES)}")
+    if rec.get("favourite") is not None and not isinstance(rec["favourite"], bool):  # bool("no") would star it
+        raise HistoryError(f"{run}: favourite must be true or false, got {rec['favourite']!r}")
     for key in ("created_at", "started_at", "finished_at"):
         value = rec.get(key)
         try:
@@ -486,6 +489,12 @@ def _rewritten(
             yield rec  # the store skips it
             continue
         plan = scan.plans[rec["id"]]
+        if rec.get("status") in LIVE_STATUSES:
+            # Queued or running where it was exported: no process here will ever finish this copy, and crash
+            # recovery only ends runs of this host's dead processes (an exported pid may be alive here, or
+            # the host another), so it would show `running` for ever.
+            rec["status"] = "interrupted"
+            rec["error"] = rec.get("error") or IMPORTED_LIVE
         outputs = rec.get("outputs") or []
         rec["outputs"] = [{**out, "path": plan.placed[i]} for i, out in enumerate(outputs) if i in plan.placed]
         if plan.dropped:
