@@ -81,6 +81,14 @@ def _text(exc: BaseException) -> str:
     return lines[0] if lines else type(orig).__name__
 
 
+def _client_data_errors() -> tuple[type[BaseException], ...]:
+    try:
+        import psycopg
+    except ImportError:
+        return ()
+    return (psycopg.DataError,)
+
+
 def pg_error(exc: BaseException, location: str, *, reading: bool = False) -> HistoryError:
     """One line for a PostgreSQL failure: what is wrong, in the terms of docs/history.md's table."""
     state, message = _sqlstate(exc), _text(exc)
@@ -101,6 +109,10 @@ def pg_error(exc: BaseException, location: str, *, reading: bool = False) -> His
         return HistoryError(f"the database of the history {location} does not exist (create it first): {message}")
     if state in (INVALID_PASSWORD, INVALID_AUTHORIZATION):
         return HistoryError(f"cannot log in to the history {location}: {message}")
+    if state is None and isinstance(getattr(exc, "orig", None), _client_data_errors()):
+        # psycopg refusing a value before it is sent (a NUL in a text: PostgreSQL has no way to store one), no
+        # SQLSTATE: the server was reached, the value is what is wrong (an imported prompt, a PNG's text).
+        return HistoryError(f"the history {location} cannot store this value: {message}")
     if state is None or state.startswith("08") or state.startswith("57P"):
         return HistoryError(f"cannot reach the history {location}: {message}")
     return HistoryError(f"the history {location} failed: {message}")
