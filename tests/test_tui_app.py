@@ -450,12 +450,11 @@ async def test_schedule_rho_left_blank_means_each_schedules_own_default(
         lab = app.lab
         lab.query_one("#field-prompt", RequestField).input.value = "a red circle"
         lab.query_one("#schedule", Select).value = "power"
-        await pilot.pause(0.1)
-        assert lab.query_one("#field-schedule_rho").display
+        # The Select's change is a message: wait for it (a fixed pause lost the race on a loaded 2-core host).
+        await wait_for(pilot, lambda: lab.query_one("#field-schedule_rho").display, 10.0, "the rho field shown")
         assert lab.build_request().schedule_rho is None  # the power warp's own rho (1), as in the CLI
         lab.query_one("#schedule_rho", Input).value = "3"
-        await pilot.pause(0.1)
-        assert lab.build_request().schedule_rho == 3.0
+        await wait_for(pilot, lambda: lab.build_request().schedule_rho == 3.0, 10.0, "rho 3 in the request")
 
 
 def test_the_lab_refuses_an_empty_data_dir(capsys) -> None:
