@@ -73,20 +73,28 @@ def draw_sheet(
         for j, seed in enumerate(seeds):
             x = int(label_w) + j * (THUMB + PAD)
             src = images.get((label, seed))
+            gap = "missing"
             if isinstance(src, Path):
-                if src.is_file():
+                try:
                     with Image.open(src) as im:
                         src = im.convert("RGB")
-                else:
+                except FileNotFoundError:
                     src = None
+                except (OSError, ValueError, Image.DecompressionBombError):
+                    # Not an image any more (truncated, replaced): a gap in the sheet, not a traceback after
+                    # every cell was sampled and recorded.
+                    src, gap = None, "unreadable"
             if src is None:
                 draw.rectangle((x, y, x + THUMB - 1, y + THUMB - 1), outline=(200, 200, 200))
-                draw.text((x + 8, y + THUMB // 2 - 7), "missing", fill=(160, 160, 160), font=font)
+                draw.text((x + 8, y + THUMB // 2 - 7), gap, fill=(160, 160, 160), font=font)
                 continue
             sheet.paste(thumbnail(src), (x, y))
     tmp = path.with_name(path.name + ".tmp.png")
-    sheet.save(tmp)
-    os.replace(tmp, path)
+    try:
+        sheet.save(tmp)
+        os.replace(tmp, path)
+    finally:  # SIGTERM or ctrl-c while saving: no half-written temp file left beside the sheets
+        tmp.unlink(missing_ok=True)
 
 
 def thumbnail(image: Any) -> Any:

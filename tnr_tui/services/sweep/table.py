@@ -50,12 +50,15 @@ def read_rows(csv_path: Path) -> list[dict[str, str]]:
 def write_rows(csv_path: Path, rows: Iterable[dict[str, Any]]) -> None:
     """Write the whole CSV through a temporary file, so a crash never leaves half a file."""
     tmp = csv_path.with_name(csv_path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _csv_value(row.get(k)) for k in CSV_COLUMNS})
-    os.replace(tmp, csv_path)
+    try:
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: _csv_value(row.get(k)) for k in CSV_COLUMNS})
+        os.replace(tmp, csv_path)
+    finally:  # SIGTERM or ctrl-c mid-write: the old CSV stays whole and no temp file is left
+        tmp.unlink(missing_ok=True)
 
 
 def _csv_value(value: Any) -> Any:
