@@ -157,6 +157,7 @@ def test_the_search_chooses_on_other_seeds_and_the_sections_report_the_study_see
     md = report.markdown.read_text()
     assert "## 5. Scale search on other seeds (4 seeds, 90001..90004; Euler, 4 steps)" in md
     assert "| cfg | cfg 4 | 4 | 100% [100, 100] |" in md and "**best**" in md
+    assert "(identity self-attention in down_blocks.1, perturbed at every step)" in md  # the layers it searched
     assert "## 6. Samplers at equal model evaluations" in md and "## 7. Guidance methods" in md
     assert "## 1. Single prediction" not in md and "## 3. Solvers" not in md
     # apg --tnr renders right (the fake's TNR), apg does not: 100 points, marked

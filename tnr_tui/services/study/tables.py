@@ -289,8 +289,8 @@ def _search_section(
         "smaller scale), never on the seeds they report, as engine/toy/evaluate.py chooses its scales."
         + (f" Fixed settings: {fixed}." if fixed else "")
         + (
-            " pag is searched over its scale and its perturbed_guidance_scale s (identity self-attention in the "
-            "mid block, perturbed at every step)."
+            " pag is searched over its scale and its perturbed_guidance_scale s (identity self-attention in "
+            f"{'mid' if cfg.pag_layers in ('auto', 'mid') else cfg.pag_layers}, perturbed at every step)."
             if "pag" in cfg.searched_methods
             else ""
         ),
