@@ -222,7 +222,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "apg, cfg-zero-star and pag at their best settings and equal model evaluations, pag also at equal "
             "steps, and apg --tnr vs apg). The samplers and guidance sections take each method's setting from a "
             "scale search on other seeds (90001, ...). On the embedded model and a 2-core CPU the whole study at "
-            "32 seeds takes about 20-25 minutes (claims + solvers alone about 5; see docs/study/study.md for "
+            "64 seeds took 20 minutes, batched (claims + solvers alone about 6; docs/study/study.md has the "
             "measured times): --skip samplers,guidance gives the notebook's study. Study images are not recorded "
             "in the history."
         ),
