@@ -90,6 +90,15 @@ def delete_question(store: Any, run: Any, files: list[Path]) -> str:
             lines.append(f"  … and {len(files) - DELETE_LIST_MAX} more")
     else:
         lines.append("It deletes no file.")
+    # A recorded file already gone (deleted by hand, a disk swapped) is neither deleted nor kept: say so, rather
+    # than call the history's own file "not the history's own".
+    missing = [p for p in kept if not os.path.lexists(p)]
+    kept = [p for p in kept if os.path.lexists(p)]
+    if missing:
+        lines.append(f"{len(missing)} recorded file(s) are missing already:")
+        lines += [f"  {p}" for p in missing[:DELETE_LIST_MAX]]
+        if len(missing) > DELETE_LIST_MAX:
+            lines.append(f"  … and {len(missing) - DELETE_LIST_MAX} more")
     if kept:
         lines.append(f"It keeps {len(kept)} recorded file(s) that are not the history's own to delete:")
         lines += [f"  {p}" for p in kept[:DELETE_LIST_MAX]]
