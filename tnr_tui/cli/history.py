@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from datetime import datetime, timezone
@@ -242,7 +243,7 @@ def cmd_list(args: argparse.Namespace, store: Any) -> int:
                 }
                 | {"image": str(store.resolve(image.path)) if image else None}
             )
-        print(json.dumps(rows, indent=1))
+        print(strict_json(rows, indent=1))
         return 0
     if not runs:
         # "yet" only for an empty history: with filters or --after, runs may well exist.
@@ -264,11 +265,28 @@ def cmd_list(args: argparse.Namespace, store: Any) -> int:
     return 0
 
 
+def finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float, at any depth, as None (JSON's null)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def strict_json(value: Any, **kwargs: Any) -> str:
+    """JSON every parser reads: a run's stats, metrics or telemetry may hold NaN (a metric of a black image,
+    an imported record), which json.dumps would print as the bare word NaN; here it is null."""
+    return json.dumps(finite(value), allow_nan=False, **kwargs)
+
+
 def cmd_show(args: argparse.Namespace, store: Any) -> int:
     run = store.find_run(args.id)
     d = run.to_dict()
     if args.json:
-        print(json.dumps(d, indent=2, sort_keys=True))
+        print(strict_json(d, indent=2, sort_keys=True))
         return 0
     v = visible  # every value below may come from an import or a PNG found online
     print(f"run {run.id}  {v(run.status)}" + ("  (favourite)" if run.favourite else ""))
@@ -348,7 +366,7 @@ def cmd_steps(args: argparse.Namespace, store: Any) -> int:
         print(f"run {run.id} has no per-step rows: {reason}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps({"run_id": run.id, **table.to_dict()}))
+        print(strict_json({"run_id": run.id, **table.to_dict()}))
     elif args.csv:
         table.write_csv(sys.stdout)
     else:

@@ -1075,7 +1075,9 @@ def _file_state(db_path: Path) -> int:
 
 def _readonly_uri(db_path: Path, *, immutable: bool) -> str:
     # mode=ro: never creates, migrates or recovers anything; immutable=1: no -shm needed (see open_store).
-    uri = "file:" + urllib.parse.quote(os.path.abspath(db_path)) + "?mode=ro"
+    # Quoted from the path's bytes: a path that is not UTF-8 (argv bytes Python holds as lone surrogates)
+    # cannot be encoded as text, and SQLite decodes the %-escapes back to the same bytes.
+    uri = "file:" + urllib.parse.quote(os.fsencode(os.path.abspath(db_path))) + "?mode=ro"
     return uri + "&immutable=1" if immutable else uri
 
 
