@@ -50,3 +50,36 @@ def test_a_data_dir_that_is_not_utf8_lists_and_exports(tmp_path, capsys):
     out = tmp_path / "runs.jsonl"
     assert main(["--data-dir", data, "history", "export", "--format", "jsonl", "--out", str(out)]) == 0
     assert run_id in out.read_text()
+
+
+def test_a_run_whose_process_died_is_flagged_by_read_only_list_and_show(tmp_path, capsys):
+    # A writer SIGKILLed mid-run leaves its row 'running'; history list and show only read (they never mark it
+    # interrupted), so they say that its process is gone rather than show it running.
+    import signal
+    import subprocess
+    import sys
+
+    child = (
+        "import os, signal, sys\n"
+        "from tnr_tui.services.history import open_store\n"
+        "store = open_store(sys.argv[1])\n"
+        "print(store.create_run(dict(prompt='circle', solver='euler', guidance='cfg', steps=2, tags={})), flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", child, str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL
+    run_id = done.stdout.strip()
+
+    assert main(["--data-dir", str(tmp_path), "history", "list"]) == 0
+    captured = capsys.readouterr()
+    (line,) = [row for row in captured.out.splitlines() if row.startswith(run_id)]
+    assert "running?" in line
+    assert "1 run(s) marked '?'" in captured.err
+    assert main(["--data-dir", str(tmp_path), "history", "show", run_id]) == 0
+    assert "running  (its process has ended" in capsys.readouterr().out
+
+    with open_store(tmp_path) as store:  # a writable open recovers it
+        assert store.get_run(run_id).status == "interrupted"
+    assert main(["--data-dir", str(tmp_path), "history", "list"]) == 0
+    captured = capsys.readouterr()
+    assert "interrupted" in captured.out and "?" not in captured.err

@@ -250,15 +250,25 @@ def cmd_list(args: argparse.Namespace, store: Any) -> int:
         print("no runs yet" if store.count_runs() == 0 else "no runs match")
         return 0
     print(f"{'id':26}  {'created (UTC)':19}  {'status':11}  {'guidance':8} {'scale':>5} {'steps':>5}  prompt")
+    gone = 0
     for r in runs:
         scale = "" if r.scale is None else f"{r.scale:g}"
         # Cut before escaping, so that an escape is never cut in half; a newline reads as a space here.
         prompt = r.prompt.replace("\n", " ")
         prompt = visible(prompt if len(prompt) <= 50 else prompt[:49] + "…")
         star = "*" if r.favourite else " "
+        status = visible(r.status)
+        if store.process_gone(r):  # read-only: what the next writing command will mark interrupted
+            status, gone = f"{status}?", gone + 1
         print(
-            f"{r.id}  {_short_time(r.to_dict()['created_at'])}  {visible(r.status):11}  {visible(r.guidance):8} "
+            f"{r.id}  {_short_time(r.to_dict()['created_at'])}  {status:11}  {visible(r.guidance):8} "
             f"{scale:>5} {r.steps:>5} {star}{prompt}"
+        )
+    if gone:
+        print(
+            f"{gone} run(s) marked '?': the process of this host running it has ended; the next command that "
+            "writes to the history marks it interrupted",
+            file=sys.stderr,
         )
     if len(runs) == limit:
         print(f"more: --after {runs[-1].id}", file=sys.stderr)
@@ -289,7 +299,12 @@ def cmd_show(args: argparse.Namespace, store: Any) -> int:
         print(strict_json(d, indent=2, sort_keys=True))
         return 0
     v = visible  # every value below may come from an import or a PNG found online
-    print(f"run {run.id}  {v(run.status)}" + ("  (favourite)" if run.favourite else ""))
+    gone = "  (its process has ended: the next command that writes marks it interrupted)"
+    print(
+        f"run {run.id}  {v(run.status)}"
+        + (gone if store.process_gone(run) else "")
+        + ("  (favourite)" if run.favourite else "")
+    )
     print(f"  created   {_short_time(d['created_at'])} UTC  on {v(run.host)} (pid {run.pid}), from {v(run.origin)}")
     print(f"  prompt    {v(run.prompt)}")
     if run.negative_prompt:

@@ -685,6 +685,13 @@ class Store:
         )
         return orphans
 
+    def process_gone(self, run: Run, pid_alive: Callable[[int], bool] | None = None) -> bool:
+        """Whether `run` is left queued/running by a process of this host that has ended: what
+        `mark_interrupted` would mark, for a reader that does not write (a read-only `history list`)."""
+        if run.status not in LIVE_STATUSES or run.host != self.host:
+            return False
+        return run.pid is None or not (pid_alive or _pid_alive)(run.pid)
+
     # ---- reading ----------------------------------------------------------------------------------
 
     def get_run(self, run_id: str) -> Run | None:
