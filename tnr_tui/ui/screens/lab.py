@@ -27,6 +27,7 @@ from tnr_tui.ui.screens import preset_breakpoints
 from tnr_tui.ui.widgets.choice import Choice
 from tnr_tui.ui.widgets.fields import RequestField, TextInput
 from tnr_tui.ui.widgets.footer import Footer
+from tnr_tui.ui.widgets.line import Line
 from tnr_tui.ui.widgets.picture import Picture
 from tnr_tui.ui.widgets.plot import LinePlot
 from tnr_tui.ui.widgets.telemetry import CHOICES as PLOT_CHOICES
@@ -212,7 +213,7 @@ class LabScreen(Screen):
                     panel.border_title = "Preview"
                     # The numbers first: on a small terminal the picture is what gets cut.
                     yield ProgressBar(total=1, show_eta=False, id="progress")
-                    yield Static("idle", id="progress-text", markup=False)
+                    yield Line("idle", id="progress-text", markup=False)
                     yield Static("", id="result-text", markup=False)
                     # The picture and, beside it, the live plot of the run's telemetry (on a small terminal
                     # one at a time: ctrl+t swaps them).
@@ -534,7 +535,8 @@ class LabScreen(Screen):
 
     def show_progress(self, message: Any) -> None:
         self.query_one("#progress", ProgressBar).update(total=message.steps, progress=message.index + 1)
-        self.query_one("#progress-text", Static).update(
+        # Every step: without a layout pass while the line fits (widgets/line.py).
+        self.query_one("#progress-text", Line).set(
             self._with_queue(
                 format_progress(message.index, message.steps, message.sigma, message.tnr_factor, message.elapsed)
             )

@@ -21,9 +21,9 @@ from typing import Any
 from rich.markup import escape
 from textual.app import ComposeResult
 from textual.containers import Container
-from textual.widgets import Static
 
 from tnr_tui.services.text import visible
+from tnr_tui.ui.widgets.line import Line
 
 PROTOCOLS: tuple[str, ...] = ("auto", "tgp", "sixel", "halfcell", "unicode", "none")
 ENV_PROTOCOL = "TNR_LAB_IMAGE_PROTOCOL"
@@ -172,8 +172,49 @@ def import_image_library() -> Any:
         if _cell_size:
             get_cell_size._result = CellSize(*_cell_size)  # type: ignore[attr-defined]
         classes = {"tgp": tiw.TGPImage, "sixel": tiw.SixelImage, "halfcell": tiw.HalfcellImage}
-        _image_class = classes.get(str(_chosen), tiw.UnicodeImage)
+        chosen = classes.get(str(_chosen), tiw.UnicodeImage)
+        _image_class = _steady_size(chosen, cache_lines=chosen in (tiw.HalfcellImage, tiw.UnicodeImage))
     return _image_class
+
+
+def _steady_size(image_class: Any, *, cache_lines: bool = False) -> Any:
+    """The protocol's widget, except that a new image of the same pixel size as the one shown is not a
+    layout pass of the whole screen (textual-image's setter asks for one every time; during a run every
+    preview has the same size, and each layout re-rendered every widget: measured with bench/tui_latency.py).
+    `Picture.show` sets `steady` around the assignment when the sizes match.
+
+    With `cache_lines` (the text renderers, half cells and unicode blocks) the lines drawn for an image are
+    kept until the image, the crop or the size changes: Textual repaints the bounding box of everything that
+    changed, so each step's plot and progress line made the picture beside them draw itself again (~10 ms of
+    the UI thread a step), though it changes only with a preview."""
+
+    renderable = getattr(image_class, "_Renderable", None)
+    if renderable is None:  # not textual-image's Image base as this version has it: the widget as it is
+        return image_class
+
+    class SteadyImage(image_class, Renderable=renderable):  # type: ignore[misc, valid-type, call-arg]
+        steady = False
+
+        _drawn: tuple[Any, list[Any]] | None = None
+
+        def refresh(self, *regions: Any, **kwargs: Any) -> Any:
+            if self.steady:
+                kwargs["layout"] = False
+            return super().refresh(*regions, **kwargs)
+
+        def render_lines(self, crop: Any) -> Any:
+            if not cache_lines:
+                return super().render_lines(crop)
+            # The image object itself is in the key (kept alive by it, so never another image at its id).
+            key = (self.image, crop, self.size, self.app.current_theme.name)
+            drawn = self._drawn
+            if drawn is not None and drawn[0][0] is key[0] and drawn[0][1:] == key[1:]:
+                return list(drawn[1])
+            lines = super().render_lines(crop)
+            self._drawn = (key, list(lines))
+            return lines
+
+    return SteadyImage
 
 
 def load_image_class() -> Any:
@@ -263,7 +304,7 @@ class Picture(Container):
             yield self._image_widget
         elif _chosen not in (None, "none"):
             _waiting.append(self)
-        yield Static(escape(visible(self._caption, keep_newlines=True)), classes="picture-caption", markup=True)
+        yield Line(escape(visible(self._caption, keep_newlines=True)), classes="picture-caption", markup=True)
 
     def attach_image(self) -> None:
         """Mount the image widget (textual-image is loaded by now), showing the current picture."""
@@ -278,11 +319,19 @@ class Picture(Container):
             load_image_class()  # a picture before the app's first frame was over: load it now
             self.attach_image()
         elif self._image_widget is not None:
-            self._image_widget.image = image
+            widget = self._image_widget
+            shown = widget.image
+            same_size = image is not None and shown is not None and getattr(shown, "size", None) == image.size
+            widget.steady = same_size and hasattr(widget, "steady")
+            try:
+                widget.image = image
+            finally:
+                widget.steady = False
         if caption is not None:
             self.set_caption(caption)
 
     def set_caption(self, caption: str) -> None:
         self._caption = caption
         # User text (prompts, paths, errors) in a caption: control characters shown, never sent to the tty.
-        self.query_one(".picture-caption", Static).update(escape(visible(caption, keep_newlines=True)))
+        # A run's previews change it at every shown step: no layout pass while it fits one line (widgets/line.py).
+        self.query_one(".picture-caption", Line).set(escape(visible(caption, keep_newlines=True)))
