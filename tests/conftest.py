@@ -64,3 +64,27 @@ def tiny_sdxl_vzsnr_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_sdxl(
         tmp_path_factory.mktemp("tiny-sdxl-vzsnr") / "tiny-sdxl-vzsnr", prediction_type="v_prediction", zero_snr=True
     )
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One throwaway local PostgreSQL for the session (localpg.LocalPostgres: Debian's or pgserver's binaries),
+    shared by every module that needs one (a server takes ~7 s to start here); skipped with the reason where
+    psycopg is missing or no server can start."""
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'tnr-lab[postgres]')")
+    from tnr_tui.services.history.localpg import LocalPostgres, NoServer
+
+    try:
+        server = LocalPostgres().start()
+    except NoServer as e:
+        pytest.skip(f"no local PostgreSQL could start: {e}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server, request) -> str:
+    """A new empty database of the session's server, named after the test, as a SQLAlchemy URL."""
+    import hashlib
+
+    return pg_server.create_database("t_" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16])

@@ -23,8 +23,8 @@ from typing import Any
 
 from textual.widgets import Input
 
-from tnr_tui.ui.app import TnrLabApp
 from tnr_tui.services.history.paths import DB_NAME
+from tnr_tui.ui.app import TnrLabApp
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "tnr_tui"]

@@ -12,8 +12,6 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tnr_tui.cli import main
 from tnr_tui.services.history import RunFilter, open_store
 from tnr_tui.services.history.migrations import LATEST_VERSION, migrate
@@ -128,49 +126,40 @@ def test_an_unknown_schedule_filter_is_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "unknown schedule 'karas'" in err and "karras_diffusers" in err
 
 
-def test_postgresql_twin_renames_the_same_rows(tmp_path):
-    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'tnr-lab[postgres]')")
+def test_postgresql_twin_renames_the_same_rows(tmp_path, pg_url):
     from sqlalchemy import create_engine, text
 
     from tnr_tui.services.history import migrations
-    from tnr_tui.services.history.localpg import LocalPostgres, NoServer
 
+    url = pg_url  # a new database of the session's server (tests/conftest.py)
+    engine = create_engine(url)
     try:
-        server = LocalPostgres().start()
-    except NoServer as e:
-        pytest.skip(f"no local PostgreSQL could start: {e}")
-    try:
-        url = server.create_database("t_karras_v7")
-        engine = create_engine(url)
-        try:
-            with engine.connect() as conn:
-                assert migrations.migrate_postgres(conn, target=6) == [1, 2, 3, 4, 5, 6]
-            with engine.begin() as conn:
-                for key, (run_id, (fmt, schedule, _)) in enumerate(ROWS.items(), start=1):
-                    req = request_of(fmt, schedule, key)
-                    conn.execute(
-                        text(
-                            "INSERT INTO runs (id, created_at, status, request_json, prompt, negative_prompt, model,"
-                            " solver, guidance, scale, steps, seed, schedule, favourite, notes, origin, search_key)"
-                            " VALUES (:id, '2024-06-01 10:00:00', 'done', :req, :prompt, '', 'embedded', 'euler',"
-                            " 'cfg', 5.0, 4, :key, :schedule, false, '', 'cli', :key)"
-                        ),
-                        {
-                            "id": run_id,
-                            "req": json.dumps(req, sort_keys=True),
-                            "prompt": req["prompt"],
-                            "key": key,
-                            "schedule": schedule,
-                        },
-                    )
-        finally:
-            engine.dispose()
-        with open_store(tmp_path, url=url) as store:  # migrates 6 -> 7
-            assert {r.id: r.schedule for r in store.iter_runs()} == {i: c for i, (_, _, c) in ROWS.items()}
-            assert [r.id for r in store.list_runs(RunFilter(schedule="karras_diffusers"))] == [
-                "01HZZZZZZZZZZZZZZZZZZZZZZ2",
-                "01HZZZZZZZZZZZZZZZZZZZZZZ1",
-            ]
-            assert store.get_run("01HZZZZZZZZZZZZZZZZZZZZZZ1").request["schedule"] == "karras"
+        with engine.connect() as conn:
+            assert migrations.migrate_postgres(conn, target=6) == [1, 2, 3, 4, 5, 6]
+        with engine.begin() as conn:
+            for key, (run_id, (fmt, schedule, _)) in enumerate(ROWS.items(), start=1):
+                req = request_of(fmt, schedule, key)
+                conn.execute(
+                    text(
+                        "INSERT INTO runs (id, created_at, status, request_json, prompt, negative_prompt, model,"
+                        " solver, guidance, scale, steps, seed, schedule, favourite, notes, origin, search_key)"
+                        " VALUES (:id, '2024-06-01 10:00:00', 'done', :req, :prompt, '', 'embedded', 'euler',"
+                        " 'cfg', 5.0, 4, :key, :schedule, false, '', 'cli', :key)"
+                    ),
+                    {
+                        "id": run_id,
+                        "req": json.dumps(req, sort_keys=True),
+                        "prompt": req["prompt"],
+                        "key": key,
+                        "schedule": schedule,
+                    },
+                )
     finally:
-        server.stop()
+        engine.dispose()
+    with open_store(tmp_path, url=url) as store:  # migrates 6 -> 7
+        assert {r.id: r.schedule for r in store.iter_runs()} == {i: c for i, (_, _, c) in ROWS.items()}
+        assert [r.id for r in store.list_runs(RunFilter(schedule="karras_diffusers"))] == [
+            "01HZZZZZZZZZZZZZZZZZZZZZZ2",
+            "01HZZZZZZZZZZZZZZZZZZZZZZ1",
+        ]
+        assert store.get_run("01HZZZZZZZZZZZZZZZZZZZZZZ1").request["schedule"] == "karras"

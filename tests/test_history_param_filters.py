@@ -116,33 +116,23 @@ def test_a_bad_parameter_filter_is_one_line(home, capsys, flags, message):
     assert len(err.splitlines()) == 1 and message in err, err
 
 
-def test_postgresql_filters_the_same_runs(tmp_path):
-    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'tnr-lab[postgres]')")
-    from tnr_tui.services.history.localpg import LocalPostgres, NoServer
-
-    try:
-        server = LocalPostgres().start()
-    except NoServer as e:
-        pytest.skip(f"no local PostgreSQL could start: {e}")
-    try:
-        url = server.create_database("t_param_filters")
-        with open_store(tmp_path, url=url) as store:
-            ids = {store.create_run(request): name for name, request in RUNS.items()}
-            for flags, expected in EXPECTED:
-                pairs: dict[str, list[tuple[str, str]]] = {"solver_params": [], "guidance_params": []}
-                other: dict[str, str] = {}
-                for flag, value in zip(flags[::2], flags[1::2], strict=True):
-                    if flag.endswith("-param"):
-                        name, _, text = value.partition("=")
-                        pairs[flag[2:].replace("-", "_") + "s"].append((name, text))
-                    else:
-                        other[{"--search": "text"}.get(flag, flag[2:])] = value
-                filters = RunFilter(
-                    solver_params=tuple(pairs["solver_params"]),
-                    guidance_params=tuple(pairs["guidance_params"]),
-                    **other,
-                )
-                assert sorted(ids[r.id] for r in store.list_runs(filters)) == expected, flags
-                assert store.count_runs(filters) == len(expected), flags
-    finally:
-        server.stop()
+def test_postgresql_filters_the_same_runs(tmp_path, pg_url):
+    url = pg_url  # a new database of the session's server (tests/conftest.py)
+    with open_store(tmp_path, url=url) as store:
+        ids = {store.create_run(request): name for name, request in RUNS.items()}
+        for flags, expected in EXPECTED:
+            pairs: dict[str, list[tuple[str, str]]] = {"solver_params": [], "guidance_params": []}
+            other: dict[str, str] = {}
+            for flag, value in zip(flags[::2], flags[1::2], strict=True):
+                if flag.endswith("-param"):
+                    name, _, text = value.partition("=")
+                    pairs[flag[2:].replace("-", "_") + "s"].append((name, text))
+                else:
+                    other[{"--search": "text"}.get(flag, flag[2:])] = value
+            filters = RunFilter(
+                solver_params=tuple(pairs["solver_params"]),
+                guidance_params=tuple(pairs["guidance_params"]),
+                **other,
+            )
+            assert sorted(ids[r.id] for r in store.list_runs(filters)) == expected, flags
+            assert store.count_runs(filters) == len(expected), flags

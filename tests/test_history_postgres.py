@@ -7,7 +7,6 @@ Skipped, with the reason, only where no server can start or psycopg is missing (
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -30,22 +29,14 @@ REPO = Path(__file__).resolve().parents[1]
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'tnr-lab[postgres]')")
 
 
-@pytest.fixture(scope="module")
-def server():
-    from tnr_tui.services.history.localpg import LocalPostgres, NoServer
-
-    try:
-        pg = LocalPostgres().start()
-    except NoServer as e:
-        pytest.skip(f"no local PostgreSQL could start: {e}")
-    yield pg
-    pg.stop()
+@pytest.fixture
+def server(pg_server):
+    return pg_server  # the session's one server (tests/conftest.py)
 
 
 @pytest.fixture
-def url(server, request) -> str:
-    name = "t_" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16]
-    return server.create_database(name)
+def url(pg_url) -> str:
+    return pg_url
 
 
 def request_dict(prompt: str, seed: int = 0, **extra: Any) -> dict[str, Any]:

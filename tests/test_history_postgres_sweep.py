@@ -25,16 +25,9 @@ CLI = [sys.executable, "-m", "tnr_tui"]
 pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'tnr-lab[postgres]')")
 
 
-@pytest.fixture(scope="module")
-def url():
-    from tnr_tui.services.history.localpg import LocalPostgres, NoServer
-
-    try:
-        pg = LocalPostgres().start()
-    except NoServer as e:
-        pytest.skip(f"no local PostgreSQL could start: {e}")
-    yield pg.url
-    pg.stop()
+@pytest.fixture
+def url(pg_url) -> str:
+    return pg_url  # a new database of the session's server (tests/conftest.py)
 
 
 async def wait_for(pilot: Any, condition: Any, timeout: float, what: str) -> None:

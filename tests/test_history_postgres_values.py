@@ -7,8 +7,6 @@ cannot contain NUL (0x00) bytes" while the server was there all along. Nothing i
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -19,21 +17,14 @@ from tnr_tui.services.history.transfer import import_png
 pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'tnr-lab[postgres]')")
 
 
-@pytest.fixture(scope="module")
-def server():
-    from tnr_tui.services.history.localpg import LocalPostgres, NoServer
-
-    try:
-        pg = LocalPostgres().start()
-    except NoServer as e:
-        pytest.skip(f"no local PostgreSQL could start: {e}")
-    yield pg
-    pg.stop()
+@pytest.fixture
+def server(pg_server):
+    return pg_server  # the session's one server (tests/conftest.py)
 
 
 @pytest.fixture
-def url(server, request) -> str:
-    return server.create_database("v_" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16])
+def url(pg_url) -> str:
+    return pg_url
 
 
 def test_a_nul_in_a_prompt_is_a_value_it_cannot_store(url, tmp_path):

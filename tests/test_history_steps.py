@@ -215,22 +215,12 @@ def test_every_sweep_cell_keeps_its_rows(tmp_path, bundle, tiny_sdxl_dir):
         assert all(v is not None for t in tnr for v in t.column("tnr_factor"))
 
 
-def test_rows_round_trip_on_postgresql(tmp_path):
-    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'tnr-lab[postgres]')")
-    from tnr_tui.services.history.localpg import LocalPostgres, NoServer
-
-    try:
-        server = LocalPostgres().start()
-    except NoServer as e:
-        pytest.skip(f"no local PostgreSQL could start: {e}")
-    try:
-        url = server.create_database("t_steps")
-        table = StepTable(("index", "sigma", "norm_diff"), ((0, 14.6146, None), (1, 2.5, 0.125)))
-        with open_store(tmp_path, url=url) as store:
-            run_id = store.create_run({"prompt": "p", "solver": "euler", "guidance": "cfg", "steps": 2, "seed": 0})
-            store.finish_run(run_id, "done", steps=table)
-            assert store.run_steps(run_id) == table and store.steps_of([run_id]) == {run_id: table}
-            store.delete_run(run_id)
-            assert store.run_steps(run_id) is None  # the foreign key took the rows with the run
-    finally:
-        server.stop()
+def test_rows_round_trip_on_postgresql(tmp_path, pg_url):
+    url = pg_url  # a new database of the session's server (tests/conftest.py)
+    table = StepTable(("index", "sigma", "norm_diff"), ((0, 14.6146, None), (1, 2.5, 0.125)))
+    with open_store(tmp_path, url=url) as store:
+        run_id = store.create_run({"prompt": "p", "solver": "euler", "guidance": "cfg", "steps": 2, "seed": 0})
+        store.finish_run(run_id, "done", steps=table)
+        assert store.run_steps(run_id) == table and store.steps_of([run_id]) == {run_id: table}
+        store.delete_run(run_id)
+        assert store.run_steps(run_id) is None  # the foreign key took the rows with the run

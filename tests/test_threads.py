@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tnr_tui.services import threads
 from tnr_tui.cli import main
+from tnr_tui.services import threads
 
 
 @pytest.mark.parametrize(

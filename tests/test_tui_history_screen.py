@@ -13,8 +13,8 @@ from PIL import Image
 from textual.widgets import DataTable
 
 from engine.request import GenerationRequest
-from tnr_tui.ui.app import TnrLabApp
 from tnr_tui.services.history import OutputFile, open_store
+from tnr_tui.ui.app import TnrLabApp
 
 
 def notifications(app: TnrLabApp) -> list[Any]:

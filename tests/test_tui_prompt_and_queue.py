@@ -9,8 +9,8 @@ from typing import Any
 
 from textual.widgets import Input
 
-from tnr_tui.ui.app import TnrLabApp
 from tnr_tui.services.history import open_store
+from tnr_tui.ui.app import TnrLabApp
 from tnr_tui.ui.screens.lab import EXAMPLE_PROMPT
 
 
