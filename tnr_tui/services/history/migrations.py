@@ -219,6 +219,13 @@ def _sqlite_v7(conn: sqlite3.Connection) -> None:
     conn.executemany("UPDATE runs SET schedule = ? WHERE id = ?", [(KARRAS_V7_NEW, i) for i in ids])
 
 
+# Schema 8: pages filtered by status or favourite read their index in id order (models.Run.__table_args__).
+SCHEMA_V8 = """
+CREATE INDEX ix_runs_status_id ON runs (status, id);
+CREATE INDEX ix_runs_favourite_id ON runs (favourite, id);
+"""
+
+
 # version -> (what it does, how)
 MIGRATIONS: dict[int, tuple[str, Callable[[sqlite3.Connection], None]]] = {
     1: ("first schema: runs and outputs", _script(SCHEMA_V1)),
@@ -228,6 +235,7 @@ MIGRATIONS: dict[int, tuple[str, Callable[[sqlite3.Connection], None]]] = {
     5: ("PostgreSQL only: an index of short substrings (SQLite has had runs_grams since 3)", _nothing),
     6: ("PostgreSQL only: that index through a faster function", _nothing),
     7: ('schedule "karras" of requests before format 3 indexed as "karras_diffusers"', _sqlite_v7),
+    8: ("indexes of status and favourite in id order", _script(SCHEMA_V8)),
 }
 LATEST_VERSION = max(MIGRATIONS)
 
@@ -494,6 +502,7 @@ POSTGRES_MIGRATIONS: dict[int, tuple[str, Callable[[Any], None]]] = {
     5: ("an index of short substrings (1-2 characters)", _pg_script(PG_SCHEMA_V5)),
     6: ("the index of short substrings through a faster function", _pg_v6),
     7: ('schedule "karras" of requests before format 3 indexed as "karras_diffusers"', _pg_v7),
+    8: ("indexes of status and favourite in id order", _pg_script(SCHEMA_V8)),
 }
 
 

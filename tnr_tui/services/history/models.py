@@ -64,6 +64,12 @@ class Base(DeclarativeBase):
 
 class Run(Base):
     __tablename__ = "runs"
+    # Schema 8: a page of one status or of the favourites, newest first, walks its index in order instead of
+    # sorting every run of that status (status 'failed' alone took 122 ms at 1 000 000 runs).
+    __table_args__ = (
+        Index("ix_runs_status_id", "status", "id"),
+        Index("ix_runs_favourite_id", "favourite", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(26), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
