@@ -12,6 +12,7 @@ stage), `decode`, `preview`, `schedule`.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -217,6 +218,12 @@ def _sample(
     layout = (plan.rows_of_kind, plan.guided_rows, plan.conditional_row, len(plan.texts))
     if any((p.rows_of_kind, p.guided_rows, p.conditional_row, len(p.texts)) != layout for p in plans[1:]):
         raise RequestError("a batch's prompts must give every image the same rows (an N-prompt batch: same prompts)")
+    check_perturbation = getattr(bundle, "check_perturbation", None)
+    if "perturbed" in plan.method.kinds and check_perturbation is not None:
+        # Refused before anything samples, even where the method's window leaves no step perturbed (a typo in
+        # its layers would otherwise pass unnoticed in such a run).
+        # On a copy: a method may count its passes to seed each one (autoguidance's dropout).
+        check_perturbation(copy.copy(plan.method).perturbation())
     check_stop()
     # Each distinct set of texts is encoded once, in one call of its own rows, as an unbatched run encodes it.
     text_sets = list(dict.fromkeys(p.texts for p in plans))

@@ -166,6 +166,15 @@ def test_an_unknown_layer_is_one_clear_error_at_sampling(bundle, tiny_sdxl_dir):
         )
 
 
+@pytest.mark.parametrize("guidance,key", [("pag", "perturbed_guidance_layers"), ("seg", "seg_guidance_layers")])
+def test_an_unknown_layer_is_refused_even_when_no_step_is_perturbed(bundle, tiny_sdxl_dir, guidance, key):
+    # The default window (0.01, 0.2) perturbs no step of 3: the typo used to pass unnoticed (hostile pass 2).
+    from engine.models.perturb import PerturbationError
+
+    with pytest.raises(PerturbationError, match="matches 'zzz'"):
+        ours(bundle, str(tiny_sdxl_dir), guidance, 5.0, {key: "zzz"}, steps=3)
+
+
 # ---- pag ------------------------------------------------------------------------------------------------
 
 

@@ -375,6 +375,15 @@ class ModelBundle:
             raise ModelError(f"{self.path}: prediction_type {self.prediction_type!r} is not supported")
         return out.float()
 
+    def check_perturbation(self, perturbation: Any) -> None:
+        """Raise PerturbationError (a ModelError: one line) where this UNet cannot take `perturbation`: an unknown
+        kind, or layers that match no self-attention layer or only part of a block (engine/models/perturb.py)."""
+        from engine.models.perturb import PERTURBATION_KINDS, PerturbationError, resolve_layers
+
+        if perturbation.kind not in PERTURBATION_KINDS:
+            raise PerturbationError(f"unknown perturbation {perturbation.kind!r}")
+        resolve_layers(self.unet, perturbation.layers)
+
     def eps_perturbed(
         self, x: torch.Tensor, sigma: float, t: float, cond: Conditioning, perturbation: Any
     ) -> torch.Tensor:
