@@ -6,6 +6,7 @@ them."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -190,6 +191,7 @@ def test_bad_loras_are_one_line_naming_the_file(sd15, tiny_sd15_dir, tiny_sdxl_d
     disguised = tmp_path / "disguised.safetensors"
     disguised.write_bytes(pickle.dumps({"a": 1}))
     cases.append((disguised, "disguised.safetensors: not a readable safetensors file"))
+    cases.append((Path(f"{disguised}:abc"), "must be a number, got 'abc'"))  # PATH:WEIGHT, the weight not a number
     sdxl_lora = kohya_lora(
         tmp_path / "xl-kohya.safetensors", xl.unet, {"lora_te1": xl.text_encoder, "lora_te2": xl.text_encoder_2}
     )

@@ -67,6 +67,9 @@ def check_lora_file(path: Path) -> None:
             "convert it to .safetensors"
         )
     if not path.is_file():
+        head, sep, tail = str(path).rpartition(":")
+        if sep and head and Path(head).is_file():  # PATH:WEIGHT with a weight that is not a number
+            raise LoraError(f"LoRA {path}: the weight after ':' must be a number, got {tail!r}")
         raise LoraError(f"LoRA {path}: no such file{where}")
     try:
         with safe_open(str(path), framework="pt") as f:
