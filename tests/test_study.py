@@ -303,3 +303,13 @@ def test_every_solver_gets_a_colour_of_its_own_and_the_legend_wraps() -> None:
     font = ImageFont.load_default(size=12)
     assert max(x + 40 + font.getlength(s.label) for x, _, s in placed) <= 720
     assert max(row for _, row, _ in placed) >= 2
+
+
+def test_the_clis_defaults_are_the_designs():
+    # tnr_tui/cli/study.py repeats them so that `tnr-lab study --help` imports no torch: they must not drift.
+    from tnr_tui.cli import study as cli
+    from tnr_tui.services.study import design
+
+    assert cli.SECTIONS_DEFAULT == design.SECTIONS
+    assert cli.SAMPLERS_DEFAULT == design.SAMPLERS
+    assert cli.METHODS_DEFAULT == design.RIVALS

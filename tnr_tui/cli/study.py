@@ -7,6 +7,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tnr_tui.cli import UserError
 
@@ -177,6 +178,21 @@ def ray_dispatcher(args: argparse.Namespace, model: str):  # -> RayDispatcher (s
         )
     except DispatchError as e:
         raise UserError(str(e)) from None
+
+
+def dispatcher_or_bundle(args: argparse.Namespace, model: str) -> tuple[Any, Any]:
+    """(the Ray workers of --ray, None), else (None, the model loaded here on --device with --threads); a
+    model that does not load is one line (study and sweep)."""
+    if args.ray is not None:
+        return ray_dispatcher(args, model), None
+    from engine.models import ModelError, load_bundle
+
+    try:
+        bundle = load_bundle(model, device=args.device, dtype=args.dtype)
+    except ModelError as e:
+        raise UserError(str(e)) from None
+    set_cpu_threads(bundle, args.threads)
+    return None, bundle
 
 
 def check_lora_files(loras: tuple[tuple[str, float], ...]) -> None:
@@ -388,19 +404,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     check_lora_files(loras)
 
-    from engine.models import ModelError, load_bundle
     from tnr_tui.services.study import run_study
 
     out = prepare_out_dir(args.out)
-    dispatcher = bundle = None
-    if args.ray is not None:
-        dispatcher = ray_dispatcher(args, cfg.model)
-    else:
-        try:
-            bundle = load_bundle(cfg.model, device=args.device, dtype=args.dtype)
-        except ModelError as e:
-            raise UserError(str(e)) from None
-        set_cpu_threads(bundle, args.threads)
+    dispatcher, bundle = dispatcher_or_bundle(args, cfg.model)
+    if bundle is not None:
         apply_loras(bundle, loras)
     clip_model = Path(args.clip_model) if args.clip_model else None
     from tnr_tui.services.dispatch import DispatchError

@@ -11,9 +11,8 @@ from tnr_tui.cli.study import (
     add_device_options,
     add_dispatch_options,
     check_dispatch_options,
+    dispatcher_or_bundle,
     prepare_out_dir,
-    ray_dispatcher,
-    set_cpu_threads,
 )
 
 DEFAULT_METHODS = "none,tnr,cfg,cfg++,tnr-cfg"
@@ -195,22 +194,13 @@ def run(args: argparse.Namespace) -> int:
     check_dispatch_options(args)
     spec = build_spec(args)
 
-    from engine.models import ModelError, load_bundle
     from tnr_tui.cli.common import open_history
     from tnr_tui.services.dispatch import DispatchError
     from tnr_tui.services.sweep import SweepError, run_sweep
 
     out = prepare_out_dir(args.out)
     store = open_history(args)
-    dispatcher = bundle = None
-    if args.ray is not None:
-        dispatcher = ray_dispatcher(args, spec.model)
-    else:
-        try:
-            bundle = load_bundle(spec.model, device=args.device, dtype=args.dtype)
-        except ModelError as e:
-            raise UserError(str(e)) from None
-        set_cpu_threads(bundle, args.threads)
+    dispatcher, bundle = dispatcher_or_bundle(args, spec.model)
     try:
         report = run_sweep(
             spec,

@@ -103,6 +103,19 @@ class RunEnded(Message):
         self.job_id, self.request, self.status, self.run_id = job_id, request, status, run_id
         self.image, self.stats, self.metrics, self.error = image, stats or {}, metrics or {}, error
 
+    @classmethod
+    def of(cls, job_id: int, request: GenerationRequest, outcome: Any) -> RunEnded:
+        """The message for a run that `execute` (or a batch) recorded: its status, run id, image and numbers."""
+        return cls(
+            job_id,
+            request,
+            outcome.status,
+            run_id=outcome.run_id,
+            image=outcome.image,
+            stats=outcome.stats,
+            metrics=outcome.metrics,
+        )
+
 
 # ---- the worker ------------------------------------------------------------------------------------
 
@@ -388,15 +401,7 @@ class DeviceWorker:
                             error=outcome.stats.get("error", ""),
                         )
                     else:
-                        message = RunEnded(
-                            each.job_id,
-                            each.request,
-                            outcome.status,
-                            run_id=outcome.run_id,
-                            image=outcome.image,
-                            stats=outcome.stats,
-                            metrics=outcome.metrics,
-                        )
+                        message = RunEnded.of(each.job_id, each.request, outcome)
                     self._post(message)
                     ended.add(each.job_id)
         except Exception as exc:  # execute_batch has closed the rows; the app stays up
@@ -420,17 +425,7 @@ class DeviceWorker:
                 parent_id=job.parent_id,
                 run_id=job.run_id,
             )
-            self._post(
-                RunEnded(
-                    job.job_id,
-                    job.request,
-                    outcome.status,
-                    run_id=outcome.run_id,
-                    image=outcome.image,
-                    stats=outcome.stats,
-                    metrics=outcome.metrics,
-                )
-            )
+            self._post(RunEnded.of(job.job_id, job.request, outcome))
         except Exception as exc:
             self._post(RunEnded(job.job_id, job.request, "failed", run_id=job.run_id, error=describe_error(exc)))
 
@@ -462,17 +457,7 @@ class DeviceWorker:
                 parent_id=job.parent_id,
                 run_id=job.run_id,
             )
-            self._post(
-                RunEnded(
-                    job.job_id,
-                    request,
-                    outcome.status,
-                    run_id=outcome.run_id,
-                    image=outcome.image,
-                    stats=outcome.stats,
-                    metrics=outcome.metrics,
-                )
-            )
+            self._post(RunEnded.of(job.job_id, request, outcome))
         except Exception as exc:  # execute() has recorded the run as failed; the app stays up
             self._post(RunEnded(job.job_id, request, "failed", run_id=job.run_id, error=describe_error(exc)))
         finally:
@@ -504,7 +489,6 @@ class DeviceWorker:
             return
         last_preview[0] = now
         self._post(RunPreview(job_id, shrink(picture), decoded is not None, event.index))
-
 
     def _rows_of(self, job_id: int, index: int) -> list[dict[str, Any]]:
         """The job's telemetry rows so far (a new list at its first step); the last ROWS_KEPT jobs' only."""

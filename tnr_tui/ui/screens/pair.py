@@ -26,7 +26,7 @@ from textual.worker import Worker, WorkerState
 
 from tnr_tui.services.text import visible
 from tnr_tui.ui.screens import preset_breakpoints
-from tnr_tui.ui.screens.trajectory import Trajectory, load_trajectory, run_label
+from tnr_tui.ui.screens.trajectory import Trajectory, load_trajectory, next_kind, run_label, scrub_index
 from tnr_tui.ui.widgets.choice import Choice
 from tnr_tui.ui.widgets.footer import Footer
 from tnr_tui.ui.widgets.picture import Picture
@@ -180,10 +180,7 @@ class PairScreen(Screen):
     def action_go(self, index: int, clamp: bool = False) -> None:
         if self.a is None:
             return
-        steps = self.a.steps
-        if index < 0 and not clamp:
-            index = steps + index
-        self.index = min(max(index, 0), max(steps - 1, 0))
+        self.index = scrub_index(index, self.a.steps, clamp)
         self.show_step()
 
     def action_series(self, delta: int) -> None:
@@ -193,7 +190,7 @@ class PairScreen(Screen):
     def action_kind(self) -> None:
         kinds = sorted(set(self.a.kinds() if self.a else []) | set(self.b.kinds() if self.b else []))
         if len(kinds) > 1:
-            self.kind = kinds[(kinds.index(self.kind) + 1) % len(kinds)] if self.kind in kinds else kinds[0]
+            self.kind = next_kind(kinds, self.kind)
             self.show_step()
 
     @on(Choice.Changed, "#pair-series")

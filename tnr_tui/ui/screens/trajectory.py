@@ -127,6 +127,19 @@ def run_label(run: Any) -> str:
     return visible(f"{run.id[-8:]} · {run.guidance}{scale} · {run.solver} · {run.steps} steps · seed {run.seed}")
 
 
+def scrub_index(index: int, steps: int, clamp: bool = False) -> int:
+    """The step a scrubbing key lands on: a negative `index` counts from the end (end: -1) unless `clamp`
+    (left/right at the edges stay there); always within the run's steps."""
+    if index < 0 and not clamp:
+        index = steps + index
+    return min(max(index, 0), max(steps - 1, 0))
+
+
+def next_kind(kinds: Sequence[str], current: str) -> str:
+    """`d`: the frame kind after `current` among `kinds` (round), or the first when `current` is not one."""
+    return kinds[(kinds.index(current) + 1) % len(kinds)] if current in kinds else kinds[0]
+
+
 def numbers_text(items: Sequence[tuple[str, str]], rows: int, label_width: int = 11) -> str:
     """(label, value) pairs laid out in columns of `rows` lines (so a short screen shows them all)."""
     rows = max(rows, 1)
@@ -212,10 +225,7 @@ class TrajectoryScreen(Screen):
     def action_go(self, index: int, clamp: bool = False) -> None:
         if self.trajectory is None:
             return
-        steps = self.trajectory.steps
-        if index < 0 and not clamp:
-            index = steps + index
-        self.index = min(max(index, 0), max(steps - 1, 0))
+        self.index = scrub_index(index, self.trajectory.steps, clamp)
         self.show_step()
 
     def action_series(self, delta: int) -> None:
@@ -225,7 +235,7 @@ class TrajectoryScreen(Screen):
     def action_kind(self) -> None:
         kinds = self.trajectory.kinds() if self.trajectory else []
         if len(kinds) > 1:
-            self.kind = kinds[(kinds.index(self.kind) + 1) % len(kinds)] if self.kind in kinds else kinds[0]
+            self.kind = next_kind(kinds, self.kind)
             self.show_step()
         elif self.trajectory is not None:
             self.notify("this run kept one kind of frame" if kinds else "this run kept no frames", timeout=3)
