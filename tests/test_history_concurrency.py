@@ -17,10 +17,10 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
+from pilot_wait import waiter
 from textual.widgets import Input
 
 from tnr_tui.services.history.paths import DB_NAME
@@ -72,12 +72,7 @@ print(json.dumps({"rows": rows, "integrity": c.execute("PRAGMA integrity_check")
     return json.loads(out.stdout)
 
 
-async def wait_for(pilot: Any, condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
+wait_for = waiter()
 
 
 async def run_the_lab_beside(data_dir: Path, writer: Loop) -> tuple[list[Any], Loop, dict[str, Any]]:

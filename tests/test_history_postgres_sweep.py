@@ -12,11 +12,10 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
+from pilot_wait import waiter
 from textual.widgets import DataTable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,12 +29,7 @@ def url(pg_url) -> str:
     return pg_url  # a new database of the session's server (tests/conftest.py)
 
 
-async def wait_for(pilot: Any, condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
+wait_for = waiter()
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pilot_wait import waiter
 from textual.widgets import DataTable, Input, Select
 
 from engine.request import GenerationRequest
@@ -27,12 +28,7 @@ from tnr_tui.ui.widgets.picture import Picture
 MARKUP_PROMPT = "a red [bold]circle[/ on a blue background"
 
 
-async def wait_for(pilot: Any, condition: Any, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
+wait_for = waiter(timeout=60.0)
 
 
 def notifications(app: TnrLabApp) -> list[Any]:

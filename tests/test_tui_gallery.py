@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
+from pilot_wait import waiter
 from textual.widgets import DataTable, Select
 from tui_runs import record_run, step_colour
 
@@ -16,12 +16,7 @@ from tnr_tui.ui.widgets.gallery import Gallery
 METHODS = ("cfg", "tnr-cfg", "apg")
 
 
-async def wait_for(pilot: Any, condition: Any, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.02)
+wait_for = waiter(timeout=20.0, poll=0.02)
 
 
 def many_runs(data_dir: Path, n: int) -> list[str]:

@@ -4,12 +4,12 @@ real store; no model (nothing here samples)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
+from pilot_wait import waiter
 from textual.widgets import DataTable
 
 from engine.request import GenerationRequest
@@ -21,12 +21,7 @@ def notifications(app: TnrLabApp) -> list[Any]:
     return list(app._notifications)  # Textual keeps no public list (see test_tui_app.notifications)
 
 
-async def wait_for(pilot: Any, condition: Any, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
+wait_for = waiter(timeout=10.0)
 
 
 def done_run_with_image(store: Any, prompt: str) -> tuple[str, Path]:

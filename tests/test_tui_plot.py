@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pilot_wait import waiter
 from tui_runs import FakeEvent, fake_rows, fake_run_fn
 
 from tnr_tui.ui.app import TnrLabApp
@@ -168,12 +169,7 @@ def lab_app(data_dir: Path, run_fn: Any) -> TnrLabApp:
     return TnrLabApp(data_dir=data_dir, image_protocol="halfcell", load_fn=lambda *a: Bundle(), run_fn=run_fn)
 
 
-async def wait_for(pilot: Any, condition: Any, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.02)
+wait_for = waiter(timeout=20.0, poll=0.02)
 
 
 async def test_the_live_plot_draws_the_rows_as_the_run_samples(tmp_data_dir: Path) -> None:

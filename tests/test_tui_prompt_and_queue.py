@@ -3,10 +3,10 @@ queue of runs is visible and cancellable. The real app under App.run_test() with
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
+from pilot_wait import waiter
 from textual.widgets import Input
 
 from tnr_tui.services.history import open_store
@@ -18,12 +18,7 @@ def notifications(app: TnrLabApp) -> list[Any]:
     return list(app._notifications)  # Textual keeps no public list (see test_tui_app.notifications)
 
 
-async def wait_for(pilot: Any, condition: Any, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
+wait_for = waiter(timeout=60.0)
 
 
 async def test_the_example_prompt_is_what_a_first_run_and_a_first_grid_sample(tmp_data_dir: Path) -> None:

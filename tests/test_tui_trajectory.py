@@ -6,10 +6,10 @@ no model.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
+from pilot_wait import waiter
 from textual.widgets import DataTable
 from tui_runs import fake_rows, record_run, step_colour, stored_run_path
 
@@ -18,13 +18,7 @@ from tnr_tui.ui.app import TnrLabApp
 from tnr_tui.ui.screens.trajectory import TrajectoryScreen, numbers_text
 from tnr_tui.ui.widgets.plot import format_number
 
-
-async def wait_for(pilot: Any, condition: Any, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.02)
+wait_for = waiter(timeout=20.0, poll=0.02)
 
 
 def history_app(data_dir: Path) -> TnrLabApp:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
+from pilot_wait import waiter
 from textual.widgets import DataTable
 from tui_runs import fake_rows, karras_sigmas, record_run, step_colour
 
@@ -61,12 +60,7 @@ def test_without_sigmas_runs_align_by_their_position() -> None:
     assert align_by_position(1, 4) == [3]
 
 
-async def wait_for(pilot: Any, condition: Any, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.02)
+wait_for = waiter(timeout=20.0, poll=0.02)
 
 
 async def test_the_pair_view_shows_b_at_the_nearest_sigma(tmp_data_dir: Path) -> None:

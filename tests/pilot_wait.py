@@ -1,0 +1,21 @@
+"""Waiting in Pilot tests for a condition the app reaches on its own (a worker's message, a thread's result):
+polled at the pilot's pace, an AssertionError naming what never came after `timeout` seconds."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+
+def waiter(timeout: float = 60.0, poll: float = 0.05) -> Callable[..., Awaitable[None]]:
+    """`wait_for(pilot, condition, timeout=..., what=...)` with this module's defaults for one test file."""
+
+    async def wait_for(pilot: Any, condition: Any, timeout: float = timeout, what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            await pilot.pause(poll)
+
+    return wait_for
