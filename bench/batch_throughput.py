@@ -13,13 +13,22 @@ per-image work that batching does not touch (encode, decode, measuring).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
 
 
-def unet_costs(bundle, batch: int, repeats: int = 5) -> dict[int, float]:
-    """Median seconds of one UNet call of `rows` rows (1 and 2 rows per image, at batch 1 and `batch`)."""
+def minor_faults() -> int:
+    """This process's minor page faults so far (memory the kernel handed it page by page)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def unet_costs(bundle, batch: int, repeats: int = 5) -> dict[int, tuple[float, float]]:
+    """(median seconds, mean minor page faults) of one UNet call of `rows` rows (1 and 2 rows per image, at
+    batch 1 and `batch`)."""
     import torch
 
     cond = bundle.encode(["", "a red circle on a blue background"], 64, 64, zero_if_empty=[True, False])
@@ -29,11 +38,12 @@ def unet_costs(bundle, batch: int, repeats: int = 5) -> dict[int, float]:
         c = cond.select([1]).repeat(rows)
         bundle.eps(x, 3.0, 500.0, c)
         times = []
+        faults = minor_faults()
         for _ in range(repeats):
             started = time.perf_counter()
             bundle.eps(x, 3.0, 500.0, c)
             times.append(time.perf_counter() - started)
-        costs[rows] = statistics.median(times)
+        costs[rows] = (statistics.median(times), (minor_faults() - faults) / repeats)
     return costs
 
 
@@ -54,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     from tnr_tui.services.study.running import run_arms
 
     torch.set_num_threads(args.threads)
+    from engine.memory import ENV
+
+    # The C allocator's policy (engine/memory.py) is set when the model loads; TNR_LAB_MALLOC=default measures
+    # glibc's own, as the lab sampled before it.
+    print(f"allocator: {'glibc default' if os.environ.get(ENV, '').lower() == 'default' else 'engine.memory'}")
     try:
         bundle = load_bundle(args.model, device="cpu")
     except ModelError as exc:
@@ -101,8 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     batch = dispatcher.batch_size(arms[0].request(), cfg.samples, args.batch)
     costs = unet_costs(bundle, batch)
     print(f"where the time goes (batch size {batch}):")
-    for rows, seconds in costs.items():
-        print(f"  UNet call of {rows:>3} rows: {seconds * 1000:7.1f} ms = {seconds * 1000 / rows:6.2f} ms a row")
+    for rows, (seconds, faults) in costs.items():
+        print(
+            f"  UNet call of {rows:>3} rows: {seconds * 1000:7.1f} ms = {seconds * 1000 / rows:6.2f} ms a row, "
+            f"{faults:6.0f} page faults a call"
+        )
     prompts = ["", "a red circle on a blue background"]
     started = time.perf_counter()
     for _ in range(10):

@@ -250,6 +250,10 @@ def load_bundle(
     ref = str(ref)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if dev.type == "cpu":
+        from engine.memory import keep_freed_memory
+
+        keep_freed_memory()  # batched calls on the CPU otherwise fault their activations in at every call
     if ref == "embedded":
         path = embedded_model_path()
         if not path.exists():
