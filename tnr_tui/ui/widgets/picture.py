@@ -173,11 +173,15 @@ def import_image_library() -> Any:
             get_cell_size._result = CellSize(*_cell_size)  # type: ignore[attr-defined]
         classes = {"tgp": tiw.TGPImage, "sixel": tiw.SixelImage, "halfcell": tiw.HalfcellImage}
         chosen = classes.get(str(_chosen), tiw.UnicodeImage)
-        _image_class = _steady_size(chosen, cache_lines=chosen in (tiw.HalfcellImage, tiw.UnicodeImage))
+        _image_class = _steady_size(
+            chosen,
+            cache_lines=chosen in (tiw.HalfcellImage, tiw.UnicodeImage),
+            fast_halfcell=chosen is tiw.HalfcellImage,
+        )
     return _image_class
 
 
-def _steady_size(image_class: Any, *, cache_lines: bool = False) -> Any:
+def _steady_size(image_class: Any, *, cache_lines: bool = False, fast_halfcell: bool = False) -> Any:
     """The protocol's widget, except that a new image of the same pixel size as the one shown is not a
     layout pass of the whole screen (textual-image's setter asks for one every time; during a run every
     preview has the same size, and each layout re-rendered every widget: measured with bench/tui_latency.py).
@@ -186,7 +190,12 @@ def _steady_size(image_class: Any, *, cache_lines: bool = False) -> Any:
     With `cache_lines` (the text renderers, half cells and unicode blocks) the lines drawn for an image are
     kept until the image, the crop or the size changes: Textual repaints the bounding box of everything that
     changed, so each step's plot and progress line made the picture beside them draw itself again (~10 ms of
-    the UI thread a step), though it changes only with a preview."""
+    the UI thread a step), though it changes only with a preview.
+
+    With `fast_halfcell` the half-cell widget's content lines come from widgets/halfcell.py (the same strips,
+    about ten times faster) wherever Textual's own path would only add the base style: no text selection,
+    content aligned left and top, no link metadata in the base style. Anything else takes textual-image's
+    path as before."""
 
     renderable = getattr(image_class, "_Renderable", None)
     if renderable is None:  # not textual-image's Image base as this version has it: the widget as it is
@@ -213,6 +222,49 @@ def _steady_size(image_class: Any, *, cache_lines: bool = False) -> Any:
             lines = super().render_lines(crop)
             self._drawn = (key, list(lines))
             return lines
+
+        _strips: tuple[Any, list[Any]] | None = None
+        _table: Any = None
+
+        def render_line(self, y: int) -> Any:
+            strips = self._fast_strips() if fast_halfcell else None
+            if strips is None:
+                return super().render_line(y)
+            self._dirty_regions.clear()  # what Textual's render_line would have re-rendered for
+            if y < len(strips):
+                return strips[y]
+            from textual.strip import Strip
+
+            return Strip.blank(self.size.width, self.visual_style.rich_style)
+
+        def _fast_strips(self) -> list[Any] | None:
+            """The content lines by widgets/halfcell.py, or None where Textual's path may do more than add
+            the base style (then it draws them, as textual-image does)."""
+            image = self.image
+            if image is None or self.BLANK or self.text_selection is not None:
+                return None
+            if tuple(self.styles.content_align) != ("left", "top"):
+                return None
+            base = self.visual_style.rich_style
+            if base._meta is not None:  # a link style could apply (Visual.to_strips)
+                return None
+            from PIL import Image as PILImage
+
+            if not isinstance(image, PILImage.Image):  # a path or a stream: textual-image opens it
+                return None
+            from tnr_tui.ui.widgets.halfcell import SegmentTable, halfcell_strips
+
+            width_spec, height_spec = self._get_styled_size()
+            width, height = self.size
+            key = (image, width, height, width_spec, height_spec, base)
+            kept = self._strips
+            if kept is not None and kept[0][0] is image and kept[0][1:] == key[1:]:
+                return kept[1]
+            if self._table is None or self._table.base != base:
+                self._table = SegmentTable(base)
+            strips = halfcell_strips(image, width_spec, height_spec, width, height, self._table)
+            self._strips = (key, strips)
+            return strips
 
     return SteadyImage
 
