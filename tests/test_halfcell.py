@@ -89,3 +89,51 @@ def test_other_protocols_and_unusual_states_take_textual_images_path() -> None:
             assert widget._fast_strips() is None
 
     asyncio.run(run())
+
+
+def test_lines_drawn_on_another_thread_are_used_where_they_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from textual.app import App
+
+    from tnr_tui.ui.widgets import halfcell
+    from tnr_tui.ui.widgets.picture import Picture, prerender
+
+    picture.prepare_images("halfcell", probe=False)
+    picture.load_image_class()
+    first, second, third = images()[:3]
+
+    class Lab(App):
+        CSS = "#preview .picture-image { width: 28; height: 14; }"
+
+        def compose(self):
+            yield Picture("", id="preview", prerender=True)
+
+    async def run() -> None:
+        async with Lab().run_test(size=(80, 30)) as pilot:
+            preview = pilot.app.query_one("#preview", Picture)
+            preview.show(first, "first")
+            await pilot.pause()  # drawn once here: its geometry is published
+            drawn: list = []
+            thread = threading.Thread(target=lambda: drawn.append(prerender(second)))
+            thread.start()
+            thread.join()
+            assert drawn[0] is not None and drawn[0][0][0] is second
+            calls: list = []
+            original = halfcell.halfcell_strips
+            monkeypatch.setattr(halfcell, "halfcell_strips", lambda *a: calls.append(a) or original(*a))
+            preview.show(second, "second", prepared=drawn[0])
+            await pilot.pause()
+            widget = preview._image_widget
+            fast = [widget.render_line(y) for y in range(widget.size.height)]
+            assert calls == []  # the worker's lines, not drawn again here
+            slow = textual_lines(widget)
+            assert fast[: len(slow)] == slow and slow
+            # Lines drawn for another image (or another size) are not taken: the widget draws its own.
+            preview.show(third, "third", prepared=drawn[0])
+            await pilot.pause()
+            assert len(calls) == 1
+            assert [widget.render_line(y) for y in range(len(slow))] == textual_lines(widget)[: len(slow)]
+
+    asyncio.run(run())
+    assert prerender(None) is None

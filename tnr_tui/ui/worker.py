@@ -22,6 +22,7 @@ from typing import Any
 from textual.message import Message
 
 from engine.request import GenerationRequest
+from tnr_tui.ui.widgets.picture import prerender
 
 PREVIEW_INTERVAL_S = 0.25  # at most four previews a second reach the UI
 PREVIEW_MAX_PX = 192  # previews are shrunk to this size before they cross the thread boundary
@@ -77,9 +78,10 @@ class RunProgress(Message):
 class RunPreview(Message):
     """A small picture of the run in progress: the cheap latent preview or a decoded image."""
 
-    def __init__(self, job_id: int, image: Any, decoded: bool, index: int) -> None:
+    def __init__(self, job_id: int, image: Any, decoded: bool, index: int, prepared: Any = None) -> None:
         super().__init__()
         self.job_id, self.image, self.decoded, self.index = job_id, image, decoded, index
+        self.prepared = prepared  # its half-cell lines, drawn on the worker's thread (widgets.picture.prerender)
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, RunPreview) and message.job_id == self.job_id
@@ -488,7 +490,8 @@ class DeviceWorker:
         if picture is None or (decoded is None and not last and now - last_preview[0] < PREVIEW_INTERVAL_S):
             return
         last_preview[0] = now
-        self._post(RunPreview(job_id, shrink(picture), decoded is not None, event.index))
+        shown = shrink(picture)
+        self._post(RunPreview(job_id, shown, decoded is not None, event.index, prerender(shown)))
 
     def _rows_of(self, job_id: int, index: int) -> list[dict[str, Any]]:
         """The job's telemetry rows so far (a new list at its first step); the last ROWS_KEPT jobs' only."""

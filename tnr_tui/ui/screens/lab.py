@@ -214,11 +214,11 @@ class LabScreen(Screen):
                     # The numbers first: on a small terminal the picture is what gets cut.
                     yield ProgressBar(total=1, show_eta=False, id="progress")
                     yield Line("idle", id="progress-text", markup=False)
-                    yield Static("", id="result-text", markup=False)
+                    yield Line("", id="result-text", markup=False)
                     # The picture and, beside it, the live plot of the run's telemetry (on a small terminal
                     # one at a time: ctrl+t swaps them).
                     with Horizontal(id="preview-row"):
-                        yield Picture("no image yet: type a prompt and press ctrl+r", id="preview")
+                        yield Picture("no image yet: type a prompt and press ctrl+r", id="preview", prerender=True)
                         with Vertical(id="live-plot-box"):
                             yield Choice([(c.label, c.key) for c in PLOT_CHOICES], DEFAULT_CHOICE, id="plot-series")
                             yield LinePlot(PLOT_IDLE, id="live-plot")
@@ -283,6 +283,8 @@ class LabScreen(Screen):
             elif scales:
                 text = f"{len(scales)} prompts: base = mean + Σ s_i (p_i − mean); no single CFG scale"
         equivalent = self.query_one("#equivalent", Static)
+        if text == str(equivalent.content) and equivalent.display == bool(text):
+            return  # each field's change asks again: an unchanged line is no layout of the screen
         equivalent.update(text)
         equivalent.display = bool(text)  # an empty line costs a row of an 80x24 terminal
 
@@ -464,15 +466,15 @@ class LabScreen(Screen):
         self.job_ids.add(job_id)
         queue = app.queue_text()
         if queue:  # behind another run: say so, or ten fast ctrl+r look like one
-            self.query_one("#progress-text", Static).update(f"queued: {queue}")
+            self.query_one("#progress-text", Line).set(f"queued: {queue}")
             self.notify(f"run queued: {queue} (escape cancels them all)", timeout=3, markup=False)
         else:
-            self.query_one("#progress-text", Static).update("queued")
+            self.query_one("#progress-text", Line).set("queued")
 
     def action_cancel(self) -> None:
         app: Any = self.app
         if app.cancel_runs():
-            self.query_one("#progress-text", Static).update("cancelling…")
+            self.query_one("#progress-text", Line).set("cancelling…")
 
     def action_toggle_plot(self) -> None:
         """Show the plot instead of the picture, or back (where they do not fit side by side)."""
@@ -528,8 +530,10 @@ class LabScreen(Screen):
     def show_started(self, request: GenerationRequest) -> None:
         bar = self.query_one("#progress", ProgressBar)
         bar.update(total=request.steps, progress=0)
-        self.query_one("#progress-text", Static).update(self._with_queue(f"starting: {request.steps} steps"))
-        self.query_one("#result-text", Static).update("")
+        self.query_one("#progress-text", Line).set(self._with_queue(f"starting: {request.steps} steps"))
+        # The last run's result stays, muted, until this one ends: clearing it and writing it back moved the
+        # picture and the plot twice a run, each a layout of the whole screen (~18 ms of the UI thread).
+        self.query_one("#result-text", Line).add_class("-previous")
         self.plot_rows, self.plot_steps = (), request.steps
         self._update_plot()
 
@@ -564,15 +568,19 @@ class LabScreen(Screen):
 
     def show_preview(self, message: Any) -> None:
         kind = "decoded" if message.decoded else "denoised estimate"
-        self.query_one("#preview", Picture).show(message.image, f"{kind}, step {message.index + 1}")
+        self.query_one("#preview", Picture).show(
+            message.image, f"{kind}, step {message.index + 1}", prepared=getattr(message, "prepared", None)
+        )
 
     def show_ended(self, message: Any) -> None:
         self.last_result = {"status": message.status, "stats": message.stats, "metrics": message.metrics}
         text = format_result(message.status, message.stats, message.metrics, message.error)
-        self.query_one("#result-text", Static).update(visible(text, keep_newlines=True))
+        result = self.query_one("#result-text", Line)
+        result.set(visible(text, keep_newlines=True))
+        result.remove_class("-previous")
         for warning in message.stats.get("warnings", []):
             self.notify(warning, severity="warning", markup=False, timeout=10)
-        self.query_one("#progress-text", Static).update(self._with_queue(message.status))
+        self.query_one("#progress-text", Line).set(self._with_queue(message.status))
         if message.image is not None:
             seed = message.request.seed
             self.query_one("#preview", Picture).show(message.image, f"final image, seed {seed}")

@@ -91,3 +91,35 @@ def halfcell_strips(
         lower = packed[(top + 1) * width : (top + 2) * width]
         strips.append(Strip([segment(u, v) for u, v in zip(upper, lower, strict=True)], width))
     return strips[:max_height]
+
+
+class Geometry:
+    """Where a half-cell widget last drew (its size, its styled size, its segment table): enough for another
+    thread to draw the next image's lines ahead of time (`prepare`)."""
+
+    __slots__ = ("height", "height_spec", "table", "width", "width_spec")
+
+    def __init__(self, width: int, height: int, width_spec: Any, height_spec: Any, table: SegmentTable) -> None:
+        self.width, self.height, self.width_spec, self.height_spec, self.table = (
+            width,
+            height,
+            width_spec,
+            height_spec,
+            table,
+        )
+
+    def key(self, image: Any) -> tuple[Any, ...]:
+        return (image, self.width, self.height, self.width_spec, self.height_spec, self.table.base)
+
+
+def prepare(image: Any, geometry: Geometry | None) -> tuple[tuple[Any, ...], list[Strip]] | None:
+    """(key, lines) of `image` drawn at `geometry`, for the widget to take if it still has that geometry when
+    the image arrives (else it draws them itself). Safe off the UI thread: it reads the geometry, builds new
+    strips and adds to the tables (single dict operations), and touches no widget."""
+    if image is None or geometry is None:
+        return None
+    key = geometry.key(image)
+    strips = halfcell_strips(
+        image, geometry.width_spec, geometry.height_spec, geometry.width, geometry.height, geometry.table
+    )
+    return key, strips

@@ -225,6 +225,8 @@ def _steady_size(image_class: Any, *, cache_lines: bool = False, fast_halfcell: 
 
         _strips: tuple[Any, list[Any]] | None = None
         _table: Any = None
+        prepared: tuple[Any, list[Any]] | None = None  # lines drawn ahead by the worker (halfcell.prepare)
+        prerender_target = False  # publish this widget's geometry for the worker (the Lab's run preview)
 
         def render_line(self, y: int) -> Any:
             strips = self._fast_strips() if fast_halfcell else None
@@ -252,7 +254,7 @@ def _steady_size(image_class: Any, *, cache_lines: bool = False, fast_halfcell: 
 
             if not isinstance(image, PILImage.Image):  # a path or a stream: textual-image opens it
                 return None
-            from tnr_tui.ui.widgets.halfcell import SegmentTable, halfcell_strips
+            from tnr_tui.ui.widgets.halfcell import Geometry, SegmentTable, halfcell_strips
 
             width_spec, height_spec = self._get_styled_size()
             width, height = self.size
@@ -262,11 +264,36 @@ def _steady_size(image_class: Any, *, cache_lines: bool = False, fast_halfcell: 
                 return kept[1]
             if self._table is None or self._table.base != base:
                 self._table = SegmentTable(base)
-            strips = halfcell_strips(image, width_spec, height_spec, width, height, self._table)
+            if self.prerender_target:
+                global _preview_geometry
+                _preview_geometry = Geometry(width, height, width_spec, height_spec, self._table)
+            prepared, self.prepared = self.prepared, None
+            if prepared is not None and prepared[0][0] is image and prepared[0][1:] == key[1:]:
+                strips = prepared[1]  # drawn by the worker for this very image, size and style
+            else:
+                strips = halfcell_strips(image, width_spec, height_spec, width, height, self._table)
             self._strips = (key, strips)
             return strips
 
     return SteadyImage
+
+
+_preview_geometry: Any = None  # where the Lab's run preview last drew (halfcell.Geometry), for `prerender`
+
+
+def prerender(image: Any) -> Any:
+    """The half-cell lines of `image` for the Lab's run preview, drawn now, on the calling thread (the
+    worker's, as it posts the image), or None (another protocol, nothing drawn yet). `Picture.show(...,
+    prepared=)` hands them to the widget, which uses them if its geometry has not changed since.
+
+    A decoded image has a new colour in nearly every cell: drawing its 1568 cells took ~15 ms of the UI
+    thread, and every fifth step's frame (decode_every 5) was the event loop's longest (bench/tui_latency.py)."""
+    geometry = _preview_geometry
+    if geometry is None or image is None or _chosen != "halfcell":
+        return None
+    from tnr_tui.ui.widgets.halfcell import prepare
+
+    return prepare(image, geometry)
 
 
 def load_image_class() -> Any:
@@ -331,6 +358,20 @@ def read_image(path: Path | None, max_px: int = 256) -> tuple[Any, str]:
     return image, ""
 
 
+def _same_box(widget: Any, shown: Any, image: Any) -> bool:
+    """Whether `image` takes the same cells as `shown` in `widget`, so that showing it needs no layout: the
+    same pixel size, or a widget whose width and height are set in the stylesheet (not `auto`), which the
+    image does not change. During a run the Lab's preview alternates the latent preview (8x8 pixels on the
+    embedded model) with decoded images (64x64) in its fixed 56x28 box: each switch was a layout of the
+    whole screen (~70 ms of the UI thread, bench/tui_latency.py), and so was its first image."""
+    width, height = widget.styles.width, widget.styles.height
+    if width is not None and height is not None and not width.is_auto and not height.is_auto:
+        return True  # the box is the stylesheet's, with an image or without
+    if image is None or shown is None:
+        return False
+    return getattr(shown, "size", None) == getattr(image, "size", ())
+
+
 class Picture(Container):
     """An image with a caption; shows the caption alone when images are off or there is none yet.
 
@@ -344,15 +385,25 @@ class Picture(Container):
     Picture > .picture-caption { height: auto; color: $text-muted; }
     """
 
-    def __init__(self, caption: str = "", *, id: str | None = None, classes: str | None = None) -> None:
+    def __init__(
+        self, caption: str = "", *, id: str | None = None, classes: str | None = None, prerender: bool = False
+    ) -> None:
+        """`prerender`: the picture `prerender` draws for ahead of time (one per app: the Lab's run preview)."""
         super().__init__(id=id, classes=classes)
         self._caption = caption
         self._image_widget: Any = None
+        self._prerender = prerender
         self.pil_image: Any = None  # the PIL image shown now (tests read it)
+
+    def _new_image_widget(self, image: Any) -> Any:
+        widget = _image_class(image, classes="picture-image")
+        if hasattr(widget, "prerender_target"):
+            widget.prerender_target = self._prerender
+        return widget
 
     def compose(self) -> ComposeResult:
         if _image_class is not None:
-            self._image_widget = _image_class(None, classes="picture-image")
+            self._image_widget = self._new_image_widget(None)
             yield self._image_widget
         elif _chosen not in (None, "none"):
             _waiting.append(self)
@@ -361,20 +412,21 @@ class Picture(Container):
     def attach_image(self) -> None:
         """Mount the image widget (textual-image is loaded by now), showing the current picture."""
         if self._image_widget is None and _image_class is not None:
-            self._image_widget = _image_class(self.pil_image, classes="picture-image")
+            self._image_widget = self._new_image_widget(self.pil_image)
             self.mount(self._image_widget, before=0)
 
-    def show(self, image: Any, caption: str | None = None) -> None:
-        """Show a PIL image (None clears it); the caption is plain text, shown literally."""
+    def show(self, image: Any, caption: str | None = None, *, prepared: Any = None) -> None:
+        """Show a PIL image (None clears it); the caption is plain text, shown literally. `prepared`: its
+        lines as `prerender` drew them (used only where they fit)."""
         self.pil_image = image
         if self._image_widget is None and _chosen not in (None, "none"):
             load_image_class()  # a picture before the app's first frame was over: load it now
             self.attach_image()
         elif self._image_widget is not None:
             widget = self._image_widget
-            shown = widget.image
-            same_size = image is not None and shown is not None and getattr(shown, "size", None) == image.size
-            widget.steady = same_size and hasattr(widget, "steady")
+            widget.steady = hasattr(widget, "steady") and _same_box(widget, widget.image, image)
+            if hasattr(widget, "prepared"):
+                widget.prepared = prepared
             try:
                 widget.image = image
             finally:
