@@ -4,6 +4,7 @@ tiny fixture at 5 steps; docs/batching.md has the embedded model's numbers)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,6 +117,33 @@ def test_an_image_depends_on_its_batch_size_only(bundle):
     copies = sample_batch(bundle, [request] * 3)
     assert torch.equal(mixed[1].latent, copies[0].latent)
     assert torch.equal(mixed[1].latent, copies[2].latent)
+    # and so is its image, decoded with its batch's in one call (small images: engine.sampler.decode_together)
+    assert np.array_equal(np.asarray(mixed[1].image), np.asarray(copies[0].image))
+    assert np.array_equal(np.asarray(mixed[1].image), np.asarray(copies[2].image))
+
+
+def test_small_images_decode_together_large_ones_one_at_a_time(bundle, monkeypatch):
+    """A batch's final images: one decoder call for small images, within one level of 255 of each latent's
+    decode alone; above engine.sampler.DECODE_TOGETHER_PIXELS each latent's exact decode, as before."""
+    import engine.sampler as sampler
+    from engine.preview import decoded_to_image
+
+    requests = [base(seed=s) for s in (1, 2, 3, 4)]
+    calls: list[int] = []
+    decode = bundle.decode
+    monkeypatch.setattr(bundle, "decode", lambda latent: calls.append(latent.shape[0]) or decode(latent))
+    together = sample_batch(bundle, requests)
+    assert calls == [4]
+    for result in together:
+        alone = np.asarray(decoded_to_image(decode(result.latent)), dtype=np.int16)
+        assert np.abs(np.asarray(result.image, dtype=np.int16) - alone).max() <= 1
+    calls.clear()
+    monkeypatch.setattr(sampler, "DECODE_TOGETHER_PIXELS", 3 * 64 * 64)  # four 64 px images are too many now
+    apart = sample_batch(bundle, requests)
+    assert calls == [1, 1, 1, 1]
+    for result, before in zip(apart, together, strict=True):
+        assert torch.equal(result.latent, before.latent)
+        assert np.array_equal(np.asarray(result.image), np.asarray(decoded_to_image(decode(result.latent))))
 
 
 def test_batch_of_one_is_the_unbatched_run(bundle):
