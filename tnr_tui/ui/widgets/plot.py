@@ -306,6 +306,7 @@ class LinePlot(Widget):
     def notify_style_update(self) -> None:
         super().notify_style_update()
         self._strips = None  # the theme's colours may have changed; the characters did not
+        self._styles = None
 
     def _draw(self) -> Drawn:
         size = (self.size.width, self.size.height)
@@ -314,22 +315,28 @@ class LinePlot(Widget):
             self.draws += 1
         return self._drawn
 
+    _styles: tuple[Style, dict[str, Style]] | None = None  # (base, component names -> base + their styles)
+
     def _build_strips(self) -> list[Strip]:
         drawn = self._draw()
-        styles: dict[str, Style] = {}
+        base = self.rich_style
+        # Kept between steps while the base style stands (a new theme or style resets them): looking the
+        # component styles up again was a third of each step's redraw.
+        if self._styles is None or self._styles[0] != base:
+            self._styles = (base, {})
+        styles = self._styles[1]
 
         def style_of(names: str) -> Style:
-            if names not in styles:
+            style = styles.get(names)
+            if style is None:
                 combined = Style()
                 for name in names.split():
                     combined += self.get_component_rich_style(name)
-                styles[names] = combined
-            return styles[names]
+                style = styles[names] = base + combined
+            return style
 
-        base = self.rich_style
         return [
-            Strip([Segment(text, base + style_of(names)) for text, names in line], self.size.width)
-            for line in drawn.lines
+            Strip([Segment(text, style_of(names)) for text, names in line], self.size.width) for line in drawn.lines
         ]
 
     def render_line(self, y: int) -> Strip:
