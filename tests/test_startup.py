@@ -367,3 +367,38 @@ def test_the_bench_script_times_both_sides(tiny_sdxl_dir, capsys):
     for label in ("wall", r"user\+sys"):
         ratio = float(re.search(rf"ratio tnr-lab/diffusers, {label} *: (\d+\.\d+) \(medians\)", out).group(1))
         assert 0 < ratio < 10
+
+
+def test_a_deferred_package_serves_its_listed_names_from_their_submodule(packages, monkeypatch):
+    write_package(
+        packages,
+        "tnrfake_s",
+        {
+            "__init__.py": "import sys\nsys.tnrfake_s_inits = getattr(sys, 'tnrfake_s_inits', 0) + 1\n"
+            "from ._small import solve\nfrom .big import Other\n",
+            "_small.py": "def solve():\n    return 42\n",
+            "big.py": "class Other:\n    pass\n",
+        },
+    )
+    monkeypatch.setitem(imports.SERVED, "tnrfake_s", {"solve": "tnrfake_s._small", "gone": "tnrfake_s._small"})
+    solve = imports.import_deferring(lambda: __import__("tnrfake_s", fromlist=["solve"]).solve, ["tnrfake_s"])
+    package = sys.modules["tnrfake_s"]
+    assert solve() == 42 and imports.is_deferred(package)  # served: the __init__ has not run
+    assert not hasattr(sys, "tnrfake_s_inits") and "tnrfake_s.big" not in sys.modules
+    from tnrfake_s import Other  # any other name runs the __init__, which imports the same `solve`
+
+    assert sys.tnrfake_s_inits == 1 and Other.__module__ == "tnrfake_s.big"
+    assert package.solve is solve and not imports.is_deferred(package)
+    with pytest.raises(AttributeError):  # a listed name its submodule lacks: the __init__ decides (it has none)
+        _ = package.gone
+    del sys.tnrfake_s_inits
+
+
+def test_served_names_are_the_packages_own_objects():
+    """What SERVED hands out is what each package's __init__ exports under that name (this interpreter imported
+    them plainly); a library that moved a name fails here, not in a user's run."""
+    import importlib
+
+    for package, names in imports.SERVED.items():
+        for name, submodule in names.items():
+            assert getattr(importlib.import_module(submodule), name) is getattr(importlib.import_module(package), name)

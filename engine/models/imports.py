@@ -11,7 +11,15 @@ it is package `__init__` files that import a whole library so that `from pkg imp
 - `transformers.models`: a scan of every model folder (~560) for its names (reached from `models.clip` and
   from peft's constants);
 - `scipy.stats`: every distribution (diffusers' schedulers `import scipy.stats` for beta sigmas; diffusers'
-  single-file loader imports them all; the lab's beta schedule asks for it when it is used).
+  single-file loader imports them all; the lab's beta schedule asks for it when it is used);
+- `scipy.optimize`: every optimiser, with scipy.linalg, sparse, special and spatial under them (about 0.38 s of
+  a 7 s `generate` here), reached from `transformers.modeling_utils` through its object-detection losses,
+  which need one name: `from scipy.optimize import linear_sum_assignment`. A deferred package may serve such
+  names from the submodule that defines them (`SERVED`) without running its `__init__`: the same object
+  its `__init__` would import (`from ._lsap import linear_sum_assignment`), and any other name still runs it;
+- `scipy.integrate`: every integrator (`from scipy import integrate` in diffusers' LMS scheduler, reached from
+  the UNet's single-file mixin through `diffusers.schedulers`; it needs `integrate.quad` only when it runs),
+  whose own submodules would ask scipy.optimize for more names.
 
 Not `peft` (about 0.5 s, reached from `diffusers.loaders.lora_base` through the UNet's PEFT mixin, for one
 class): tried, and its submodules import each other in an order only its own `__init__` gets right (a deferred
@@ -50,7 +58,15 @@ DEFERRED = (
     "diffusers.hooks",
     "transformers.models",
     "scipy.stats",
+    "scipy.integrate",
+    "scipy.optimize",
 )
+
+# Names a deferred package hands out from the submodule that defines them, without its __init__ (checked: the
+# object found there must be what the package's own __init__ imports under that name; tests/test_startup.py).
+SERVED = {
+    "scipy.optimize": {"linear_sum_assignment": "scipy.optimize._lsap"},
+}
 
 _STATE = "__tnr_lab_deferred__"  # on a deferred package: "pending", "running", "done" or "failed"
 _LOCK = threading.RLock()  # one for all: the first use of a deferred package is rare and short
@@ -113,7 +129,17 @@ def _place(name: str) -> bool:
     module = importlib.util.module_from_spec(spec)  # __spec__, __path__, __file__, __loader__, __package__
     module.__dict__[_STATE] = "pending"
 
+    served = SERVED.get(name, {})
+
     def __getattr__(attribute: str) -> Any:  # PEP 562: called only for names the module lacks
+        if attribute in served and module.__dict__.get(_STATE) == "pending":
+            try:
+                value = getattr(importlib.import_module(served[attribute]), attribute)
+            except (ImportError, AttributeError):
+                pass  # another layout of the library: its __init__ below finds the name, or says it has none
+            else:
+                module.__dict__[attribute] = value  # as the __init__'s own `from .sub import name` would
+                return value
         real = _initialise(module)
         if attribute in module.__dict__:
             return module.__dict__[attribute]
