@@ -137,3 +137,48 @@ def test_lines_drawn_on_another_thread_are_used_where_they_fit(monkeypatch: pyte
 
     asyncio.run(run())
     assert prerender(None) is None
+
+
+def test_the_worker_draws_lines_for_the_labs_runs_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Lab run's previews carry their lines; a batch's (the Compare screen's tiles) and other owners' do not:
+    the worker would draw lines no widget takes."""
+    from rich.style import Style
+    from tui_runs import FakeEvent
+
+    from tnr_tui.ui.widgets.halfcell import Geometry, SegmentTable
+    from tnr_tui.ui.worker import DeviceWorker, RunPreview
+
+    picture.prepare_images("halfcell", probe=False)
+    monkeypatch.setattr(picture, "_preview_geometry", Geometry(28, 14, 28, 14, SegmentTable(Style())))
+    posted: list = []
+    worker = DeviceWorker(posted.append)
+    image = images()[0]
+    for job_id, lab in ((1, True), (2, False)):
+        event = FakeEvent(0, 1, 1.0, 0.0, None, 2, 0.0, image=image)
+        worker._on_step(job_id, event, [0.0], prerender_lines=lab)
+    previews = {m.job_id: m for m in posted if isinstance(m, RunPreview)}
+    assert previews[1].prepared is not None and len(previews[1].prepared[1]) == 14
+    assert previews[2].prepared is None
+    worker._on_step(3, FakeEvent(0, 1, 1.0, 0.0, None, 2, 0.0, image=image), [0.0])  # the default: no lines
+    assert [m for m in posted if isinstance(m, RunPreview)][-1].prepared is None
+
+    submitted: list = []
+
+    class Worker:
+        def submit(self, request, **kwargs):
+            submitted.append(kwargs["prerender"])
+            return len(submitted)
+
+    from engine.request import GenerationRequest
+    from tnr_tui.ui.app import TnrLabApp
+
+    class Store:
+        def create_run(self, *args, **kwargs):
+            return "run"
+
+    app = TnrLabApp.__new__(TnrLabApp)  # only submit's bookkeeping: no screens, no device
+    app.worker, app.job_owner = Worker(), {}
+    monkeypatch.setattr(TnrLabApp, "store", Store(), raising=False)
+    for owner in ("lab", "compare", "history"):
+        TnrLabApp.submit(app, GenerationRequest(prompt="x"), owner=owner)
+    assert submitted == [True, False, False]

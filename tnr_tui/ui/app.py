@@ -237,7 +237,9 @@ class TnrLabApp(App[int]):
             )
             self.notify(message, title="Not run", severity="error", markup=False, timeout=10)
             return None
-        job_id = self.worker.submit(request, run_id=run_id, origin=origin, parent_id=parent_id)
+        job_id = self.worker.submit(
+            request, run_id=run_id, origin=origin, parent_id=parent_id, prerender=owner == "lab"
+        )
         self.job_owner[job_id] = owner
         return job_id
 

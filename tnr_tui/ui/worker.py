@@ -129,6 +129,7 @@ class Job:
     run_id: str | None = None  # the history row, recorded `queued` when the job was submitted
     origin: str = "tui"
     parent_id: str | None = None
+    prerender: bool = False  # its previews are for the Lab's picture: draw their lines here (picture.prerender)
 
 
 LoadFn = Callable[[str, str, str], Any]
@@ -211,8 +212,10 @@ class DeviceWorker:
         run_id: str | None = None,
         origin: str = "tui",
         parent_id: str | None = None,
+        prerender: bool = False,
     ) -> int:
-        job = Job(next(self._ids), request, run_id, origin, parent_id)
+        """Queue one run; `prerender`: its previews go to the Lab's picture, whose lines the worker draws."""
+        job = Job(next(self._ids), request, run_id, origin, parent_id, prerender)
         with self._pending_lock:
             self.pending += 1
         self._queue.put(("run", job))
@@ -379,7 +382,7 @@ class DeviceWorker:
 
                 def on_step(image: int, event: Any, chunk: list[Job] = chunk, previews: dict = previews) -> None:
                     job_id = chunk[image].job_id
-                    self._on_step(job_id, event, previews[job_id])
+                    self._on_step(job_id, event, previews[job_id])  # a batch's tiles: not the Lab's picture
 
                 run_ids = [
                     each.run_id or self._store.create_run(each.request, status="queued", origin=each.origin)
@@ -446,7 +449,7 @@ class DeviceWorker:
             last_preview = [0.0]
 
             def on_step(event: Any) -> None:
-                self._on_step(job.job_id, event, last_preview)
+                self._on_step(job.job_id, event, last_preview, prerender_lines=job.prerender)
 
             # With no bundle (the model failed to load) execute() tries again and records the failure.
             outcome = self._run(
@@ -466,7 +469,7 @@ class DeviceWorker:
             self.current_job = None
             self._cancel.clear()
 
-    def _on_step(self, job_id: int, event: Any, last_preview: list[float]) -> None:
+    def _on_step(self, job_id: int, event: Any, last_preview: list[float], prerender_lines: bool = False) -> None:
         rows = self._rows_of(job_id, event.index)
         step_rows = getattr(event, "rows", None)
         if step_rows:  # the event's image's row (a batch's event carries its own image's)
@@ -491,7 +494,8 @@ class DeviceWorker:
             return
         last_preview[0] = now
         shown = shrink(picture)
-        self._post(RunPreview(job_id, shown, decoded is not None, event.index, prerender(shown)))
+        prepared = prerender(shown) if prerender_lines else None
+        self._post(RunPreview(job_id, shown, decoded is not None, event.index, prepared))
 
     def _rows_of(self, job_id: int, index: int) -> list[dict[str, Any]]:
         """The job's telemetry rows so far (a new list at its first step); the last ROWS_KEPT jobs' only."""
