@@ -24,7 +24,8 @@ from textual.strip import Strip
 
 UPPER_HALF = "▀"
 _HEX = [f"{v:02x}" for v in range(256)]
-_MAX_COLOURS = 16_384  # kept colours and segments (23 MB at peak, measured; ten 56x28 pictures); then a table starts again
+# Colours and segments kept (23 MB at peak, measured; ten 56x28 pictures); past this a table starts again.
+_MAX_COLOURS = 16_384
 
 _colours: dict[int, Color] = {}
 
