@@ -14,6 +14,7 @@ colour per 24-bit value, a finished segment per (upper, lower) pair under one ba
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from rich.color import Color, ColorType
@@ -94,23 +95,23 @@ def halfcell_strips(
     return strips[:max_height]
 
 
+@dataclass(frozen=True)
 class Geometry:
     """Where a half-cell widget last drew (its size, its styled size, its segment table): enough for another
     thread to draw the next image's lines ahead of time (`prepare`)."""
 
-    __slots__ = ("height", "height_spec", "table", "width", "width_spec")
-
-    def __init__(self, width: int, height: int, width_spec: Any, height_spec: Any, table: SegmentTable) -> None:
-        self.width, self.height, self.width_spec, self.height_spec, self.table = (
-            width,
-            height,
-            width_spec,
-            height_spec,
-            table,
-        )
+    width: int
+    height: int
+    width_spec: Any
+    height_spec: Any
+    table: SegmentTable
 
     def key(self, image: Any) -> tuple[Any, ...]:
+        """What lines drawn for `image` here depend on (the image itself first: compared by identity)."""
         return (image, self.width, self.height, self.width_spec, self.height_spec, self.table.base)
+
+    def draw(self, image: Any) -> list[Strip]:
+        return halfcell_strips(image, self.width_spec, self.height_spec, self.width, self.height, self.table)
 
 
 def prepare(image: Any, geometry: Geometry | None) -> tuple[tuple[Any, ...], list[Strip]] | None:
@@ -119,8 +120,4 @@ def prepare(image: Any, geometry: Geometry | None) -> tuple[tuple[Any, ...], lis
     strips and adds to the tables (single dict operations), and touches no widget."""
     if image is None or geometry is None:
         return None
-    key = geometry.key(image)
-    strips = halfcell_strips(
-        image, geometry.width_spec, geometry.height_spec, geometry.width, geometry.height, geometry.table
-    )
-    return key, strips
+    return geometry.key(image), geometry.draw(image)

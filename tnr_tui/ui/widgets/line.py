@@ -27,8 +27,7 @@ class Line(Static):
         width = self.content_size.width
         new = _unwrapped_lines(text, width)
         layout = self._text is None or not new or new != _unwrapped_lines(self._text, width)
-        self._text = text
-        self.update(text, layout=layout)
+        self.update(text, layout=layout)  # which remembers the text
 
     def update(self, content: Any = "", *, layout: bool = True) -> None:
         self._text = content if isinstance(content, str) else None

@@ -216,9 +216,8 @@ def _steady_size(image_class: Any, *, cache_lines: bool = False, fast_halfcell: 
                 return super().render_lines(crop)
             # The image object itself is in the key (kept alive by it, so never another image at its id).
             key = (self.image, crop, self.size, self.app.current_theme.name)
-            drawn = self._drawn
-            if drawn is not None and drawn[0][0] is key[0] and drawn[0][1:] == key[1:]:
-                return list(drawn[1])
+            if _kept_for(self._drawn, key):
+                return list(self._drawn[1])  # type: ignore[index]
             lines = super().render_lines(crop)
             self._drawn = (key, list(lines))
             return lines
@@ -254,24 +253,21 @@ def _steady_size(image_class: Any, *, cache_lines: bool = False, fast_halfcell: 
 
             if not isinstance(image, PILImage.Image):  # a path or a stream: textual-image opens it
                 return None
-            from tnr_tui.ui.widgets.halfcell import Geometry, SegmentTable, halfcell_strips
+            from tnr_tui.ui.widgets.halfcell import Geometry, SegmentTable
 
-            width_spec, height_spec = self._get_styled_size()
-            width, height = self.size
-            key = (image, width, height, width_spec, height_spec, base)
-            kept = self._strips
-            if kept is not None and kept[0][0] is image and kept[0][1:] == key[1:]:
-                return kept[1]
             if self._table is None or self._table.base != base:
                 self._table = SegmentTable(base)
+            width, height = self.size
+            geometry = Geometry(width, height, *self._get_styled_size(), self._table)
+            key = geometry.key(image)
+            if _kept_for(self._strips, key):
+                return self._strips[1]  # type: ignore[index]
             if self.prerender_target:
                 global _preview_geometry
-                _preview_geometry = Geometry(width, height, width_spec, height_spec, self._table)
+                _preview_geometry = geometry
             prepared, self.prepared = self.prepared, None
-            if prepared is not None and prepared[0][0] is image and prepared[0][1:] == key[1:]:
-                strips = prepared[1]  # drawn by the worker for this very image, size and style
-            else:
-                strips = halfcell_strips(image, width_spec, height_spec, width, height, self._table)
+            # Lines the worker drew for this very image, size and style, else drawn here.
+            strips = prepared[1] if _kept_for(prepared, key) else geometry.draw(image)
             self._strips = (key, strips)
             return strips
 
@@ -294,6 +290,12 @@ def prerender(image: Any) -> Any:
     from tnr_tui.ui.widgets.halfcell import prepare
 
     return prepare(image, geometry)
+
+
+def _kept_for(kept: tuple[Any, Any] | None, key: tuple[Any, ...]) -> bool:
+    """Whether `kept` = (its key, what was drawn) was drawn for `key`: the image (the key's first item) is the
+    very same object (PIL's == would compare every pixel), the rest equal."""
+    return kept is not None and kept[0][0] is key[0] and kept[0][1:] == key[1:]
 
 
 def load_image_class() -> Any:
@@ -363,7 +365,7 @@ def _same_box(widget: Any, shown: Any, image: Any) -> bool:
     same pixel size, or a widget whose width and height are set in the stylesheet (not `auto`), which the
     image does not change. During a run the Lab's preview alternates the latent preview (8x8 pixels on the
     embedded model) with decoded images (64x64) in its fixed 56x28 box: each switch was a layout of the
-    whole screen (~70 ms of the UI thread, bench/tui_latency.py), and so was its first image."""
+    whole screen (~18 ms of the UI thread, measured during a run), and so was its first image."""
     width, height = widget.styles.width, widget.styles.height
     if width is not None and height is not None and not width.is_auto and not height.is_auto:
         return True  # the box is the stylesheet's, with an image or without
