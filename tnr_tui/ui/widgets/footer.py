@@ -1,41 +1,181 @@
-"""Textual's Footer, recomposed only when the bindings it shows change.
+"""The key bar at the bottom of each screen: Textual's Footer drawn as one widget.
 
-Textual's footer rebuilds all its keys whenever the screen's bindings may have changed (every focus change,
-every mount): three identical rebuilds before the Lab's first frame, eight widgets each (measured with a
-counter on `recompose`). This one compares what it would show with what it shows and skips the rebuild
-when they are the same. It relies on Footer.bindings_changed and `_bindings_ready` of Textual 8.2.
+Textual's Footer is a container of one FooterKey widget per key, which it mounts only after the screen's
+bindings are known, that is after the first frame: every screen's first frame had an empty footer, then a
+mount of 7-8 widgets, a layout of the whole screen (~40 ms on the 2-core box) and a second frame; and every
+focus change that altered the keys rebuilt them all. This one draws the same keys (the screen's active
+bindings that show, one per action, the command palette's on the right) as one line of text in its own
+`render`, so they are in the first frame, and a change of keys is a repaint of one line, never a layout.
+
+Like Textual's: a click on a key presses it (`App.simulate_key`), a disabled key rings the bell, the key under
+the mouse is highlighted and its tooltip (or description) shows, and keys use the app's key display (its
+keymap). Not kept: binding groups (the lab has none) and the compact style.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
+from rich.text import Text
+from textual import events
 from textual.screen import Screen
-from textual.widgets import Footer as TextualFooter
+from textual.widget import Widget
 
 
-class Footer(TextualFooter):
-    """A drop-in Footer that skips rebuilds which would show the same keys."""
+@dataclass(frozen=True)
+class FooterItem:
+    key: str  # what simulate_key presses
+    display: str  # as the app shows it (keymap included)
+    description: str
+    enabled: bool
+    tooltip: str
+    palette: bool = False  # the command palette's key, drawn on the right
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._shown: tuple[Any, ...] | None = None
-        self.rebuilds = 0  # tests and benches read it
 
-    def _wanted(self, screen: Screen) -> tuple[Any, ...]:
-        return tuple(
-            (binding.key, binding.description, binding.action, enabled, tooltip)
-            for (_, binding, enabled, tooltip) in screen.active_bindings.values()
-            if binding.show
-        ) + (self.show_command_palette, self.compact)
+class Footer(Widget, can_focus=False):
+    """The screen's keys on one line; see the module docstring."""
 
-    def bindings_changed(self, screen: Screen) -> None:
-        if not (screen.app.app_focus and self.is_attached and screen is self.screen):
-            super().bindings_changed(screen)
+    ALLOW_SELECT = False
+    COMPONENT_CLASSES = {"footer-key--key", "footer-key--description", "footer-key--hover", "footer-key--separator"}
+    DEFAULT_CSS = """
+    Footer {
+        dock: bottom;
+        height: 1;
+        color: $footer-foreground;
+        background: $footer-background;
+        text-wrap: nowrap;
+        text-overflow: clip;
+    }
+    Footer > .footer-key--key {
+        color: $footer-key-foreground;
+        background: $footer-key-background;
+        text-style: bold;
+    }
+    Footer > .footer-key--description {
+        color: $footer-description-foreground;
+        background: $footer-description-background;
+    }
+    Footer > .footer-key--hover { color: $footer-key-foreground; background: $block-hover-background; }
+    Footer > .footer-key--separator { color: $foreground 20%; }
+    """
+
+    def __init__(self, *, show_command_palette: bool = True, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.show_command_palette = show_command_palette
+        self._items: tuple[FooterItem, ...] | None = None  # as drawn last
+        self._spans: list[tuple[int, int, FooterItem]] = []  # cells [start, end) of each drawn key
+        self._hover: FooterItem | None = None
+        self.repaints = 0  # tests and benches read it: a change of keys repaints, it never mounts
+
+    # ---- what it shows ----
+
+    def items(self, screen: Screen | None = None) -> tuple[FooterItem, ...]:
+        """The keys to show now, in the screen's order: one per action, the palette's last."""
+        screen = screen or self.screen
+        app = self.app
+        seen: set[str] = set()
+        found: list[FooterItem] = []
+        bindings = screen.active_bindings
+        for _node, binding, enabled, tooltip in bindings.values():
+            if not binding.show or binding.action in seen:
+                continue
+            seen.add(binding.action)
+            found.append(FooterItem(binding.key, app.get_key_display(binding), binding.description, enabled, tooltip))
+        if self.show_command_palette and app.ENABLE_COMMAND_PALETTE:
+            entry = bindings.get(app.COMMAND_PALETTE_BINDING)
+            if entry is not None:
+                _node, binding, enabled, _tooltip = entry
+                found.append(
+                    FooterItem(
+                        binding.key,
+                        app.get_key_display(binding),
+                        binding.description,
+                        enabled,
+                        binding.tooltip or binding.description,
+                        palette=True,
+                    )
+                )
+        return tuple(found)
+
+    def on_mount(self) -> None:
+        self.screen.bindings_updated_signal.subscribe(self, self._bindings_changed)
+
+    def on_unmount(self) -> None:
+        self.screen.bindings_updated_signal.unsubscribe(self)
+
+    def _bindings_changed(self, screen: Screen) -> None:
+        if self.is_attached and screen is self.screen and self.items(screen) != self._items:
+            self.refresh()
+
+    # ---- drawing ----
+
+    def render(self) -> Text:
+        self._items = items = self.items()
+        self.repaints += 1
+        key_style = self.get_component_rich_style("footer-key--key")
+        description_style = self.get_component_rich_style("footer-key--description")
+        separator_style = self.get_component_rich_style("footer-key--separator")
+        hover_style = self.get_component_rich_style("footer-key--hover")
+        width = self.size.width
+        text = Text(no_wrap=True, overflow="crop", end="")
+        spans: list[tuple[int, int, FooterItem]] = []
+
+        def key_text(item: FooterItem) -> Text:
+            # As Textual draws them: " key description ", and the palette's "key description" after its bar.
+            key = item.display if item.palette else f" {item.display} "
+            description = f" {item.description}" if item.palette else f"{item.description} "
+            part = Text.assemble((key, key_style), (description, description_style))
+            if not item.enabled:
+                part.stylize("dim")
+            if item == self._hover:
+                part.stylize(hover_style)
+            return part
+
+        for item in items:
+            if item.palette:
+                continue
+            part = key_text(item)
+            spans.append((text.cell_len, text.cell_len + part.cell_len, item))
+            text.append_text(part)
+        palette = next((item for item in items if item.palette), None)
+        if palette is not None:
+            part = key_text(palette)
+            start = max(text.cell_len, width - part.cell_len - 2)  # its bar before it, a cell of padding after
+            text.append(" " * (start - text.cell_len))
+            text.append("▏", separator_style)
+            spans.append((start + 1, start + 1 + part.cell_len, palette))
+            text.append_text(part)
+            text.append(" ")
+        self._spans = spans
+        return text
+
+    # ---- the mouse ----
+
+    def _item_at(self, x: int) -> FooterItem | None:
+        return next((item for start, end, item in self._spans if start <= x < end), None)
+
+    def on_mouse_move(self, event: events.MouseMove) -> None:
+        self._set_hover(self._item_at(event.x))
+
+    def on_leave(self, event: events.Leave) -> None:
+        self._set_hover(None)
+
+    def _set_hover(self, item: FooterItem | None) -> None:
+        if item == self._hover:
             return
-        wanted = self._wanted(screen)
-        if wanted == self._shown:
+        self._hover = item
+        self.tooltip = (item.tooltip or item.description) if item is not None else None
+        self.refresh()
+
+    def on_mouse_down(self, event: events.MouseDown) -> None:
+        item = self._item_at(event.x)
+        if item is None:
             return
-        self._shown = wanted
-        self.rebuilds += 1
-        super().bindings_changed(screen)
+        if item.enabled:
+            self.app.simulate_key(item.key)
+        else:
+            self.app.bell()
+
+    def keys(self) -> list[str]:
+        """The descriptions shown, in order (tests read it)."""
+        return [item.description for item in self._items or ()]
