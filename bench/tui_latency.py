@@ -134,7 +134,8 @@ def terminal_frames(data_dir: str, env: dict[str, str], size: tuple[int, int] = 
 
     columns, lines = size
     command = [*lab_command(), "--data-dir", data_dir, "--image-protocol", "halfcell"]
-    env = dict(env, TERM="xterm-256color")
+    # Not COLUMNS or LINES: Textual would take them over the terminal's own size.
+    env = {k: v for k, v in env.items() if k not in ("COLUMNS", "LINES")} | {"TERM": "xterm-256color"}
     started = time.perf_counter()
     pid, fd = pty.fork()
     if pid == 0:  # the child: the lab, on a pseudo-terminal of its size from the start (as a terminal's is)

@@ -117,6 +117,15 @@ class TnrLabApp(App[int]):
         # Nothing that can wait runs before the first frame: the model, textual-image (0.1-0.2 s) and the
         # history package, which the keymap's data directory pulls in with SQLAlchemy (0.3 s), all come after.
         self.call_after_refresh(self._after_first_paint)
+        # Textual lays out and renders the first screen while its start-up batch is still open, and drops that
+        # frame: what follows are partial updates, painted on a blank terminal (the Lab without its panels'
+        # borders, values and keys for two frames, in tmux and a pseudo-terminal). Processed after the batch,
+        # this makes the first frame written a whole one.
+        self._paint_whole_screen()
+
+    def _paint_whole_screen(self) -> None:
+        for child in self.screen.children:  # the screen itself is not among the compositor's widgets
+            child.refresh()
 
     def _after_first_paint(self) -> None:
         self.first_frame_at = time.perf_counter()
