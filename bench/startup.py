@@ -17,7 +17,8 @@ the parts. One warm-up run of each side is not counted (it creates the history a
 then the sides alternate, the order swapped every repeat (ABBA), so load drift on a shared machine hits both
 alike. Both get the same torch thread count (OMP_NUM_THREADS). Prints per side the median wall seconds and
 the median user+sys CPU seconds of the process (CPU time is less sensitive to other processes' load than wall
-time), the ratios ours/diffusers of both (ratio of medians and median of the back-to-back pairs), and the goal
+time), the ratios ours/diffusers of both (ratio of medians and median of the back-to-back pairs, with a 95% interval
+for the latter and every pair's ratio), and the goal
 (issue 11, item 6: wall ratio <= 0.8). Compiled modules are cached as an install caches them (the warm-up fills
 the cache) unless --no-bytecode-cache. --importtime DIR also writes one `python -X importtime` log per side.
 --also-tree DIR adds a third side, `tnr-lab generate` run from another checkout of the lab (PYTHONPATH=DIR,
@@ -83,6 +84,24 @@ def top_imports(log: Path, n: int = 12) -> list[tuple[float, str]]:
         if not name.startswith("  "):  # top level: one space after the bar
             rows.append((int(cumulative) / 1e6, name.strip()))
     return sorted(rows, reverse=True)[:n]
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval for the median of `values` (order statistics of the binomial(n, 1/2)):
+    on this host a whole process's time varies by 30% within minutes, so a ratio's median says little
+    without how far it could be off."""
+    from math import comb
+
+    ordered, n = sorted(values), len(values)
+    if n < 6:
+        return ordered[0], ordered[-1]
+    # the largest k with P(B <= k - 1) <= (1 - confidence) / 2, B ~ binomial(n, 1/2): [x_(k), x_(n-k+1)]
+    tail, k, cumulative = (1 - confidence) / 2, 0, 0.0
+    while cumulative + comb(n, k) / 2**n <= tail:
+        cumulative += comb(n, k) / 2**n
+        k += 1
+    k = max(k, 1)
+    return ordered[k - 1], ordered[n - k]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,8 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     for ours_name in [name for name in sides if name != "diffusers"]:
         for label, values in (("wall", walls), ("user+sys", cpus)):
             ratio = statistics.median(values[ours_name]) / statistics.median(values["diffusers"])
-            paired = statistics.median(o / d for o, d in zip(values[ours_name], values["diffusers"], strict=True))
-            print(f"ratio {ours_name}/diffusers, {label:8}: {ratio:.3f} (medians), {paired:.3f} (median of pairs)")
+            pairs = [o / d for o, d in zip(values[ours_name], values["diffusers"], strict=True)]
+            paired = statistics.median(pairs)
+            low, high = median_interval(pairs)
+            print(
+                f"ratio {ours_name}/diffusers, {label:8}: {ratio:.3f} (medians), {paired:.3f} (median of pairs, "
+                f"95% interval {low:.3f}-{high:.3f}); pairs {sorted(round(p, 3) for p in pairs)}"
+            )
     print(f"goal: wall ratio <= {GOAL}")
     if args.importtime is not None:
         for name in sides:
