@@ -108,3 +108,28 @@ async def test_new_keys_repaint_the_line_without_mounting(tmp_data_dir: Path) ->
         lab_footer = app.lab.query_one(Footer)
         await wait_for(pilot, lambda: "f9 History" in lab_footer.render().plain, what="the keymap's key")
         assert list(lab_footer.children) == []
+
+
+def bottom_line(app: TnrLabApp) -> str:
+    """The screen's last line as the compositor draws it."""
+    return "".join(strip.text for strip in app.screen._compositor.render_full_update().strips[-1])
+
+
+async def test_keys_wider_than_the_terminal_keep_the_palette_key_on_the_right(tmp_data_dir: Path) -> None:
+    # As Textual's Footer: the palette's key keeps its place and the keys are cut before its bar; the History's
+    # keys are wider than 80 columns (the usual SSH terminal), which lost the palette's key, at 60 the Lab's too.
+    app = make_app(tmp_data_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: "Re-run" in app.screen.query_one(Footer).keys(), what="the History's keys")
+        await pilot.pause()
+        line = bottom_line(app)
+        assert line == " / Search  r Re-run  l Load into Lab  f Favourite  n Note  e Export ▏^p palette "
+        footer = app.screen.query_one(Footer)
+        assert max(end for _start, end, _item in footer._spans) <= 80  # nothing clickable past the edge
+        export = next(span for span in footer._spans if span[2].description == "Export")
+        assert export[1] <= line.index("▏")  # a click on the bar is not a click on the key before it
+        await pilot.press("f4")
+        await pilot.resize_terminal(60, 24)
+        await pilot.pause()
+        assert bottom_line(app).endswith(" f3 History  f4 Co▏^p palette ")

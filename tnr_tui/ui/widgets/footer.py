@@ -131,20 +131,24 @@ class Footer(Widget, can_focus=False):
                 part.stylize(hover_style)
             return part
 
+        palette = next((item for item in items if item.palette), None)
+        palette_part = key_text(palette) if palette is not None else None
+        # As Textual's: the palette's key keeps its place on the right (its bar before it, a cell of padding
+        # after) and the keys that do not fit are cut before it.
+        room = width if palette_part is None else max(0, width - palette_part.cell_len - 2)
         for item in items:
-            if item.palette:
+            start = text.cell_len
+            if item.palette or start >= room:
                 continue
             part = key_text(item)
-            spans.append((text.cell_len, text.cell_len + part.cell_len, item))
+            spans.append((start, min(start + part.cell_len, room), item))
             text.append_text(part)
-        palette = next((item for item in items if item.palette), None)
-        if palette is not None:
-            part = key_text(palette)
-            start = max(text.cell_len, width - part.cell_len - 2)  # its bar before it, a cell of padding after
-            text.append(" " * (start - text.cell_len))
+        text.truncate(room)
+        if palette is not None and palette_part is not None:
+            text.append(" " * (room - text.cell_len))
             text.append("▏", separator_style)
-            spans.append((start + 1, start + 1 + part.cell_len, palette))
-            text.append_text(part)
+            spans.append((room + 1, room + 1 + palette_part.cell_len, palette))
+            text.append_text(palette_part)
             text.append(" ")
         self._spans = spans
         return text
