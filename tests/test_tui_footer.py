@@ -133,3 +133,22 @@ async def test_keys_wider_than_the_terminal_keep_the_palette_key_on_the_right(tm
         await pilot.resize_terminal(60, 24)
         await pilot.pause()
         assert bottom_line(app).endswith(" f3 History  f4 Co▏^p palette ")
+
+
+async def test_keys_that_change_under_a_resting_mouse_are_hovered_afresh(tmp_data_dir: Path) -> None:
+    # "/" focuses the History's search: its keys change under the mouse, which still rested on "r Re-run";
+    # the tooltip said "Re-run" over "^q Quit". As Textual's Footer: the key now under the mouse is hovered.
+    app = make_app(tmp_data_dir)
+    async with app.run_test(size=(150, 46)) as pilot:
+        await pilot.press("f3")
+        footer = app.history_screen.query_one(Footer)
+        await wait_for(pilot, lambda: "Re-run" in footer.keys(), what="the History's keys")
+        await pilot.pause()
+        start = next(start for start, _end, item in footer._spans if item.description == "Re-run")
+        await pilot.hover(Footer, offset=(start + 1, 0))
+        assert footer.tooltip == "Re-run"
+        await pilot.press("slash")
+        await wait_for(pilot, lambda: "Re-run" not in footer.keys(), what="the search's keys")
+        await pilot.pause()
+        assert footer._item_at(start + 1).description == "Quit"
+        assert footer._hover == footer._item_at(start + 1) and footer.tooltip == "Quit"

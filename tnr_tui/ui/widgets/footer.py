@@ -65,6 +65,7 @@ class Footer(Widget, can_focus=False):
         self._items: tuple[FooterItem, ...] | None = None  # as drawn last
         self._spans: list[tuple[int, int, FooterItem]] = []  # cells [start, end) of each drawn key
         self._hover: FooterItem | None = None
+        self._mouse_x: int | None = None  # where the mouse is over the footer, None when it is elsewhere
         self.repaints = 0  # tests and benches read it: a change of keys repaints, it never mounts
 
     # ---- what it shows ----
@@ -151,6 +152,9 @@ class Footer(Widget, can_focus=False):
             text.append_text(palette_part)
             text.append(" ")
         self._spans = spans
+        if self._mouse_x is not None and self._item_at(self._mouse_x) != self._hover:
+            # The keys changed under a resting mouse: hover the one now under it, as Textual's Footer does.
+            self.call_later(self._hover_at_mouse)
         return text
 
     # ---- the mouse ----
@@ -159,10 +163,16 @@ class Footer(Widget, can_focus=False):
         return next((item for start, end, item in self._spans if start <= x < end), None)
 
     def on_mouse_move(self, event: events.MouseMove) -> None:
+        self._mouse_x = event.x
         self._set_hover(self._item_at(event.x))
 
     def on_leave(self, event: events.Leave) -> None:
+        self._mouse_x = None
         self._set_hover(None)
+
+    def _hover_at_mouse(self) -> None:
+        if self._mouse_x is not None:
+            self._set_hover(self._item_at(self._mouse_x))
 
     def _set_hover(self, item: FooterItem | None) -> None:
         if item == self._hover:
