@@ -152,3 +152,18 @@ async def test_keys_that_change_under_a_resting_mouse_are_hovered_afresh(tmp_dat
         await pilot.pause()
         assert footer._item_at(start + 1).description == "Quit"
         assert footer._hover == footer._item_at(start + 1) and footer.tooltip == "Quit"
+
+
+async def test_the_palette_keys_bar_and_padding_are_part_of_its_key(tmp_data_dir: Path) -> None:
+    # In Textual's Footer the bar is the palette key's border and the last cell its padding: a click there
+    # opens the palette; here it did nothing.
+    app = make_app(tmp_data_dir)
+    async with app.run_test(size=(100, 24)) as pilot:
+        await pilot.pause()
+        pressed: list[str] = []
+        app.simulate_key = pressed.append  # type: ignore[method-assign]
+        bar = bottom_line(app).index("▏")
+        await pilot.click(Footer, offset=(bar, 0))
+        await pilot.click(Footer, offset=(99, 0))
+        await pilot.click(Footer, offset=(bar - 1, 0))  # the gap before the bar: nothing
+        assert pressed == ["ctrl+p", "ctrl+p"]

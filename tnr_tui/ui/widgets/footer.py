@@ -148,7 +148,8 @@ class Footer(Widget, can_focus=False):
         if palette is not None and palette_part is not None:
             text.append(" " * (room - text.cell_len))
             text.append("▏", separator_style)
-            spans.append((room + 1, room + 1 + palette_part.cell_len, palette))
+            # Its bar and its padding are a part of it, as in Textual's (its border and padding).
+            spans.append((room, room + 2 + palette_part.cell_len, palette))
             text.append_text(palette_part)
             text.append(" ")
         self._spans = spans
