@@ -167,3 +167,20 @@ async def test_the_palette_keys_bar_and_padding_are_part_of_its_key(tmp_data_dir
         await pilot.click(Footer, offset=(99, 0))
         await pilot.click(Footer, offset=(bar - 1, 0))  # the gap before the bar: nothing
         assert pressed == ["ctrl+p", "ctrl+p"]
+
+
+async def test_a_hovered_key_changes_its_background_only(tmp_data_dir: Path) -> None:
+    # As Textual's FooterKey:hover, whose colours its key and description styles override: the description
+    # kept its colour there and turned the key's colour here.
+    app = make_app(tmp_data_dir)
+    async with app.run_test(size=(100, 24)) as pilot:
+        await pilot.pause()
+        footer = app.lab.query_one(Footer)
+        start = next(start for start, _end, item in footer._spans if item.description == "History")
+        await pilot.hover(Footer, offset=(start + 1, 0))
+        await pilot.pause()
+        segments = [seg for strip in app.screen._compositor.render_full_update().strips[-1] for seg in strip]
+        description = next(seg for seg in segments if seg.text == "History ")
+        hover = footer.get_component_rich_style("footer-key--hover")
+        assert description.style.color == footer.get_component_rich_style("footer-key--description").color
+        assert description.style.bgcolor == hover.bgcolor

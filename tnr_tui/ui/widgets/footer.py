@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.screen import Screen
@@ -116,7 +117,8 @@ class Footer(Widget, can_focus=False):
         key_style = self.get_component_rich_style("footer-key--key")
         description_style = self.get_component_rich_style("footer-key--description")
         separator_style = self.get_component_rich_style("footer-key--separator")
-        hover_style = self.get_component_rich_style("footer-key--hover")
+        # Its background only: in Textual's the key's and description's colours override the hover's.
+        hover_style = Style(bgcolor=self.get_component_rich_style("footer-key--hover").bgcolor)
         width = self.size.width
         text = Text(no_wrap=True, overflow="crop", end="")
         spans: list[tuple[int, int, FooterItem]] = []
