@@ -66,3 +66,38 @@ def test_the_first_frame_written_is_the_whole_lab(tmp_data_dir: Path) -> None:
     frame = first_frame(tmp_data_dir)
     missing = [word.decode() for word in WHOLE if word not in frame]
     assert missing == [], f"the first frame lacks {missing}"
+
+
+async def test_quitting_before_the_deferred_imports_end_prints_nothing(tmp_data_dir: Path, monkeypatch) -> None:
+    """The import thread hands its result back with a message: a closed app drops it. (call_from_thread made
+    a coroutine first and, the loop being closed, Python printed "coroutine ... was never awaited".)"""
+    import gc
+    import threading
+    import warnings
+
+    import tnr_tui.ui.app as app_module
+
+    closed = threading.Event()
+    real_import = app_module.import_image_library
+
+    def import_after_the_app_closed() -> None:  # the imports outlast the app, however fast the machine
+        closed.wait(30)
+        real_import()
+
+    monkeypatch.setattr(app_module, "import_image_library", import_after_the_app_closed)
+    app = app_module.TnrLabApp(data_dir=tmp_data_dir, image_protocol="halfcell", autoload=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with app.run_test(size=(150, 46)) as pilot:
+            while app.first_frame_at is None:
+                await pilot.pause(0.005)
+        closed.set()
+        # The app is closed; the import thread may still be importing: let it finish and hand back. (With
+        # call_from_thread it waited for ever on a loop the app had left, or found it closed and warned.)
+        threads = [thread for thread in threading.enumerate() if thread.name == "tnr-lab-imports"]
+        for thread in threads:
+            thread.join(timeout=30)
+        gc.collect()
+    assert threads and not any(thread.is_alive() for thread in threads)
+    assert not app.deferred_ready  # it did end after the app: the case under test happened
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.message import Message
 from textual.screen import Screen
 
 from engine.request import EMBEDDED_MODEL, GenerationRequest
@@ -32,6 +33,10 @@ KEYMAP_FILE = "keymap.json"  # {"binding id": "keys"}, e.g. {"lab.run": "ctrl+g"
 
 class HistoryUnavailable(Exception):
     """The history could not be opened; the message says why."""
+
+
+class DeferredImported(Message):
+    """From the import thread: the libraries the first frame did without are imported."""
 
 
 class TnrLabApp(App[int]):
@@ -141,10 +146,16 @@ class TnrLabApp(App[int]):
         import tnr_tui.ui.screens.history  # noqa: F401
 
         import_image_library()
+        # A message, as the device worker's are, not call_from_thread: that makes its coroutine before it finds
+        # the event loop closed (an app quit within a second of its start), and Python then printed "coroutine
+        # ... was never awaited" on the terminal the lab had just given back. A closed app drops a message.
         try:
-            self.call_from_thread(self._deferred_ready)
-        except RuntimeError:  # the app closed meanwhile
+            self.post_message(DeferredImported())
+        except RuntimeError:  # the loop closed between the app's check and the call
             pass
+
+    def on_deferred_imported(self, message: DeferredImported) -> None:
+        self._deferred_ready()
 
     def _deferred_ready(self) -> None:
         self._apply_user_keymap()
