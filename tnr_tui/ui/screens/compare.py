@@ -16,7 +16,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, Header, Input, Label, Static
+from textual.widgets import Button, Input, Label, Static
 
 from engine.batch import MAX_BATCH
 from engine.request import GenerationRequest, RequestError, parse_field
@@ -26,6 +26,7 @@ from tnr_tui.ui.screens import preset_breakpoints
 from tnr_tui.ui.screens.lab import EXAMPLE_PROMPT
 from tnr_tui.ui.widgets.fields import TextInput
 from tnr_tui.ui.widgets.footer import Footer
+from tnr_tui.ui.widgets.header import Header
 from tnr_tui.ui.widgets.picture import Picture
 
 DEFAULT_METHODS = "none cfg:3 cfg:7 cfg++:0.8 tnr tnr-cfg:5"

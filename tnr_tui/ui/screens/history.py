@@ -15,7 +15,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Checkbox, DataTable, Header, Input, Select, Static
+from textual.widgets import Checkbox, DataTable, Input, Select, Static
 
 from engine.request import GenerationRequest, RequestError
 from engine.units import GUIDANCE
@@ -25,6 +25,7 @@ from tnr_tui.ui.screens.dialogs import ConfirmDialog, ExportDialog, NoteDialog
 from tnr_tui.ui.widgets.fields import TextInput
 from tnr_tui.ui.widgets.footer import Footer
 from tnr_tui.ui.widgets.gallery import Gallery
+from tnr_tui.ui.widgets.header import Header
 from tnr_tui.ui.widgets.picture import Picture, read_image
 
 PAGE_SIZE = 60

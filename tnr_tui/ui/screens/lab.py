@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, Checkbox, Header, Input, Label, ProgressBar, Select, Static
+from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, Select, Static
 
 from engine.guidance.base import equivalent_cfg_scale
 from engine.request import (
@@ -27,6 +27,7 @@ from tnr_tui.ui.screens import preset_breakpoints
 from tnr_tui.ui.widgets.choice import Choice
 from tnr_tui.ui.widgets.fields import RequestField, TextInput
 from tnr_tui.ui.widgets.footer import Footer
+from tnr_tui.ui.widgets.header import Header
 from tnr_tui.ui.widgets.line import Line
 from tnr_tui.ui.widgets.picture import Picture
 from tnr_tui.ui.widgets.plot import LinePlot
