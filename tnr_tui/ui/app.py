@@ -123,9 +123,9 @@ class TnrLabApp(App[int]):
         # history package, which the keymap's data directory pulls in with SQLAlchemy (0.3 s), all come after.
         self.call_after_refresh(self._after_first_paint)
         # Textual lays out and renders the first screen while its start-up batch is still open, and drops that
-        # frame: what follows are partial updates, painted on a blank terminal (the Lab without its panels'
-        # borders, values and keys for two frames, in tmux and a pseudo-terminal). Processed after the batch,
-        # this makes the first frame written a whole one.
+        # frame: what followed were partial updates, painted on a blank terminal (the Lab without its panels'
+        # borders, values and keys for two frames, in tmux and a pseudo-terminal). This runs after that frame,
+        # still inside the batch: the first update after the batch covers every widget, so it is a whole one.
         self._paint_whole_screen()
 
     def _paint_whole_screen(self) -> None:

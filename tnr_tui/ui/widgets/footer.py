@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from rich.style import Style
 from rich.text import Text
 from textual import events
+from textual.binding import Binding
 from textual.screen import Screen
 from textual.widget import Widget
 
@@ -75,28 +76,22 @@ class Footer(Widget, can_focus=False):
         """The keys to show now, in the screen's order: one per action, the palette's last."""
         screen = screen or self.screen
         app = self.app
+
+        def item(binding: Binding, enabled: bool, tooltip: str, palette: bool = False) -> FooterItem:
+            display = app.get_key_display(binding)
+            return FooterItem(binding.key, display, binding.description, enabled, tooltip, palette)
+
         seen: set[str] = set()
         found: list[FooterItem] = []
         bindings = screen.active_bindings
         for _node, binding, enabled, tooltip in bindings.values():
-            if not binding.show or binding.action in seen:
-                continue
-            seen.add(binding.action)
-            found.append(FooterItem(binding.key, app.get_key_display(binding), binding.description, enabled, tooltip))
-        if self.show_command_palette and app.ENABLE_COMMAND_PALETTE:
-            entry = bindings.get(app.COMMAND_PALETTE_BINDING)
-            if entry is not None:
-                _node, binding, enabled, _tooltip = entry
-                found.append(
-                    FooterItem(
-                        binding.key,
-                        app.get_key_display(binding),
-                        binding.description,
-                        enabled,
-                        binding.tooltip or binding.description,
-                        palette=True,
-                    )
-                )
+            if binding.show and binding.action not in seen:
+                seen.add(binding.action)
+                found.append(item(binding, enabled, tooltip))
+        entry = bindings.get(app.COMMAND_PALETTE_BINDING)
+        if self.show_command_palette and app.ENABLE_COMMAND_PALETTE and entry is not None:
+            _node, binding, enabled, _tooltip = entry
+            found.append(item(binding, enabled, binding.tooltip or binding.description, palette=True))
         return tuple(found)
 
     def on_mount(self) -> None:
@@ -135,7 +130,7 @@ class Footer(Widget, can_focus=False):
             return part
 
         palette = next((item for item in items if item.palette), None)
-        palette_part = key_text(palette) if palette is not None else None
+        palette_part = None if palette is None else key_text(palette)
         # As Textual's: the palette's key keeps its place on the right (its bar before it, a cell of padding
         # after) and the keys that do not fit are cut before it.
         room = width if palette_part is None else max(0, width - palette_part.cell_len - 2)

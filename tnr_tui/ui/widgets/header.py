@@ -48,8 +48,6 @@ class Header(Widget):
         for obj in (self.app, self.screen):
             self.watch(obj, "title", self._title_changed, init=False)
             self.watch(obj, "sub_title", self._title_changed, init=False)
-        if self.app.ENABLE_COMMAND_PALETTE:
-            self.tooltip = None
 
     def _title_changed(self) -> None:
         self.refresh()
