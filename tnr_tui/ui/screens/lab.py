@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, Select, Static
+from textual.widgets import Button, Checkbox, Input, ProgressBar, Select, Static
 
 from engine.guidance.base import equivalent_cfg_scale
 from engine.request import (
@@ -25,7 +25,7 @@ from engine.units import GUIDANCE, SCHEDULES, SOLVERS
 from tnr_tui.services.text import visible
 from tnr_tui.ui.screens import preset_breakpoints
 from tnr_tui.ui.widgets.choice import Choice
-from tnr_tui.ui.widgets.fields import RequestField, TextInput
+from tnr_tui.ui.widgets.fields import LabelledRow, RequestField, TextInput
 from tnr_tui.ui.widgets.footer import Footer
 from tnr_tui.ui.widgets.header import Header
 from tnr_tui.ui.widgets.line import Line
@@ -44,7 +44,7 @@ def choice_row(label: str, registry: Any, value: str, select_id: str) -> Horizon
     """A labelled drop-down of one registry's units (solver, schedule, guidance method), in menu order."""
     options = [(name, name) for name in registry.names()]
     select = Select(options, value=value, allow_blank=False, id=select_id, compact=True)
-    return Horizontal(Label(label), select, classes="row")
+    return LabelledRow(label, select, classes="row")
 
 
 def format_progress(index: int, steps: int, sigma: float, tnr_factor: float | None, elapsed: float) -> str:
@@ -203,11 +203,12 @@ class LabScreen(Screen):
                     with Horizontal(classes="pair"):
                         yield RequestField("model", "Model", app.model_ref)
                         yield Button("load", id="load-model", compact=True)
-                    with Horizontal(classes="field-row", id="lora-row"):
-                        label = Label("LoRAs")
-                        label.tooltip = "LoRA files, PATH[:WEIGHT] separated by ';' (applied per run, no reload)"
-                        yield label
-                        yield TextInput("", placeholder="none: PATH[:WEIGHT]; ...", id="loras", compact=True)
+                    yield LabelledRow(
+                        "LoRAs",
+                        TextInput("", placeholder="none: PATH[:WEIGHT]; ...", id="loras", compact=True),
+                        id="lora-row",
+                        tooltip="LoRA files, PATH[:WEIGHT] separated by ';' (applied per run, no reload)",
+                    )
                     yield Static("not loaded", id="model-state", markup=False)
             with Vertical(id="output"):
                 with Vertical(id="panel-preview", classes="panel") as panel:

@@ -1,0 +1,101 @@
+"""The Lab's fields draw their own labels (tnr_tui/ui/widgets/fields.py): what a Label child showed, where it
+showed it, in the same colour, with one widget fewer per field; a click on a label focuses its input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.app import App, ComposeResult
+from textual.widgets import Input, Label, Select
+
+from tnr_tui.ui.app import TnrLabApp
+from tnr_tui.ui.widgets.fields import LabelledRow, RequestField, TextInput
+
+
+def screen_text(app: App) -> list[str]:
+    return ["".join(segment.text for segment in strip) for strip in app.screen._compositor.render_strips()]  # noqa: SLF001
+
+
+def cell_style(app: App, x: int, y: int) -> str:
+    strip = app.screen._compositor.render_strips()[y]  # noqa: SLF001
+    at = 0
+    for segment in strip:
+        if at <= x < at + len(segment.text):
+            return str(segment.style)
+        at += len(segment.text)
+    raise IndexError(x)
+
+
+class Fields(App):
+    """A field and a row beside what the lab drew before: a Label child in a 17-cell grid column."""
+
+    CSS = """
+    .old { height: auto; layout: grid; grid-size: 2; grid-columns: 17 1fr; }
+    .old > Label { color: $text-muted; width: 100%; }
+    .old-row { height: 1; }
+    .old-row > Label { width: 10; color: $text-muted; }
+    """
+
+    def compose(self) -> ComposeResult:
+        from textual.containers import Horizontal
+
+        yield RequestField("steps", "Steps", "20")
+        with Horizontal(classes="old"):
+            yield Label("Steps")
+            yield Input("20", compact=True, id="old-input")
+        yield LabelledRow("Solver", Select([("euler", "euler"), ("heun", "heun")], value="euler", compact=True))
+        with Horizontal(classes="old-row"):
+            yield Label("Solver")
+            yield Select([("euler", "euler"), ("heun", "heun")], value="euler", compact=True, id="old-select")
+
+
+async def test_a_field_draws_its_label_where_and_as_a_label_child_did() -> None:
+    app = Fields()
+    async with app.run_test(size=(60, 8)) as pilot:
+        for field in app.query(Input):
+            field.cursor_blink = False
+        app.set_focus(None)
+        await pilot.pause()
+        field = app.query_one(RequestField)
+        assert not field.query(Label) and len(field.children) == 1  # the input alone (no message yet)
+        text = screen_text(app)
+        assert text[0].startswith("Steps") and text[0] == text[1]  # the new field's line, the old one's
+        assert text[2].startswith("Solver") and text[2] == text[3]
+        for x in range(5):
+            assert cell_style(app, x, 0) == cell_style(app, x, 1)  # the same muted colour, cell by cell
+            assert cell_style(app, x, 2) == cell_style(app, x, 3)
+        assert field.input.region.x == 17 and app.query_one("#old-input").region.x == 17
+
+
+async def test_a_click_on_a_label_focuses_its_input_and_a_message_goes_below() -> None:
+    app = Fields()
+    async with app.run_test(size=(60, 8)) as pilot:
+        app.set_focus(None)
+        await pilot.click(RequestField, offset=(2, 0))
+        assert app.focused is app.query_one(RequestField).input
+        await pilot.click(LabelledRow, offset=(2, 0))
+        assert app.focused is app.query_one(LabelledRow).query_one(Select)
+        field = app.query_one(RequestField)
+        field.input.value = "x"
+        for _ in range(100):
+            if field.error:
+                break
+            await pilot.pause(0.01)
+        assert field.error == "steps must be a whole number, got 'x'"
+        await pilot.pause()
+        assert screen_text(app)[1].startswith("steps must be a whole number")  # under the field, from column 0
+
+
+async def test_the_lab_has_no_label_widgets_for_its_fields_and_rows(tmp_data_dir: Path) -> None:
+    app = TnrLabApp(data_dir=tmp_data_dir, image_protocol="halfcell", autoload=False)
+    async with app.run_test(size=(150, 46)) as pilot:
+        await pilot.pause()
+        lab = app.lab
+        assert not [w for w in lab.query(Label) if type(w) is Label]  # every field and row draws its own label
+        rows = {row.label for row in lab.query(LabelledRow)}
+        assert rows == {"Solver", "Schedule", "Method", "LoRAs"}
+        assert {f.label for f in lab.query(RequestField)} >= {"Prompt", "Negative", "Steps", "Seed", "Model"}
+        assert lab.query_one("#lora-row", LabelledRow).query_one(TextInput).id == "loras"
+        lines = "\n".join(screen_text(app))
+        for label in ("Prompt", "Steps", "Solver", "Method", "LoRAs", "σ from"):
+            assert label in lines
