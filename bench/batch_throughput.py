@@ -1,13 +1,15 @@
 """The study's images per second, batched seeds beside one image at a time, on this machine.
 
     python bench/batch_throughput.py [--samples 32] [--stride 1] [--threads 1] [--batch N] [--model embedded]
+                                     [--device cpu|cuda|mps]
 
 Both sides run the study's real path, arm by arm and paired (each arm both ways, alternating which goes first) (services.study.running.run_arms: every arm over every seed, each image
 sampled, measured, the checker's verdicts, thumbnails) on one loaded model: "one at a time" is today's
 engine.sampler.sample per image, "batched" samples each arm's seeds in batches (services.dispatch, the batch
 size from the memory budget unless --batch). `--stride K` takes every K-th arm of the study (1: all of it).
 Then where the time goes: the UNet's cost per call and per row at batch 1 and at the batch size, and the
-per-image work that batching does not touch (encode, decode, measuring).
+per-image work that batching does not touch (encode, decode, measuring). `--device cuda` measures a GPU (the
+issue's second goal, where a device is lent): each timed call then waits for the device (synchronize).
 """
 
 from __future__ import annotations
@@ -26,6 +28,16 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def synchronize(device) -> None:
+    """Wait for the device's queued work (a GPU call returns before it has run)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def unet_costs(bundle, batch: int, repeats: int = 5) -> dict[int, tuple[float, float]]:
     """(median seconds, mean minor page faults) of one UNet call of `rows` rows (1 and 2 rows per image, at
     batch 1 and `batch`)."""
@@ -37,11 +49,13 @@ def unet_costs(bundle, batch: int, repeats: int = 5) -> dict[int, tuple[float, f
         x = torch.randn(rows, bundle.latent_channels, 8, 8)
         c = cond.select([1]).repeat(rows)
         bundle.eps(x, 3.0, 500.0, c)
+        synchronize(bundle.device)
         times = []
         faults = minor_faults()
         for _ in range(repeats):
             started = time.perf_counter()
             bundle.eps(x, 3.0, 500.0, c)
+            synchronize(bundle.device)
             times.append(time.perf_counter() - started)
         costs[rows] = (statistics.median(times), (minor_faults() - faults) / repeats)
     return costs
@@ -54,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stride", type=int, default=1, help="every K-th arm of the study (default 1: all)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the study's default: 1)")
     parser.add_argument("--batch", type=int, default=None, help="images per batch (default: the memory budget's)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
     args = parser.parse_args(argv)
     import torch
 
@@ -70,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     # glibc's own, as the lab sampled before it.
     print(f"allocator: {'glibc default' if os.environ.get(ENV, '').lower() == 'default' else 'engine.memory'}")
     try:
-        bundle = load_bundle(args.model, device="cpu")
+        bundle = load_bundle(args.model, device=args.device)
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -81,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     dispatcher = LocalDispatcher(bundle, args.model)
     print(
         f"study: {len(arms)} arms x {cfg.samples} seeds = {images} images, {args.threads} thread(s), "
-        f"torch {torch.__version__}",
+        f"torch {torch.__version__}, {bundle.device}",
         flush=True,
     )
     # Paired, arm by arm: each arm one at a time, then batched (alternating which goes first), so a shared
@@ -130,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     for _ in range(10):
         bundle.decode(latent)
+    synchronize(bundle.device)
     decode = (time.perf_counter() - started) / 10
     from engine.preview import decoded_to_image
     from tnr_tui.services.study.running import measure
