@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,4 +43,14 @@ def run_app(args: Any) -> int:
         store_fn=store_fn,
     )
     result = app.run()
+    if app.worker_stuck:
+        # The terminal is restored and the history closed the run; the worker is inside torch, and Python's
+        # own shutdown under it would abort the process (exit 134). End here, with the status the app chose.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(app.return_code or result or 0))
+    # A crash (Textual prints its traceback after restoring the terminal) sets a non-zero return code: the
+    # exit status says so, not 0.
+    if app.return_code:
+        return int(app.return_code)
     return int(result or 0)

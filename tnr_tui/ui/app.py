@@ -96,6 +96,7 @@ class TnrLabApp(App[int]):
         )
         self.job_owner: dict[int, str] = {}
         self.first_frame_at: float | None = None
+        self.worker_stuck = False  # quit while the worker was inside a model evaluation (see _stop_worker)
         self.deferred_ready = False  # the keymap is applied and the pictures have their image widgets
         self.ended: list[RunEnded] = []  # every outcome, in order (tests and the compare screen read it)
 
@@ -209,12 +210,32 @@ class TnrLabApp(App[int]):
         self.notify(message, title="History", severity="warning", markup=False, timeout=8)
 
     async def action_quit(self) -> None:
-        # The run in progress sees the stop flag at its next model evaluation; the thread is a daemon.
-        self.worker.shutdown(timeout=0.5)
+        self._stop_worker()
         self.exit(0)
 
     def on_unmount(self) -> None:
-        self.worker.shutdown(timeout=0.5)
+        self._stop_worker()
+
+    def _stop_worker(self) -> None:
+        """Quitting: queued runs are closed as cancelled; the run in progress sees the stop flag at its next
+        model evaluation. If it is still inside one after the wait (a large image on a CPU takes minutes), its
+        rows are closed as cancelled here and `worker_stuck` tells the command to end the process without
+        Python's shutdown: exiting the interpreter under a thread that is inside torch aborts the process
+        ("terminate called without an active exception", exit 134, found in tmux)."""
+        if self.worker_stuck:
+            return
+        dropped = self.worker.shutdown(timeout=0.5)
+        closing = [(job.run_id, "cancelled before it started (the lab quit)") for job in dropped if job.run_id]
+        if self.worker.alive:
+            self.worker_stuck = True
+            closing += [
+                (run_id, "cancelled: the lab quit during a model evaluation") for run_id in self.worker.current_run_ids
+            ]
+        for run_id, reason in closing:
+            try:
+                self.store.finish_run(run_id, "cancelled", error=reason, if_live=True)
+            except Exception:  # the row stays live; the next start of a lab or command marks it interrupted
+                pass
 
     def notify(
         self,

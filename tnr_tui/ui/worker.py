@@ -193,6 +193,7 @@ class DeviceWorker:
         self._store: Any = None
         self._job_rows: dict[int, list[dict[str, Any]]] = {}  # job id -> its telemetry rows so far (_on_step)
         self.current_job: int | None = None
+        self.current_run_ids: tuple[str, ...] = ()  # the history rows of the job(s) in progress (TUI jobs have them)
         self.pending = 0  # queued runs not started yet; changed by both threads, under _pending_lock
         self._pending_lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="tnr-device", daemon=True)
@@ -256,13 +257,21 @@ class DeviceWorker:
             self._cancel.set()
         return dropped
 
-    def shutdown(self, timeout: float = 1.5) -> None:
-        """Stop: the run in progress sees the flag at its next model evaluation; the thread is a daemon."""
+    def shutdown(self, timeout: float = 1.5) -> list[Job]:
+        """Stop: the run in progress sees the flag at its next model evaluation; the thread is a daemon.
+        Returns the queued jobs it dropped (not started: their history rows are the caller's to close)."""
         self._stop.set()
+        dropped = self.cancel()
         self._cancel.set()
         self._queue.put(None)
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+        return dropped
+
+    @property
+    def alive(self) -> bool:
+        """The thread still runs (after `shutdown`: it is inside one model evaluation, which no flag stops)."""
+        return self._thread.is_alive()
 
     @property
     def busy(self) -> bool:
@@ -358,6 +367,7 @@ class DeviceWorker:
         with self._pending_lock:
             self.pending -= len(jobs)
             self.current_job = job.job_id
+            self.current_run_ids = tuple(each.run_id for each in jobs if each.run_id)
         for each in jobs:
             self._post(RunStarted(each.job_id, each.request))
         ended: set[int] = set()
@@ -417,6 +427,7 @@ class DeviceWorker:
                     )
         finally:
             self.current_job = None
+            self.current_run_ids = ()
             self._cancel.clear()
 
     def _run_job_started(self, job: Job) -> None:
@@ -439,6 +450,7 @@ class DeviceWorker:
         with self._pending_lock:
             self.pending -= 1
             self.current_job = job.job_id  # together: a reader never sees the job in neither count
+            self.current_run_ids = (job.run_id,) if job.run_id else ()
         request = job.request
         self._post(RunStarted(job.job_id, request))
         try:
@@ -467,6 +479,7 @@ class DeviceWorker:
             self._post(RunEnded(job.job_id, request, "failed", run_id=job.run_id, error=describe_error(exc)))
         finally:
             self.current_job = None
+            self.current_run_ids = ()
             self._cancel.clear()
 
     def _on_step(self, job_id: int, event: Any, last_preview: list[float], prerender_lines: bool = False) -> None:

@@ -201,7 +201,9 @@ class CompareScreen(Screen):
         box.remove_children()
         self.cells.clear()
         self.tile_state.clear()
-        grid = Grid(id="compare-grid")
+        # A class, not an id: the old grid's removal finishes after this one mounts (a second run's grid with
+        # the same id was a DuplicateIds crash).
+        grid = Grid(classes="compare-grid")
         grid.styles.grid_size_columns = len(rows[0])
         tiles = []
         queued = 0

@@ -84,16 +84,19 @@ class ExtraPrompt(Horizontal):
 
     def __init__(self, text: str = "", scale: float = 1.0) -> None:
         super().__init__(classes="extra-prompt")
-        self._text, self._scale = text, scale
+        # Made here, not in compose: the Lab reads a new row's prompt (the equivalent-scale line) before the row
+        # has composed (a query then finds nothing: the "+ prompt" button crashed the app).
+        self._text_input = TextInput(text, placeholder="another prompt", classes="extra-text")
+        self._scale_input = TextInput(str(scale), placeholder="scale", classes="extra-scale", type="number")
 
     def compose(self) -> ComposeResult:
-        yield TextInput(self._text, placeholder="another prompt", classes="extra-text")
-        yield TextInput(str(self._scale), placeholder="scale", classes="extra-scale", type="number")
+        yield self._text_input
+        yield self._scale_input
         yield Button("✕", classes="remove-extra", variant="error", compact=True)
 
     def prompt(self) -> WeightedPrompt:
-        text = self.query_one(".extra-text", TextInput).exact_value  # a loaded prompt stays exact
-        raw = self.query_one(".extra-scale", TextInput).value.strip()
+        text = self._text_input.exact_value  # a loaded prompt stays exact
+        raw = self._scale_input.value.strip()
         try:
             scale = float(raw)
         except ValueError:

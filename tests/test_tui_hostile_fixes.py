@@ -1,0 +1,163 @@
+"""Defects a hostile pass over the real lab in tmux found (2026-12-01), each held here:
+
+- "+ prompt" in the N-prompt box crashed the app (the new row was read before it had composed), and so did
+  loading a run of three or more prompts into the Lab;
+- a second "Run grid" in Compare crashed (the new grid took the old one's id before that was removed);
+- ctrl+q while the worker was inside a long model evaluation aborted the process (exit 134) and left its
+  run `running`; queued runs stayed `queued`;
+- a crash exited 0.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.widgets import Checkbox, Input
+
+from engine.request import GenerationRequest, WeightedPrompt
+from tests.tui_runs import fake_run_fn
+from tnr_tui.services.history import open_store
+from tnr_tui.ui.app import TnrLabApp
+from tnr_tui.ui.screens.lab import ExtraPrompt
+
+
+class Bundle:
+    name, device, dtype = "fake", "cpu", "float32"
+
+
+def lab_app(data_dir: Path, run_fn: Any = None) -> TnrLabApp:
+    return TnrLabApp(
+        data_dir=data_dir, image_protocol="halfcell", load_fn=lambda *a: Bundle(), run_fn=run_fn or fake_run_fn()
+    )
+
+
+async def until(pilot: Any, condition: Any, what: str, timeout: float = 20.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if condition():
+            return
+        await pilot.pause(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_adding_prompts_to_the_n_prompt_box_does_not_crash(tmp_data_dir: Path) -> None:
+    app = lab_app(tmp_data_dir)
+    async with app.run_test(size=(150, 46)) as pilot:
+        lab = app.lab
+        lab.query_one("#weighted", Checkbox).value = True
+        await pilot.pause()
+        for _ in range(3):
+            await pilot.click("#add-prompt")
+            await pilot.pause()  # the button moves down under each new row
+        assert len(lab.query(ExtraPrompt)) == 3 and app.return_code is None  # still running, no crash
+        # negative, prompt and the three new rows (scale 1 each): the line counts all five
+        assert str(lab.query_one("#equivalent").content).startswith("5 prompts: base = mean")
+        # The new rows' prompts are read at once, as the equivalent-scale line does right after the mount.
+        row = ExtraPrompt("a blue square", -0.5)
+        assert row.prompt() == WeightedPrompt("a blue square", -0.5)
+        await pilot.click(".remove-extra")
+        await pilot.pause()
+        assert len(lab.query(ExtraPrompt)) == 2
+
+
+async def test_loading_a_run_of_three_prompts_into_the_lab_does_not_crash(tmp_data_dir: Path) -> None:
+    app = lab_app(tmp_data_dir)
+    request = GenerationRequest(
+        "a red circle",
+        prompts=(WeightedPrompt("neg", -1.0), WeightedPrompt("a red circle", 3.0), WeightedPrompt("x", 0.5)),
+        steps=4,
+    )
+    async with app.run_test(size=(150, 46)) as pilot:
+        app.lab.load_request(request)
+        await pilot.pause()
+        assert app.return_code is None
+        assert app.lab.build_request().prompts == request.prompts
+
+
+async def test_a_second_compare_grid_replaces_the_first(tmp_data_dir: Path) -> None:
+    app = lab_app(tmp_data_dir)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.press("f4")
+        await pilot.pause(0.1)
+        screen = app.compare_screen
+        screen.query_one("#compare-prompt", Input).value = "a red circle"
+        screen.query_one("#compare-steps", Input).value = "2"
+        screen.query_one("#compare-methods", Input).value = "cfg:3"
+        screen.query_one("#compare-solvers", Input).value = "euler"
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: len(app.ended) == 1, "the first grid's run")
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: len(app.ended) == 2, "the second grid's run")
+        await pilot.pause(0.1)
+        assert app.return_code is None and [m.status for m in app.ended] == ["done", "done"]
+        assert len(screen.query(".compare-grid")) == 1 and len(screen.query(".compare-tile")) == 1
+
+
+async def test_quitting_during_a_model_evaluation_closes_its_run_and_the_queue(tmp_data_dir: Path) -> None:
+    inside = threading.Event()
+    release = threading.Event()
+
+    def gate(step: int) -> None:  # a model evaluation that no stop flag interrupts (a large image on a CPU)
+        inside.set()
+        release.wait(30)
+
+    app = lab_app(tmp_data_dir, fake_run_fn(gate=gate))
+    try:
+        async with app.run_test(size=(150, 46)) as pilot:
+            await pilot.press("ctrl+r")
+            await until(pilot, inside.is_set, "the run to start its evaluation")
+            await pilot.press("ctrl+r")  # a second run waits in the queue
+            await until(pilot, lambda: app.worker.pending == 1, "the queued run")
+            await pilot.press("ctrl+q")
+            await until(pilot, lambda: app.worker_stuck, "the quit")
+        runs = {r.status: r for r in open_store(tmp_data_dir).list_runs()}
+        assert set(runs) == {"cancelled"} and len(open_store(tmp_data_dir).list_runs()) == 2
+        errors = sorted(r.error for r in open_store(tmp_data_dir).list_runs())
+        assert errors == [
+            "cancelled before it started (the lab quit)",
+            "cancelled: the lab quit during a model evaluation",
+        ]
+    finally:
+        release.set()
+
+
+class FinishedApp:
+    """What run_app sees of an app that has ended (TnrLabApp's run, return_code and worker_stuck)."""
+
+    def __init__(self, *, return_code: int | None, result: Any = None, stuck: bool = False, **_: Any) -> None:
+        self.return_code, self._result, self.worker_stuck = return_code, result, stuck
+
+    def run(self) -> Any:
+        return self._result
+
+
+@pytest.mark.parametrize(
+    ("return_code", "stuck", "expected"),
+    [(0, False, 0), (1, False, 1), (1, True, 1), (0, True, 0)],
+)
+def test_the_lab_command_exits_with_the_apps_status(
+    monkeypatch: pytest.MonkeyPatch, tmp_data_dir: Path, return_code: int, stuck: bool, expected: int
+) -> None:
+    import os
+    from types import SimpleNamespace
+
+    import tnr_tui.ui.app as app_module
+    from tnr_tui.cli import lab
+
+    monkeypatch.setattr(app_module, "TnrLabApp", lambda **kw: FinishedApp(return_code=return_code, stuck=stuck))
+    exits: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    args = SimpleNamespace(data_dir=str(tmp_data_dir), model=None, image_protocol="halfcell")
+    if stuck:  # the worker is inside torch: the process ends without Python's shutdown, with that status
+        with pytest.raises(SystemExit):
+            lab.run_app(args)
+        assert exits == [expected]
+    else:
+        assert lab.run_app(args) == expected and not exits
