@@ -99,3 +99,61 @@ async def test_the_lab_has_no_label_widgets_for_its_fields_and_rows(tmp_data_dir
         lines = "\n".join(screen_text(app))
         for label in ("Prompt", "Steps", "Solver", "Method", "LoRAs", "σ from"):
             assert label in lines
+
+
+class OneInput(App):
+    def compose(self) -> ComposeResult:
+        yield TextInput("", id="t")
+
+
+async def test_pasted_control_characters_go_in_escaped_and_the_cursor_after_them() -> None:
+    from textual import events
+
+    from tnr_tui.services.text import visible
+
+    app = OneInput()
+    async with app.run_test(size=(60, 4)) as pilot:
+        field = app.query_one(TextInput)
+        field.focus()
+        field.post_message(events.Paste("A\x1b[0mB\tC"))
+        await pilot.pause()
+        assert field.value == visible("A\x1b[0mB\tC") and field.cursor_position == len(field.value)
+        await pilot.press("Z")
+        assert field.value == visible("A\x1b[0mB\tC") + "Z"  # typed after the paste, not inside its escapes
+        field.value, field.cursor_position = "ab", 1
+        field.post_message(events.Paste("\x07"))
+        await pilot.pause()
+        assert field.value == "a" + visible("\x07") + "b" and field.cursor_position == 1 + len(visible("\x07"))
+
+
+async def test_a_units_parameter_label_does_not_run_into_its_value(tmp_data_dir: Path) -> None:
+    from tnr_tui.ui.widgets.unit_params import ParamField
+
+    app = TnrLabApp(data_dir=tmp_data_dir, image_protocol="halfcell", autoload=False)
+    async with app.run_test(size=(150, 46)) as pilot:
+        app.lab.query_one("#guidance", Select).value = "seg"
+        await pilot.pause(0.1)
+        fields = [f for f in app.lab.query(ParamField) if f.param.name == "seg_blur_sigma"]
+        assert fields, "seg shows its blur_sigma"
+        label = fields[0].query_one(Label)
+        value = fields[0].query_one(TextInput)
+        assert value.region.x >= label.region.right + 1  # one cell between "blur_sigma" and "9999999.0"
+
+
+async def test_a_units_drop_down_list_is_as_wide_as_its_longest_name(tmp_data_dir: Path) -> None:
+    from textual.widgets._select import SelectOverlay
+
+    from engine import units
+
+    app = TnrLabApp(data_dir=tmp_data_dir, image_protocol="halfcell", autoload=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        for select_id, registry in (("#solver", units.SOLVERS), ("#schedule", units.SCHEDULES)):
+            select = app.lab.query_one(select_id, Select)
+            select.focus()
+            await pilot.press("enter")
+            await pilot.pause(0.1)
+            overlay = select.query_one(SelectOverlay)
+            longest = max(len(name) for name in registry.names())
+            assert overlay.region.width >= longest + 2 > select.region.width  # the names fit, unwrapped
+            await pilot.press("escape")
+            await pilot.pause()

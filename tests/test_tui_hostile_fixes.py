@@ -161,3 +161,42 @@ def test_the_lab_command_exits_with_the_apps_status(
         assert exits == [expected]
     else:
         assert lab.run_app(args) == expected and not exits
+
+
+async def test_a_live_run_is_not_deleted_from_the_history_screen(tmp_data_dir: Path) -> None:
+    store = open_store(tmp_data_dir)
+    live = store.create_run(GenerationRequest("sampling now"), status="queued")  # this process: alive
+    store.close()
+    app = lab_app(tmp_data_dir)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.press("f3")
+        await pilot.pause(0.2)
+        await pilot.press("delete")
+        await pilot.pause(0.1)
+        messages = [n.message for n in app._notifications]  # noqa: SLF001
+        assert any(m.startswith(f"run {live[-8:]} is queued: cancel it first") for m in messages)
+        assert type(app.screen).__name__ == "HistoryScreen"  # no confirmation dialog was opened
+    assert open_store(tmp_data_dir).get_run(live) is not None
+
+
+async def test_exporting_to_a_directory_is_said_in_the_dialog_which_stays_open(
+    tmp_data_dir: Path, tmp_path: Path
+) -> None:
+    from tests.test_tui_history_screen import done_run_with_image
+
+    store = open_store(tmp_data_dir)
+    done_run_with_image(store, "to export")
+    store.close()
+    app = lab_app(tmp_data_dir)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.press("f3")
+        await pilot.pause(0.2)
+        await pilot.press("e")
+        await pilot.pause(0.1)
+        dialog = app.screen
+        dialog.query_one("#export-path", Input).value = str(tmp_path)
+        await pilot.click("#export")
+        await pilot.pause(0.1)
+        assert app.screen is dialog  # still open, the path to fix in front of the user
+        assert str(dialog.query_one("#export-error").content) == f"{tmp_path} is a directory: give a file name in it"
+    assert not any(p.is_file() for p in tmp_path.iterdir())  # nothing was written into the directory

@@ -108,4 +108,7 @@ class ExportDialog(ModalScreen[tuple[str, Path] | None]):
         if not path.parent.is_dir():
             self.query_one("#export-error", Static).update(visible(f"no such directory: {path.parent}"))
             return
+        if path.is_dir():  # said here, with the dialog still open, as a missing directory is
+            self.query_one("#export-error", Static).update(visible(f"{path} is a directory: give a file name in it"))
+            return
         self.dismiss((str(self.query_one("#export-format", Select).value), path))

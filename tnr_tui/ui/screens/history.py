@@ -504,6 +504,19 @@ class HistoryScreen(Screen):
         if run is None:
             return
         app: Any = self.app
+        ok, current = self._store_call("cannot delete it", lambda: app.store.get_run(run.id))
+        if not ok:
+            return
+        if current is not None and current.status in ("queued", "running") and not app.store.process_gone(current):
+            # Deleting it under the sampler lost the run (its image was written nowhere) while the toast
+            # claimed its files: a live run is cancelled first, then deleted.
+            self.notify(
+                f"run {run.id[-8:]} is {current.status}: cancel it first (escape in the Lab), then delete it",
+                title="Not deleted",
+                severity="warning",
+                markup=False,
+            )
+            return
         ok, files = self._store_call("cannot delete it", lambda: app.store.files_to_delete(run.id))
         if not ok:
             return

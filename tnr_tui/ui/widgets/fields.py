@@ -32,6 +32,12 @@ class TextInput(Input):
     def validate_value(self, value: str) -> str:
         return visible(value)
 
+    def replace(self, text: str, start: int, end: int) -> None:
+        """Typed or pasted text goes in escaped, so the cursor moves past what is shown: escaping only the
+        whole value afterwards (validate_value) left the cursor inside a pasted escape, and the next keys or
+        the rest of the paste landed in the middle of it (found pasting ESC and tab in tmux)."""
+        super().replace(visible(text), start, end)
+
     def show_exact(self, text: str) -> None:
         """Show `text` (escaped if it must be) and keep it exact while it is not edited."""
         shown = visible(text)

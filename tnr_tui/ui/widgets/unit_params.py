@@ -56,7 +56,7 @@ class ParamField(Vertical):
     DEFAULT_CSS = """
     ParamField { height: auto; }
     ParamField > .field-row { height: 1; }
-    ParamField > .field-row > Label { color: $text-muted; width: 10; }
+    ParamField > .field-row > Label { color: $text-muted; width: 10; margin: 0 1 0 0; }  /* a gap before the value */
     ParamField > .field-row > Input { width: 1fr; }
     ParamField > .field-error { color: $error; height: auto; }
     ParamField > .field-error.-empty { display: none; }
