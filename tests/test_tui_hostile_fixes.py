@@ -200,3 +200,11 @@ async def test_exporting_to_a_directory_is_said_in_the_dialog_which_stays_open(
         assert app.screen is dialog  # still open, the path to fix in front of the user
         assert str(dialog.query_one("#export-error").content) == f"{tmp_path} is a directory: give a file name in it"
     assert not any(p.is_file() for p in tmp_path.iterdir())  # nothing was written into the directory
+
+
+async def test_the_palette_offers_the_labs_screenshot_only(tmp_data_dir: Path) -> None:
+    app = lab_app(tmp_data_dir)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        titles = [command.title for command in app.get_system_commands(app.screen)]
+        assert "Save screenshot" in titles and "Screenshot" not in titles and "Quit" in titles

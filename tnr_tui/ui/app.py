@@ -375,7 +375,11 @@ class TnrLabApp(App[int]):
     # ---- command palette ----
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
+        for command in super().get_system_commands(screen):
+            # Textual's own "Screenshot" delivers the file through the driver, which a terminal app's does not
+            # take ("Failed to save screenshot", found in tmux); "Save screenshot" below writes it (f12).
+            if command.title != "Screenshot":
+                yield command
         yield SystemCommand("Run", "Run the request in the Lab panels (ctrl+r)", self._palette_run)
         yield SystemCommand("Cancel run", "Cancel the run in progress (escape)", self.cancel_runs)
         yield SystemCommand("New random seed", "Draw a new seed (ctrl+n)", self._palette_new_seed)

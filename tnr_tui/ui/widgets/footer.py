@@ -132,14 +132,17 @@ class Footer(Widget, can_focus=False):
         palette = next((item for item in items if item.palette), None)
         palette_part = None if palette is None else key_text(palette)
         # As Textual's: the palette's key keeps its place on the right (its bar before it, a cell of padding
-        # after) and the keys that do not fit are cut before it.
+        # after). Unlike Textual's, a key that does not fit whole is left out, not cut mid-word ("f4 Co",
+        # "s Sw" at 60-80 columns told nothing and still took a click).
         room = width if palette_part is None else max(0, width - palette_part.cell_len - 2)
         for item in items:
             start = text.cell_len
-            if item.palette or start >= room:
+            if item.palette:
                 continue
             part = key_text(item)
-            spans.append((start, min(start + part.cell_len, room), item))
+            if start + part.cell_len > room:
+                break
+            spans.append((start, start + part.cell_len, item))
             text.append_text(part)
         text.truncate(room)
         if palette is not None and palette_part is not None:
