@@ -208,3 +208,33 @@ async def test_the_palette_offers_the_labs_screenshot_only(tmp_data_dir: Path) -
         await pilot.pause()
         titles = [command.title for command in app.get_system_commands(app.screen)]
         assert "Save screenshot" in titles and "Screenshot" not in titles and "Quit" in titles
+
+
+async def test_a_keymap_with_unknown_ids_and_non_text_keys_says_so_and_applies_the_rest(tmp_data_dir: Path) -> None:
+    import json
+
+    (tmp_data_dir / "keymap.json").write_text(json.dumps({"lab.run": "ctrl+g", "nope.id": "x", "lab.cancel": 5}))
+    app = lab_app(tmp_data_dir)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.deferred_ready, "the keymap")
+        await pilot.pause()
+        warnings = [n.message for n in app._notifications if n.severity == "warning"]  # noqa: SLF001
+        assert len(warnings) == 1
+        assert warnings[0].startswith("keymap: unknown binding id(s) nope.id; keys must be text: lab.cancel (ignored")
+        assert "ids start with app. compare. dialog. history. lab. pair. trajectory." in warnings[0]
+        runs: list[str] = []
+        app.lab.action_run = lambda: runs.append("run")  # type: ignore[method-assign]
+        await pilot.press("ctrl+g")
+        await pilot.pause(0.05)
+        assert runs == ["run"]  # the valid entry applies
+
+
+def test_the_readme_names_every_binding_id() -> None:
+    from tnr_tui.ui.app import binding_ids
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    paragraph = readme[readme.index("keymap.json") :][:900]
+    for binding in sorted(binding_ids()):
+        group, name = binding.split(".", 1)
+        assert f"`{group}.`" in paragraph or f"`{binding}`" in paragraph, binding
+        assert name in paragraph, binding

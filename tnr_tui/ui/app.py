@@ -39,6 +39,31 @@ class DeferredImported(Message):
     """From the import thread: the libraries the first frame did without are imported."""
 
 
+def binding_ids() -> set[str]:
+    """The ids a keymap may name: every Binding with an id on the lab's widget, screen and app classes (its
+    screens imported first: the History's and Compare's are otherwise built only when first shown)."""
+    from textual.binding import Binding
+    from textual.dom import DOMNode
+
+    import tnr_tui.ui.screens.compare
+    import tnr_tui.ui.screens.dialogs
+    import tnr_tui.ui.screens.history
+    import tnr_tui.ui.screens.pair
+    import tnr_tui.ui.screens.trajectory  # noqa: F401
+
+    ids: set[str] = set()
+    pending = list(DOMNode.__subclasses__())
+    seen: set[type] = set()
+    while pending:
+        cls = pending.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        pending.extend(cls.__subclasses__())
+        ids.update(b.id for b in cls.__dict__.get("BINDINGS", ()) if isinstance(b, Binding) and b.id)
+    return ids
+
+
 class TnrLabApp(App[int]):
     """The lab: Lab, History and Compare screens over one device worker."""
 
@@ -168,8 +193,25 @@ class TnrLabApp(App[int]):
             path = self.resolved_data_dir() / KEYMAP_FILE
             if path.is_file():
                 keymap = json.loads(path.read_text())
-                if isinstance(keymap, dict):
-                    self.set_keymap({str(k): str(v) for k, v in keymap.items()})
+                if not isinstance(keymap, dict):
+                    raise ValueError(f"{path.name} must be an object of binding ids and keys")
+                known = binding_ids()
+                unknown = sorted(str(k) for k in keymap if str(k) not in known)
+                not_text = sorted(str(k) for k, v in keymap.items() if not isinstance(v, str) or not v.strip())
+                usable = {str(k): v for k, v in keymap.items() if str(k) in known and str(k) not in not_text}
+                self.set_keymap(usable)
+                problems = ([f"unknown binding id(s) {', '.join(unknown)}"] if unknown else []) + (
+                    [f"keys must be text: {', '.join(not_text)}"] if not_text else []
+                )
+                if problems:  # the rest of the file applies; the user learns what did not (found in tmux)
+                    groups = sorted({k.split(".")[0] + "." for k in known})
+                    self.notify(
+                        f"keymap: {'; '.join(problems)} (ignored; ids start with {' '.join(groups)}, as lab.run:"
+                        " README lists them)",
+                        severity="warning",
+                        markup=False,
+                        timeout=10,
+                    )
         except (OSError, ValueError) as exc:
             self.notify(f"keymap ignored: {exc}", severity="warning", markup=False)
 
