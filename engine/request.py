@@ -414,6 +414,11 @@ def validate_field(name: str, value: Any) -> str | None:
     return None
 
 
+def unit_registry(field: str) -> units.Registry[Any]:
+    """The registry of the units a request field names: "solver", "guidance" or "schedule"."""
+    return {"solver": units.SOLVERS, "guidance": units.GUIDANCE, "schedule": units.SCHEDULES}[field]
+
+
 def parse_field(name: str, text: str) -> Any:
     """Parse a text input (CLI argument, TUI input) into a field value, raising RequestError."""
     text = text.strip()
@@ -426,6 +431,10 @@ def parse_field(name: str, text: str) -> Any:
         if text == "" and name in ("scale", "cfg_rescale", "schedule_rho", "guidance_sigma_min", "guidance_sigma_max"):
             return None
         value = _as_float(name.replace("_", " "), text)
+    elif name in ("solver", "guidance", "schedule"):
+        # A unit's A1111 / ComfyUI names ("Euler a", "DPM++ 2M", "Karras", any case) stand for it, as
+        # `tnr-lab units` lists them; an unknown name stays as typed for the message below.
+        value = unit_registry(name).canonical(text) or text
     else:
         value = text
     msg = validate_field(name, value)

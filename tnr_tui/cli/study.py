@@ -341,10 +341,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    from engine import units
     from engine.request import SOLVERS, validate_field
     from tnr_tui.services.study import StudyConfig, StudyError
     from tnr_tui.services.sweep import SweepError, parse_list, parse_scales
 
+    args.schedule = units.SCHEDULES.canonical(args.schedule) or args.schedule  # "Karras": A1111's name
     for name in ("device", "dtype", "width", "height", "schedule"):
         message = validate_field(name, getattr(args, name))
         if message:
@@ -355,12 +357,12 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         scales = {**StudyConfig().scales, **parse_scales(args.scales)}
-        solvers = parse_list(args.solvers, SOLVERS, "solver")
+        solvers = parse_list(args.solvers, SOLVERS, "solver", units.SOLVERS)
         sections = parse_list(args.sections, SECTIONS, "section")
         skipped = parse_list(args.skip, SECTIONS, "section") if args.skip.strip() else ()
-        samplers = parse_list(args.samplers, SOLVERS, "sampler")
+        samplers = parse_list(args.samplers, SOLVERS, "sampler", units.SOLVERS)
         scaled = tuple(u.name for u in GUIDANCE if u.uses_scale)
-        methods = parse_list(args.methods, scaled, "guidance method (with a scale)")
+        methods = parse_list(args.methods, scaled, "guidance method (with a scale)", units.GUIDANCE)
     except SweepError as e:
         raise UserError(str(e)) from None
     sections = tuple(s for s in sections if s not in skipped)

@@ -110,6 +110,9 @@ def build_spec(args: argparse.Namespace):  # -> SweepSpec (kept lazy-typed: impo
         if saved.get("sweep") != args.resume:
             raise UserError(f"{manifest} holds sweep {saved.get('sweep')}, not {args.resume}")
         return spec
+    from engine import units
+
+    args.schedule = units.SCHEDULES.canonical(args.schedule) or args.schedule  # "Karras": A1111's name
     if args.schedule not in SCHEDULES:
         raise UserError(f"unknown schedule {args.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
     for name in ("width", "height", "steps"):
@@ -119,9 +122,9 @@ def build_spec(args: argparse.Namespace):  # -> SweepSpec (kept lazy-typed: impo
     try:
         return SweepSpec(
             prompts=tuple(args.prompt),
-            methods=parse_list(args.guidance, GUIDANCE_METHODS, "guidance method"),
+            methods=parse_list(args.guidance, GUIDANCE_METHODS, "guidance method", units.GUIDANCE),
             scales=parse_scales(args.scales),
-            solvers=parse_list(args.solvers, SOLVERS, "solver"),
+            solvers=parse_list(args.solvers, SOLVERS, "solver", units.SOLVERS),
             steps=args.steps,
             match_evaluations=args.match_evaluations,
             seeds=parse_seeds(args.seeds),

@@ -35,8 +35,13 @@ class RunFilter:
     guidance_params: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
-        from engine.request import GUIDANCE_METHODS, SCHEDULES, SOLVERS  # torch-free
+        from engine.request import GUIDANCE_METHODS, SCHEDULES, SOLVERS, unit_registry  # torch-free
 
+        # A unit's A1111 / ComfyUI name ("DPM++ 2M", "Karras") finds the runs of the unit it stands for.
+        for field in ("guidance", "solver", "schedule"):
+            value = getattr(self, field)
+            if isinstance(value, str):
+                object.__setattr__(self, field, unit_registry(field).canonical(value) or value)
         # A misspelt value would match nothing and read as "no runs": refuse it by name instead.
         for what, value, choices in (
             ("status", self.status, RUN_STATUSES),

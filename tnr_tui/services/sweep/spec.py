@@ -58,9 +58,12 @@ def matched_steps(solver: str, guidance: str, budget: int) -> int:
 # ---- argument parsing ---------------------------------------------------------------------------------------
 
 
-def parse_list(text: str, choices: Sequence[str], what: str) -> tuple[str, ...]:
-    """'a,b,c' -> ('a', 'b', 'c'), each checked against `choices`, duplicates dropped, order kept."""
+def parse_list(text: str, choices: Sequence[str], what: str, registry: Any = None) -> tuple[str, ...]:
+    """'a,b,c' -> ('a', 'b', 'c'), each checked against `choices`, duplicates dropped, order kept. With a
+    unit `registry`, an A1111 / ComfyUI alias ("DPM++ 2M") is taken for its unit's name."""
     items = [t.strip().lower() for t in text.split(",") if t.strip()]
+    if registry is not None:
+        items = [registry.canonical(t) or t for t in items]
     if not items:
         raise SweepError(f"no {what} given")
     for item in items:
@@ -96,6 +99,7 @@ def parse_scales(items: Iterable[str]) -> dict[str, tuple[float, ...]]:
     for item in items:
         method, sep, values = item.partition("=")
         method = method.strip().lower()
+        method = GUIDANCE.canonical(method) or method  # cfg_pp=0.5 is cfg++'s
         if not sep or not values.strip():
             raise SweepError(f"scales: cannot read {item!r}; write METHOD=V1,V2 (e.g. cfg=3,5,7)")
         if method not in SCALED_METHODS:
