@@ -162,6 +162,15 @@ def test_numbers_fill_columns_of_the_height_they_have() -> None:
     assert text[0].split() == ["n0", "0", "n3", "3", "n6", "6"] and text[2].split() == ["n2", "2", "n5", "5"]
 
 
+def test_numbers_take_no_more_columns_than_the_width_holds() -> None:
+    # A column is label (3) + space + value (1) = 5 cells, 3 between columns: 13 cells hold two, not three.
+    items = [(f"n{k}", str(k)) for k in range(7)]
+    text = numbers_text(items, 3, label_width=3, room=13).splitlines()
+    assert len(text) == 4 and max(len(line) for line in text) <= 13  # longer columns, no wrapped line
+    assert text[0].split() == ["n0", "0", "n4", "4"] and text[3].split() == ["n3", "3"]
+    assert numbers_text(items, 3, label_width=3, room=100) == numbers_text(items, 3, label_width=3)
+
+
 async def test_a_lab_run_keeps_its_trajectory_for_the_history(tmp_data_dir: Path, tiny_sdxl_dir: Path) -> None:
     # The real path: the Lab's run (keep_frames on) on the tiny model, then History, t: its own rows and frames.
     from textual.widgets import Input

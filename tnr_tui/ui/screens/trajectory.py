@@ -141,11 +141,16 @@ def next_kind(kinds: Sequence[str], current: str) -> str:
     return kinds[(kinds.index(current) + 1) % len(kinds)] if current in kinds else kinds[0]
 
 
-def numbers_text(items: Sequence[tuple[str, str]], rows: int, label_width: int = 11) -> str:
-    """(label, value) pairs laid out in columns of `rows` lines (so a short screen shows them all)."""
+def numbers_text(items: Sequence[tuple[str, str]], rows: int, label_width: int = 11, room: int | None = None) -> str:
+    """(label, value) pairs laid out in columns of `rows` lines (so a short screen shows them all), and in no
+    more columns than `room` cells hold: past it the lines wrapped, a label on one line and its value on the
+    next (80x24, found in tmux); then the columns are longer than `rows`."""
     rows = max(rows, 1)
-    columns = [items[k : k + rows] for k in range(0, len(items), rows)]
     width = max((len(v) for _, v in items), default=0)
+    if room is not None and items:
+        fit = max(1, (room + 3) // (label_width + 1 + width + 3))
+        rows = max(rows, -(-len(items) // fit))
+    columns = [items[k : k + rows] for k in range(0, len(items), rows)]
     lines = []
     for r in range(min(rows, len(items))):
         cells = [f"{col[r][0]:<{label_width}} {col[r][1]:>{width}}" for col in columns if r < len(col)]
@@ -259,8 +264,10 @@ class TrajectoryScreen(Screen):
         row = trajectory.row(i)
         head = f"step {i + 1}/{steps}" if steps else "no steps"
         items = row_items(row)
-        height = max(self.query_one("#traj-numbers").size.height - 1, 4)
-        text = head + "\n" + numbers_text(items, height) if items else head + "\n(no telemetry row)"
+        box = self.query_one("#traj-numbers")
+        height = max(box.size.height - 1, 4)
+        room = box.size.width or None
+        text = head + "\n" + numbers_text(items, height, room=room) if items else head + "\n(no telemetry row)"
         self.query_one("#traj-numbers", Static).update(text)
         chosen = self.chosen()
         plot = self.query_one("#traj-plot", LinePlot)
