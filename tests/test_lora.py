@@ -185,6 +185,8 @@ def test_bad_loras_are_one_line_naming_the_file(sd15, tiny_sd15_dir, tiny_sdxl_d
     sd15.set_loras(())  # nothing active before the refusals
     cases = []
     cases.append((tmp_path / "missing.safetensors", "missing.safetensors: no such file"))
+    (tmp_path / "styles").mkdir()
+    cases.append((tmp_path / "styles", "styles: a directory, not a .safetensors file"))
     pt = tmp_path / "old.pt"
     pt.write_bytes(pickle.dumps({"a": 1}))
     cases.append((pt, "old.pt: refusing a pickled file"))

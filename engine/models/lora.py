@@ -70,6 +70,8 @@ def check_lora_file(path: Path) -> None:
         head, sep, tail = str(path).rpartition(":")
         if sep and head and Path(head).is_file():  # PATH:WEIGHT with a weight that is not a number
             raise LoraError(f"LoRA {path}: the weight after ':' must be a number, got {tail!r}")
+        if path.is_dir():  # said as it is: "no such file" sent the user looking for a missing path
+            raise LoraError(f"LoRA {path}: a directory, not a .safetensors file")
         raise LoraError(f"LoRA {path}: no such file{where}")
     try:
         with safe_open(str(path), framework="pt") as f:
