@@ -437,6 +437,19 @@ def run(args: argparse.Namespace) -> int:
     count = getattr(args, "batch", None)
     if count is not None and count < 1:
         raise UserError(f"--batch must be at least 1, got {count}")
+    if count is not None and count > 1:
+        from engine.request import MAX_SEED
+        from tnr_tui.services.sweep.spec import MAX_SEEDS
+
+        # Every seed's request is built before the first batch samples: a typo of a few digits filled the
+        # memory for minutes. Said here, before the history or the model opens.
+        if count > MAX_SEEDS:
+            raise UserError(f"--batch makes at most {MAX_SEEDS} images (a sweep's seed limit), got {count}")
+        if request.seed + count - 1 > MAX_SEED:
+            raise UserError(
+                f"--batch {count} from seed {request.seed} runs past the largest seed {MAX_SEED}; "
+                f"give --seed {MAX_SEED - count + 1} or less"
+            )
     if count is not None and count > 1 and getattr(request, "keep_frames", False):
         raise UserError("--keep-frames keeps one run's trajectory: give it without --batch")
     store = open_history(args)

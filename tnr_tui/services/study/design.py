@@ -25,7 +25,7 @@ import numpy as np
 
 from engine.request import EMBEDDED_MODEL, GenerationRequest
 from tnr_tui.services.cells import GridCell, frozen_params
-from tnr_tui.services.sweep.spec import matched_steps, reference_budget
+from tnr_tui.services.sweep.spec import MAX_SEEDS, matched_steps, reference_budget
 
 CHECK_NAMES: tuple[str, ...] = ("accuracy", "colour_ok", "background_ok", "shape_ok")
 BOOTSTRAP_RESAMPLES = 2000
@@ -126,6 +126,10 @@ class StudyConfig:
     def __post_init__(self) -> None:
         if self.samples < 2:
             raise StudyError(f"samples must be at least 2 (a confidence interval needs spread), got {self.samples}")
+        # Every arm's seeds are planned up front: a typo of a few digits filled the memory for minutes.
+        for name, count in (("samples", self.samples), ("search samples", self.search_samples)):
+            if count > MAX_SEEDS:
+                raise StudyError(f"{name} must be at most {MAX_SEEDS} (a sweep's seed limit), got {count}")
         if self.steps < 1:
             raise StudyError(f"steps must be at least 1, got {self.steps}")
         if not self.budgets or min(self.budgets) < 1:

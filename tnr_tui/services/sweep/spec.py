@@ -19,6 +19,7 @@ from engine.request import (
     DEFAULT_SCALE,
     EMBEDDED_MODEL,
     GUIDANCE_METHODS,
+    MAX_SEED,
     SOLVERS,
     GenerationRequest,
 )
@@ -85,6 +86,8 @@ def parse_seeds(text: str) -> tuple[int, ...]:
         hi = int(m.group(2)) if m.group(2) is not None else lo
         if hi < lo:
             raise SweepError(f"seeds: the range {part!r} runs backwards")
+        if hi > MAX_SEED:  # said here, not by the first cell's request once the model has loaded
+            raise SweepError(f"seeds: {part!r} runs past the largest seed {MAX_SEED}")
         if len(seeds) + hi - lo + 1 > MAX_SEEDS:
             raise SweepError(f"seeds: more than {MAX_SEEDS} seeds; is {part!r} a typo?")
         seeds.extend(range(lo, hi + 1))
