@@ -238,3 +238,16 @@ def test_the_readme_names_every_binding_id() -> None:
         group, name = binding.split(".", 1)
         assert f"`{group}.`" in paragraph or f"`{binding}`" in paragraph, binding
         assert name in paragraph, binding
+
+
+async def test_a_runs_key_on_an_empty_list_says_so(tmp_data_dir: Path) -> None:
+    app = lab_app(tmp_data_dir)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.press("f3")
+        await pilot.pause(0.2)
+        for key in ("r", "t", "f", "e"):
+            await pilot.press(key)
+            await pilot.pause(0.05)
+        messages = [n.message for n in app._notifications]  # noqa: SLF001
+        assert messages.count("no run selected: the list is empty") == 4
+        assert type(app.screen).__name__ == "HistoryScreen"

@@ -373,6 +373,14 @@ class HistoryScreen(Screen):
         run_id = self.selected_id()
         return self._runs.get(run_id) if run_id else None
 
+    def _acted_on(self) -> Any:
+        """The selected run for a key's action; with none (an empty list, a search that matches nothing), a
+        short notice instead of silence."""
+        run = self.selected_run()
+        if run is None:
+            self.notify("no run selected: the list is empty", severity="warning", timeout=3, markup=False)
+        return run
+
     def _show_selected(self) -> None:
         run = self.selected_run()
         thumb = self.query_one("#thumb", Picture)
@@ -425,7 +433,7 @@ class HistoryScreen(Screen):
             return None
 
     def action_rerun(self) -> None:
-        run = self.selected_run()
+        run = self._acted_on()
         request = run and self._request_of(run)
         if request is None:
             return
@@ -434,7 +442,7 @@ class HistoryScreen(Screen):
             self.notify(f"re-running {run.id[-8:]}", markup=False)
 
     def action_load(self) -> None:
-        run = self.selected_run()
+        run = self._acted_on()
         request = run and self._request_of(run)
         if request is None:
             return
@@ -460,7 +468,7 @@ class HistoryScreen(Screen):
             return False, None
 
     def action_favourite(self) -> None:
-        run = self.selected_run()
+        run = self._acted_on()
         if run is None:
             return
         app: Any = self.app
@@ -469,7 +477,7 @@ class HistoryScreen(Screen):
             self._refresh_run(run.id)
 
     def action_note(self) -> None:
-        run = self.selected_run()
+        run = self._acted_on()
         if run is None:
             return
 
@@ -482,7 +490,7 @@ class HistoryScreen(Screen):
         self.app.push_screen(NoteDialog(run.notes), save)
 
     def action_export(self) -> None:
-        run = self.selected_run()
+        run = self._acted_on()
         if run is None:
             return
         app: Any = self.app
@@ -500,7 +508,7 @@ class HistoryScreen(Screen):
         self.app.push_screen(ExportDialog(Path.cwd(), run.id), export)
 
     def action_delete(self) -> None:
-        run = self.selected_run()
+        run = self._acted_on()
         if run is None:
             return
         app: Any = self.app
@@ -544,12 +552,12 @@ class HistoryScreen(Screen):
     def action_trajectory(self) -> None:
         from tnr_tui.ui.screens.trajectory import TrajectoryScreen
 
-        run = self.selected_run()
+        run = self._acted_on()
         if run is not None:
             self.app.push_screen(TrajectoryScreen(run.id))
 
     def action_pair(self) -> None:
-        run = self.selected_run()
+        run = self._acted_on()
         if run is None:
             return
         if self.marked is None or self.marked == run.id:
