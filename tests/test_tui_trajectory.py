@@ -7,6 +7,8 @@ no model.
 from __future__ import annotations
 
 from pathlib import Path
+
+from engine.request import GenerationRequest
 from typing import Any
 
 from pilot_wait import waiter
@@ -130,6 +132,7 @@ async def test_a_run_without_frames_or_rows_says_so(tmp_data_dir: Path) -> None:
         assert caption == "no frames: this run did not keep them (keep_frames off)"
         assert screen.trajectory.steps == 6  # from the run's request
         assert numbers(screen) == "step 6/6\n(no telemetry row)"
+
         assert screen.query_one("#traj-plot").text()[0].startswith("no telemetry rows for this run")
         await pilot.press("escape")
         screen = await open_trajectory(pilot, rows_only)
@@ -198,3 +201,16 @@ async def test_a_lab_run_keeps_its_trajectory_for_the_history(tmp_data_dir: Path
         first = screen.query_one("#traj-frame").pil_image
         assert first.size == last.size and first.tobytes() != last.tobytes()  # step 1's estimate is not the end's
         assert numbers(screen).startswith("step 1/4") and format_number(stored.row(0)["sigma"]) in numbers(screen)
+
+
+async def test_a_failed_run_that_asked_for_frames_says_it_ended_before_any(tmp_data_dir: Path) -> None:
+    store = open_store(tmp_data_dir)
+    failed = store.create_run(GenerationRequest("a red circle", steps=20, keep_frames=True))
+    store.finish_run(failed, "failed", error="out of memory")
+    store.close()
+    app = history_app(tmp_data_dir)
+    async with app.run_test(size=(150, 46)) as pilot:
+        screen = await open_trajectory(pilot, failed)
+        caption = str(screen.query_one("#traj-frame .picture-caption").content)
+        assert caption == "no frames: the run failed before it kept any"
+        assert screen.trajectory.steps == 0 and numbers(screen).startswith("no steps")  # not "step 20/20"

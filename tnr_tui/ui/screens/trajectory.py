@@ -56,6 +56,8 @@ class Trajectory:
         """How many steps the run has to scrub through."""
         counts = [len(self.rows)] + [frames[-1][0] + 1 for frames in self.frames.values() if frames]
         recorded = int(self.run.steps or 0) if self.run is not None else 0
+        if self.run is not None and getattr(self.run, "status", "done") in ("failed", "cancelled", "interrupted"):
+            recorded = 0  # the request's steps were planned, not taken: "no steps", not "step 20/20"
         return max(counts) if max(counts) else recorded
 
     @property
@@ -64,6 +66,20 @@ class Trajectory:
 
     def row(self, index: int) -> dict[str, Any] | None:
         return self.rows[index] if 0 <= index < len(self.rows) else None
+
+    def _why_no_frames(self) -> str:
+        """Why a run has no frames at all: not asked for, or it ended (failed, cancelled) before it kept one."""
+        run = self.run
+        try:
+            asked = bool(run.request.get("keep_frames")) if run is not None else False
+        except (AttributeError, TypeError, ValueError):  # a row without a readable request
+            asked = False
+        if not asked:
+            return "no frames: this run did not keep them (keep_frames off)"
+        status = getattr(run, "status", "")
+        if status in ("failed", "cancelled", "interrupted"):
+            return f"no frames: the run {status} before it kept any"
+        return "no frames: none were recorded for this run"
 
     def kinds(self) -> list[str]:
         return [kind for kind in KIND_NAMES if self.frames.get(kind)]
@@ -77,7 +93,7 @@ class Trajectory:
                 best = (step, image)
         if best is None:
             if not self.frames:
-                return None, "no frames: this run did not keep them (keep_frames off)"
+                return None, self._why_no_frames()
             first = frames[0][0] + 1 if frames else "?"
             return None, f"no {KIND_NAMES.get(kind, kind)} frame yet (the first is at step {first})"
         step, image = best
