@@ -7,14 +7,13 @@ no model.
 from __future__ import annotations
 
 from pathlib import Path
-
-from engine.request import GenerationRequest
 from typing import Any
 
 from pilot_wait import waiter
 from textual.widgets import DataTable
 from tui_runs import fake_rows, record_run, step_colour, stored_run_path
 
+from engine.request import GenerationRequest
 from tnr_tui.services.history import open_store
 from tnr_tui.ui.app import TnrLabApp
 from tnr_tui.ui.screens.trajectory import TrajectoryScreen, numbers_text
