@@ -249,6 +249,30 @@ def check_paths(out: Path, save_latent: Path | None) -> None:
         parent = path.parent if str(path.parent) else Path(".")
         if parent.exists() and not parent.is_dir():
             raise UserError(f"cannot write {path}: {parent} is not a directory")
+        unwritable = _unwritable(parent)
+        if unwritable is not None:
+            raise UserError(f"cannot write {path}: {unwritable}")
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why nothing can be written in `folder` (or the folders to be made in it), or None.
+
+    Asked of the nearest folder that exists, by its metadata only (statvfs, access): a read-only or forbidden
+    place is said before the model loads, not after sampling, when the copy failed and the run was recorded
+    failed. A full disk cannot be told in advance; that copy's OSError is one line too."""
+    import os
+
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if os.statvfs(existing).f_flag & os.ST_RDONLY:
+            return f"{existing} is on a read-only file system"
+    except (OSError, AttributeError):  # no statvfs (Windows): access() below still answers
+        pass
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing}: permission denied"
+    return None
 
 
 class ProgressBar:

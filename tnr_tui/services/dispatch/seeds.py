@@ -60,33 +60,41 @@ def run_seeds(
         create_rows(store, batch, origin)
         try:
             results = worker.run(batch)
-            for result in results:
-                recorded = record(store, result, model)
-                seed = int(result.request["seed"])
-                image_path = latent_path = None
-                if recorded.status == "done":
-                    image_path = recorded.image_path
+            records = [record(store, result, model) for result in results]
+        except BaseException:
+            cancel_rows(store, [batch], "cancelled")
+            raise
+        # The user's copies once every image of the batch is recorded: one that cannot be written (a full
+        # disk, a directory in the way) loses none of them. Each copy is tried; the first failure is raised.
+        failure: OSError | None = None
+        for result, recorded in zip(results, records, strict=True):
+            seed = int(result.request["seed"])
+            image_path = latent_path = None
+            if recorded.status == "done":
+                image_path = recorded.image_path
+                try:
                     if out is not None:
                         image_path = numbered(out, seed) if count > 1 else out
                         place_copy(recorded.image_path, image_path)
                     if save_latent is not None and recorded.latent_path is not None:
                         latent_path = numbered(save_latent, seed) if count > 1 else save_latent
                         place_copy(recorded.latent_path, latent_path)
-                outcomes.append(
-                    SeedOutcome(
-                        recorded.run_id,
-                        seed,
-                        recorded.status,
-                        image_path,
-                        latent_path,
-                        result.stats,
-                        result.metrics,
-                        result.error,
-                    )
+                except OSError as e:
+                    failure = failure or e
+            outcomes.append(
+                SeedOutcome(
+                    recorded.run_id,
+                    seed,
+                    recorded.status,
+                    image_path,
+                    latent_path,
+                    result.stats,
+                    result.metrics,
+                    result.error,
                 )
-        except BaseException:
-            cancel_rows(store, [batch], "cancelled")
-            raise
+            )
+        if failure is not None:
+            raise failure
         if on_batch is not None:
             on_batch(len(outcomes), count)
     return outcomes
