@@ -167,7 +167,10 @@ def export_runs(
         where = f" ({e.filename})" if e.filename and str(e.filename) != str(tmp) else ""
         raise HistoryError(f"cannot export to {out}: {reason}{where}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only place refuses even a missing file's unlink (EROFS): the export's own error stands
+            pass
 
 
 def _export_to(
@@ -618,6 +621,15 @@ def _copy_at_most(src: BinaryIO, dst: BinaryIO, size: int) -> tuple[str, int]:
 # ---- import ------------------------------------------------------------------------------------------
 
 
+def _starts_like_a_zip(path: Path) -> bool:
+    """The file begins with a zip's local-file signature (an export file, never the history's database)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
 def import_runs(
     store: Store,
     path: Path,
@@ -648,6 +660,8 @@ def import_runs(
         raise HistoryError(f"{path}: not a regular file")
     if zipfile.is_zipfile(path):
         return _import_zip(store, path, limits)
+    if _starts_like_a_zip(path):  # a zip's first entry without its directory at the end: a copy cut short
+        raise HistoryError(f"{path}: a zip that is damaged or cut short (no central directory); nothing was imported")
     if st.st_size > limits.max_bytes:
         raise HistoryError(_over_bytes(str(path), limits, st.st_size))
     return _import_jsonl(store, path, warn, limits)
