@@ -373,11 +373,12 @@ def cmd_steps(args: argparse.Namespace, store: Any) -> int:
     run = store.find_run(args.id)
     table = store.run_steps(run.id)
     if table is None:
-        reason = (
-            "it has not finished"
-            if run.status in ("queued", "running")
-            else ("it was recorded before tnr-lab kept them, or with telemetry off")
-        )
+        if run.status in ("queued", "running"):
+            reason = "it has not finished"
+        elif run.status != "done":  # failed, cancelled, interrupted: its rows go in with the finished run
+            reason = f"it was {run.status} before its rows were recorded"
+        else:
+            reason = "it was recorded before tnr-lab kept them, or with telemetry off"
         print(f"run {run.id} has no per-step rows: {reason}", file=sys.stderr)
         return 1
     if args.json:
