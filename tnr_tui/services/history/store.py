@@ -1293,6 +1293,8 @@ def _open_new_store(
 ) -> Store:
     db_path = directory / DB_NAME
     outputs_path = outputs_dir if outputs_dir is not None else directory / OUTPUTS
+    if os.path.lexists(directory) and not directory.is_dir():  # as a read-only open says it
+        raise HistoryError(f"the data directory {directory} is not a directory")
     try:
         directory.mkdir(parents=True, exist_ok=True)
         outputs_path.mkdir(parents=True, exist_ok=True)
