@@ -143,16 +143,9 @@ class LabScreen(Screen):
                     yield RequestField("prompt", "Prompt", EXAMPLE_PROMPT, placeholder="(empty prompt)")
                     yield RequestField("negative_prompt", "Negative")
                     yield Checkbox("N prompts, each with a scale", False, id="weighted", compact=True)
-                    with Vertical(id="weighted-box"):
-                        with Horizontal(classes="pair"):
-                            yield RequestField(
-                                "scale", "Scale", "5.0", id="field-prompt-scale", input_id="prompt_scale"
-                            )
-                            yield RequestField(
-                                "scale", "Neg scale", "-4.0", id="field-negative-scale", input_id="negative_scale"
-                            )
-                        yield Vertical(id="extra-prompts")
-                        yield Button("+ prompt", id="add-prompt", compact=True)
+                    # Filled when first shown (_weighted_box): hidden until the box is ticked, its 8 widgets
+                    # were 8 more for the first frame to mount and style.
+                    yield Vertical(id="weighted-box")
                 with Vertical(id="panel-solver", classes="panel") as panel:
                     panel.border_title = "Solver"
                     with Horizontal(classes="pair"):
@@ -263,8 +256,26 @@ class LabScreen(Screen):
         self.query_one("#guidance-params", UnitParams).show(unit)
         self._update_equivalent()
 
+    def _weighted_box(self) -> Vertical:
+        """The N-prompt box, its fields mounted on first use (they exist in the DOM at once, composed later)."""
+        box = self.query_one("#weighted-box", Vertical)
+        if not box.children:
+            pair = Horizontal(classes="pair")
+            box.mount_all([pair, Vertical(id="extra-prompts"), Button("+ prompt", id="add-prompt", compact=True)])
+            # Mounted into the pair, not given to its constructor: a constructor's children join the DOM only
+            # when the pair composes, and the Lab reads these fields right away.
+            pair.mount_all(
+                [
+                    RequestField("scale", "Scale", "5.0", id="field-prompt-scale", input_id="prompt_scale"),
+                    RequestField("scale", "Neg scale", "-4.0", id="field-negative-scale", input_id="negative_scale"),
+                ]
+            )
+        return box
+
     def _sync_weighted(self) -> None:
-        self.query_one("#weighted-box").display = self.query_one("#weighted", Checkbox).value
+        weighted = self.query_one("#weighted", Checkbox).value
+        box = self._weighted_box() if weighted else self.query_one("#weighted-box")
+        box.display = weighted
         self._sync_guidance()
 
     def _sync_schedule(self) -> None:
@@ -352,6 +363,7 @@ class LabScreen(Screen):
     # ---- the request ----
 
     def _weighted_prompts(self) -> tuple[WeightedPrompt, ...]:
+        self._weighted_box()
         prompts = [
             WeightedPrompt(
                 self._field("field-negative_prompt").input.exact_value, self._scale_of("field-negative-scale")
@@ -438,7 +450,7 @@ class LabScreen(Screen):
             "; ".join(f"{lora.path}:{lora.weight:g}" for lora in request.loras)
         )
         self.query_one("#seed-lock", Checkbox).value = True
-        extra_box = self.query_one("#extra-prompts")
+        extra_box = self._weighted_box().query_one("#extra-prompts")
         extra_box.remove_children()
         weighted = len(request.prompts) >= 2
         self.query_one("#weighted", Checkbox).value = weighted

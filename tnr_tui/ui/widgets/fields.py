@@ -105,21 +105,22 @@ class RequestField(Widget):
         self.blank_is_none = blank_is_none  # an empty input means "not set" (native size, no window)
         self.field_name = field_name
         self._label = label
-        self._value = value
-        self._placeholder = placeholder
+        # Made here, not in compose: a field mounted just now (the N-prompt box, mounted when first shown) is
+        # read before it has composed.
+        self._input = TextInput(
+            value,
+            placeholder=placeholder,
+            id=self._input_id,
+            validators=[RequestFieldValidator(field_name, blank_is_none)],
+            compact=True,
+        )
 
     @property
     def label(self) -> str:
         return self._label
 
     def compose(self) -> ComposeResult:
-        yield TextInput(
-            self._value,
-            placeholder=self._placeholder,
-            id=self._input_id,
-            validators=[RequestFieldValidator(self.field_name, self.blank_is_none)],
-            compact=True,
-        )
+        yield self._input
         # The message line is mounted with the first message: the Lab's 16 fields would cost the first frame 16
         # widgets for lines that are empty.
 
@@ -134,7 +135,7 @@ class RequestField(Widget):
 
     @property
     def input(self) -> TextInput:
-        return self.query_one(TextInput)
+        return self._input
 
     @property
     def error(self) -> str:
