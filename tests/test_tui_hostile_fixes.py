@@ -251,3 +251,29 @@ async def test_a_runs_key_on_an_empty_list_says_so(tmp_data_dir: Path) -> None:
         messages = [n.message for n in app._notifications]  # noqa: SLF001
         assert messages.count("no run selected: the list is empty") == 4
         assert type(app.screen).__name__ == "HistoryScreen"
+
+
+async def test_keys_read_in_one_burst_go_where_the_focus_is_when_each_is_taken(tmp_data_dir: Path) -> None:
+    # As the driver posts them when they come in one read (typing ahead, SSH): Tab, Tab, Space. Routed to the
+    # focus of the moment they were read, the space replaced the prompt and the box stayed unticked.
+    from textual import events
+
+    app = lab_app(tmp_data_dir)
+    async with app.run_test(size=(150, 46)) as pilot:
+        await pilot.pause()
+        lab = app.lab
+        prompt = lab.query_one("#prompt", Input).value
+        assert app.focused is lab.query_one("#prompt")
+        for key, character in (("tab", "\t"), ("tab", "\t"), ("space", " ")):
+            app.post_message(events.Key(key, character))
+        await pilot.pause(0.1)
+        assert lab.query_one("#prompt", Input).value == prompt
+        assert app.focused is lab.query_one("#weighted", Checkbox) and lab.query_one("#weighted", Checkbox).value
+        # Typing a value after Tab lands in the next field, not the one before it.
+        app.set_focus(lab.query_one("#prompt"))
+        await pilot.pause()
+        for key, character in (("c", "c"), ("a", "a"), ("t", "t"), ("tab", "\t"), ("x", "x")):
+            app.post_message(events.Key(key, character))
+        await pilot.pause(0.1)
+        assert lab.query_one("#prompt", Input).value.endswith("cat")
+        assert lab.query_one("#negative_prompt", Input).value.endswith("x")

@@ -73,11 +73,17 @@ class TnrLabApp(App[int]):
     # Screen classes for the layout (app.tcss): 80x24, the usual SSH default, is narrow and short.
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
+    # Keys that move the focus or the screen are priority bindings, run as the app reads each key: a screen's
+    # own Tab binding runs only after the focused widget has had the key, and by then the keys that came with
+    # it in one read (typing ahead, or any burst over SSH) were already routed to the old focus ("Tab Tab
+    # Space" replaced the prompt with a space; "cat<Tab>30" typed 30 into the prompt). Found in tmux.
     BINDINGS = [
         Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True),
-        Binding("f2", "switch_mode('lab')", "Lab", id="app.lab"),
-        Binding("f3", "switch_mode('history')", "History", id="app.history"),
-        Binding("f4", "switch_mode('compare')", "Compare", id="app.compare"),
+        Binding("f2", "switch_mode('lab')", "Lab", id="app.lab", priority=True),
+        Binding("f3", "switch_mode('history')", "History", id="app.history", priority=True),
+        Binding("f4", "switch_mode('compare')", "Compare", id="app.compare", priority=True),
+        Binding("tab", "focus_next", "Focus next", show=False, priority=True),
+        Binding("shift+tab", "focus_previous", "Focus previous", show=False, priority=True),
         Binding("f12", "screenshot", "Screenshot", id="app.screenshot", show=False),
     ]
 
