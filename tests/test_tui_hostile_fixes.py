@@ -277,3 +277,31 @@ async def test_keys_read_in_one_burst_go_where_the_focus_is_when_each_is_taken(t
         await pilot.pause(0.1)
         assert lab.query_one("#prompt", Input).value.endswith("cat")
         assert lab.query_one("#negative_prompt", Input).value.endswith("x")
+
+
+async def test_exporting_over_an_existing_file_asks_first(tmp_data_dir: Path, tmp_path: Path) -> None:
+    from tests.test_tui_history_screen import done_run_with_image
+
+    store = open_store(tmp_data_dir)
+    done_run_with_image(store, "to export")
+    store.close()
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"the user's own picture")
+    app = lab_app(tmp_data_dir)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.press("f3")
+        await pilot.pause(0.2)
+        await pilot.press("e")
+        await pilot.pause(0.1)
+        dialog = app.screen
+        dialog.query_one("#export-path", Input).value = str(mine)
+        await pilot.click("#export")
+        await pilot.pause(0.1)
+        assert app.screen is dialog and mine.read_bytes() == b"the user's own picture"
+        assert str(dialog.query_one("#export-error").content) == (
+            f"{mine} exists: press Export again to replace it, or change the path"
+        )
+        await pilot.click("#export")  # the same export again: confirmed
+        await pilot.pause(0.2)
+        assert app.screen is not dialog
+    assert mine.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # replaced by the run's image, as asked

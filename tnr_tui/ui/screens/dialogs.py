@@ -69,6 +69,7 @@ class ExportDialog(ModalScreen[tuple[str, Path] | None]):
     def __init__(self, default_dir: Path, run_id: str) -> None:
         super().__init__(classes="dialog-screen")
         self.default_dir, self.run_id = default_dir, run_id
+        self._overwrite: tuple[str, Path] | None = None  # the export confirmed to replace an existing file
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
@@ -111,4 +112,12 @@ class ExportDialog(ModalScreen[tuple[str, Path] | None]):
         if path.is_dir():  # said here, with the dialog still open, as a missing directory is
             self.query_one("#export-error", Static).update(visible(f"{path} is a directory: give a file name in it"))
             return
-        self.dismiss((str(self.query_one("#export-format", Select).value), path))
+        choice = (str(self.query_one("#export-format", Select).value), path)
+        if path.exists() and self._overwrite != choice:
+            # The user's file is not replaced unasked (it was, silently): the same export again confirms it.
+            self._overwrite = choice
+            self.query_one("#export-error", Static).update(
+                visible(f"{path} exists: press Export again to replace it, or change the path")
+            )
+            return
+        self.dismiss(choice)
