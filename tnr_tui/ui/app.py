@@ -42,7 +42,6 @@ class DeferredImported(Message):
 def binding_ids() -> set[str]:
     """The ids a keymap may name: every Binding with an id on the lab's widget, screen and app classes (its
     screens imported first: the History's and Compare's are otherwise built only when first shown)."""
-    from textual.binding import Binding
     from textual.dom import DOMNode
 
     import tnr_tui.ui.screens.compare
