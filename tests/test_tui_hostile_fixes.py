@@ -308,6 +308,8 @@ async def test_exporting_over_an_existing_file_asks_first(tmp_data_dir: Path, tm
         assert str(dialog.query_one("#export-error").content) == (
             f"{mine} exists: press Export again to replace it, or change the path"
         )
+        button = dialog.query_one("#export")
+        await until(pilot, lambda: not button.has_class("-active"), "the first press effect to end")  # see above
         await pilot.click("#export")  # the same export again: confirmed
         await pilot.pause(0.2)
         assert app.screen is not dialog
