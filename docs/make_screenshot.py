@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from textual.widgets import Input, Select
+from textual.widgets import Input
 
 from tnr_tui.ui.app import TnrLabApp
+from tnr_tui.ui.widgets.dropdown import DropDown
 
 DOCS = Path(__file__).resolve().parent
 SHOTS = ("lab", "plot", "trajectory")
@@ -50,7 +51,7 @@ async def capture(args: argparse.Namespace, data_dir: Path) -> list[Path]:
                 raise SystemExit("the embedded model did not load")
             await pilot.pause(0.1)
         app.lab.query_one("#prompt", Input).value = args.prompt
-        app.lab.query_one("#guidance", Select).value = args.guidance
+        app.lab.query_one("#guidance", DropDown).value = args.guidance
         app.lab.query_one("#steps", Input).value = str(args.steps)
         await pilot.press("ctrl+r")
         while not app.ended:

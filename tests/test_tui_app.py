@@ -22,6 +22,7 @@ from tnr_tui.services.sweep import evaluations, matched_steps
 from tnr_tui.ui.app import TnrLabApp
 from tnr_tui.ui.screens.compare import parse_methods, plan_grid
 from tnr_tui.ui.screens.lab import equivalent_cfg_scale, format_progress
+from tnr_tui.ui.widgets.dropdown import DropDown
 from tnr_tui.ui.widgets.fields import RequestField
 from tnr_tui.ui.widgets.picture import Picture
 
@@ -149,12 +150,12 @@ async def test_guidance_panel_shows_only_the_methods_parameters(tmp_data_dir: Pa
         lab = app.lab
         shown = {name: lab.query_one(f"#field-{name}").display for name in ("scale", "tnr_power", "cfg_rescale")}
         assert shown == {"scale": True, "tnr_power": False, "cfg_rescale": True}
-        lab.query_one("#guidance", Select).value = "tnr"
+        lab.query_one("#guidance", DropDown).value = "tnr"
         await pilot.pause(0.1)
         shown = {name: lab.query_one(f"#field-{name}").display for name in ("scale", "tnr_power", "cfg_rescale")}
         assert shown == {"scale": False, "tnr_power": True, "cfg_rescale": False}
         # The N-prompt form shows its equivalent CFG scale: g = (1 + s1 - s0) / 2 = (1 + 5 + 4) / 2.
-        lab.query_one("#guidance", Select).value = "cfg"
+        lab.query_one("#guidance", DropDown).value = "cfg"
         lab.query_one("#weighted").value = True
         await pilot.pause(0.1)
         assert str(lab.query_one("#equivalent").content) == "equivalent CFG scale g = 5.00"
@@ -412,7 +413,7 @@ async def test_lab_panels_fit_the_terminal(tmp_data_dir: Path, size: tuple[int, 
         assert preview.width >= 28 and lab.query_one("#preview .picture-caption").region.bottom <= size[1] - 1
         assert preview.width >= 28 and preview.bottom <= size[1] - 1  # above the footer
         # The busiest panels (tnr-cfg, N prompts) still fit at 80x24, scrolling if they must, never clipped.
-        lab.query_one("#guidance", Select).value = "tnr-cfg"
+        lab.query_one("#guidance", DropDown).value = "tnr-cfg"
         lab.query_one("#weighted").value = True
         await pilot.pause(0.1)
         for name in ("tnr_power", "cfg_rescale", "prompt_scale", "negative_scale", "guidance_sigma_max"):
@@ -445,8 +446,8 @@ async def test_schedule_rho_left_blank_means_each_schedules_own_default(
     async with app.run_test(size=(160, 50)) as pilot:
         lab = app.lab
         lab.query_one("#field-prompt", RequestField).input.value = "a red circle"
-        lab.query_one("#schedule", Select).value = "power"
-        # The Select's change is a message: wait for it (a fixed pause lost the race on a loaded 2-core host).
+        lab.query_one("#schedule", DropDown).value = "power"
+        # The drop-down's change is a message: wait for it (a fixed pause lost the race on a loaded 2-core host).
         await wait_for(pilot, lambda: lab.query_one("#field-schedule_rho").display, 10.0, "the rho field shown")
         assert lab.build_request().schedule_rho is None  # the power warp's own rho (1), as in the CLI
         lab.query_one("#schedule_rho", Input).value = "3"
@@ -474,10 +475,10 @@ async def test_a_blank_scale_is_the_loaded_models_default(
         await wait_for(pilot, lambda: ": loaded" in str(state.content), what="the model")  # not "not loaded"
         scale = app.lab.query_one("#field-scale", RequestField)
         assert scale.input.value == "" and scale.input.placeholder == "2.5 (model)"
-        app.lab.query_one("#guidance", Select).value = "cfg++"
+        app.lab.query_one("#guidance", DropDown).value = "cfg++"
         await pilot.pause(0.1)
         assert scale.input.placeholder == "0.8"  # this model names no cfg++ scale: the lab's own default
-        app.lab.query_one("#guidance", Select).value = "cfg"
+        app.lab.query_one("#guidance", DropDown).value = "cfg"
         await pilot.press(*"a red circle")
         await set_small(app, steps=1)
         await pilot.press("ctrl+r")

@@ -9,6 +9,7 @@ from textual.app import App, ComposeResult
 from textual.widgets import Input, Label, Select
 
 from tnr_tui.ui.app import TnrLabApp
+from tnr_tui.ui.widgets.dropdown import DropDown
 from tnr_tui.ui.widgets.fields import LabelledRow, RequestField, TextInput
 
 
@@ -131,7 +132,7 @@ async def test_a_units_parameter_label_does_not_run_into_its_value(tmp_data_dir:
 
     app = TnrLabApp(data_dir=tmp_data_dir, image_protocol="halfcell", autoload=False)
     async with app.run_test(size=(150, 46)) as pilot:
-        app.lab.query_one("#guidance", Select).value = "seg"
+        app.lab.query_one("#guidance", DropDown).value = "seg"
         await pilot.pause(0.1)
         fields = [f for f in app.lab.query(ParamField) if f.param.name == "seg_blur_sigma"]
         assert fields, "seg shows its blur_sigma"
@@ -141,18 +142,17 @@ async def test_a_units_parameter_label_does_not_run_into_its_value(tmp_data_dir:
 
 
 async def test_a_units_drop_down_list_is_as_wide_as_its_longest_name(tmp_data_dir: Path) -> None:
-    from textual.widgets._select import SelectOverlay
-
     from engine import units
+    from tnr_tui.ui.widgets.dropdown import DropDownList
 
     app = TnrLabApp(data_dir=tmp_data_dir, image_protocol="halfcell", autoload=False)
     async with app.run_test(size=(80, 24)) as pilot:
         for select_id, registry in (("#solver", units.SOLVERS), ("#schedule", units.SCHEDULES)):
-            select = app.lab.query_one(select_id, Select)
+            select = app.lab.query_one(select_id, DropDown)
             select.focus()
             await pilot.press("enter")
             await pilot.pause(0.1)
-            overlay = select.query_one(SelectOverlay)
+            overlay = select.query_one(DropDownList)
             longest = max(len(name) for name in registry.names())
             assert overlay.region.width >= longest + 2 > select.region.width  # the names fit, unwrapped
             await pilot.press("escape")

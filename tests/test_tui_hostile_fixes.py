@@ -50,15 +50,20 @@ async def test_adding_prompts_to_the_n_prompt_box_does_not_crash(tmp_data_dir: P
         # The box fills when first shown, and the button moves down under each new row. Each click waits for
         # the layout that put the button where it is, and for the button's press effect to end: Textual's
         # Button ignores a click while it shows the last press (0.2 s), which made this test flaky on CI.
-        await until(pilot, lambda: bool(lab.query("#add-prompt")) and lab.query_one("#add-prompt").region.area > 0,
-                    "the N-prompt box to be laid out")
+        await until(
+            pilot,
+            lambda: bool(lab.query("#add-prompt")) and lab.query_one("#add-prompt").region.area > 0,
+            "the N-prompt box to be laid out",
+        )
         for n in range(1, 4):
             button = lab.query_one("#add-prompt")
-            await until(pilot, lambda: not button.has_class("-active"), "the last press effect to end")
+            await until(pilot, lambda b=button: not b.has_class("-active"), "the last press effect to end")
             before = button.region
             await pilot.click("#add-prompt")
-            await until(pilot, lambda: len(lab.query(ExtraPrompt)) == n, f"row {n} to mount")
-            await until(pilot, lambda: lab.query_one("#add-prompt").region.y > before.y, f"the button to move ({n})")
+            await until(pilot, lambda n=n: len(lab.query(ExtraPrompt)) == n, f"row {n} to mount")
+            await until(
+                pilot, lambda y=before.y: lab.query_one("#add-prompt").region.y > y, f"the button to move ({n})"
+            )
         assert len(lab.query(ExtraPrompt)) == 3 and app.return_code is None  # still running, no crash
         # negative, prompt and the three new rows (scale 1 each): the line counts all five
         assert str(lab.query_one("#equivalent").content).startswith("5 prompts: base = mean")

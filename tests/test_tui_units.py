@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from textual.widgets import Checkbox, Input, Select
+from textual.widgets import Checkbox, Input
 
 from engine import units
 from engine.request import GenerationRequest, RequestError
 from tnr_tui.ui.app import TnrLabApp
+from tnr_tui.ui.widgets.dropdown import DropDown
 from tnr_tui.ui.widgets.unit_params import ParamField, UnitParams, short_label
 
 
@@ -18,17 +19,17 @@ def make_app(data_dir: Path) -> TnrLabApp:
     return TnrLabApp(data_dir=data_dir, image_protocol="halfcell", autoload=False)
 
 
-def options(select: Select) -> list[str]:
-    return [str(value) for _, value in select._options if value != Select.BLANK]  # noqa: SLF001
+def options(drop_down: DropDown) -> list[str]:
+    return [str(value) for _, value in drop_down.options]
 
 
 async def test_every_registered_unit_is_in_its_drop_down(tmp_data_dir: Path) -> None:
     app = make_app(tmp_data_dir)
     async with app.run_test(size=(120, 40)):
         lab = app.lab
-        assert options(lab.query_one("#solver", Select)) == list(units.SOLVERS.names())
-        assert options(lab.query_one("#guidance", Select)) == list(units.GUIDANCE.names())
-        assert options(lab.query_one("#schedule", Select)) == list(units.SCHEDULES.names())
+        assert options(lab.query_one("#solver", DropDown)) == list(units.SOLVERS.names())
+        assert options(lab.query_one("#guidance", DropDown)) == list(units.GUIDANCE.names())
+        assert options(lab.query_one("#schedule", DropDown)) == list(units.SCHEDULES.names())
 
 
 async def test_each_unit_shows_exactly_its_own_parameters(tmp_data_dir: Path) -> None:
@@ -40,7 +41,7 @@ async def test_each_unit_shows_exactly_its_own_parameters(tmp_data_dir: Path) ->
             (units.SOLVERS, "#solver", "#solver-params", "solver"),
         ):
             for unit in registry:
-                lab.query_one(select, Select).value = unit.name
+                lab.query_one(select, DropDown).value = unit.name
                 await pilot.pause()
                 shown = [f.param.name for f in lab.query_one(panel, UnitParams).query(ParamField)]
                 assert shown == [p.name for p in unit.params], unit.name
@@ -50,7 +51,7 @@ async def test_each_unit_shows_exactly_its_own_parameters(tmp_data_dir: Path) ->
                 # Built from untouched fields, the request is the unit's defaults: no parameter is set.
                 request = lab.build_request()
                 assert getattr(request, field) == unit.name and getattr(request, f"{field}_params") == {}
-            lab.query_one(select, Select).value = "cfg" if registry is units.GUIDANCE else "euler"
+            lab.query_one(select, DropDown).value = "cfg" if registry is units.GUIDANCE else "euler"
             await pilot.pause()
 
 
@@ -58,7 +59,7 @@ async def test_apg_parameters_typed_in_the_panel_reach_the_request(tmp_data_dir:
     app = make_app(tmp_data_dir)
     async with app.run_test(size=(120, 60)) as pilot:
         lab = app.lab
-        lab.query_one("#guidance", Select).value = "apg"
+        lab.query_one("#guidance", DropDown).value = "apg"
         await pilot.pause()
         fields = {f.param.name: f for f in lab.query(ParamField)}
         fields["eta"].query_one(Input).value = "0"
@@ -80,7 +81,7 @@ async def test_a_stochastic_solver_shows_eta_and_s_noise_and_tnr_is_a_checkbox(t
     app = make_app(tmp_data_dir)
     async with app.run_test(size=(120, 60)) as pilot:
         lab = app.lab
-        lab.query_one("#solver", Select).value = stochastic.name
+        lab.query_one("#solver", DropDown).value = stochastic.name
         await pilot.pause()
         fields = {f.param.name: f for f in lab.query_one("#solver-params", UnitParams).query(ParamField)}
         assert {"eta", "s_noise"} <= set(fields)

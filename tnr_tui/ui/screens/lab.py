@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, Checkbox, Input, ProgressBar, Select, Static
+from textual.widgets import Button, Checkbox, Input, ProgressBar, Static
 
 from engine.guidance.base import equivalent_cfg_scale
 from engine.request import (
@@ -25,6 +25,7 @@ from engine.units import GUIDANCE, SCHEDULES, SOLVERS
 from tnr_tui.services.text import visible
 from tnr_tui.ui.screens import preset_breakpoints
 from tnr_tui.ui.widgets.choice import Choice
+from tnr_tui.ui.widgets.dropdown import DropDown
 from tnr_tui.ui.widgets.fields import LabelledRow, RequestField, TextInput
 from tnr_tui.ui.widgets.footer import Footer
 from tnr_tui.ui.widgets.header import Header
@@ -43,8 +44,7 @@ PLOT_IDLE = "the run's telemetry plots here as it samples"
 def choice_row(label: str, registry: Any, value: str, select_id: str) -> Horizontal:
     """A labelled drop-down of one registry's units (solver, schedule, guidance method), in menu order."""
     options = [(name, name) for name in registry.names()]
-    select = Select(options, value=value, allow_blank=False, id=select_id, compact=True)
-    return LabelledRow(label, select, classes="row")
+    return LabelledRow(label, DropDown(options, value, id=select_id), classes="row")
 
 
 def format_progress(index: int, steps: int, sigma: float, tnr_factor: float | None, elapsed: float) -> str:
@@ -234,10 +234,10 @@ class LabScreen(Screen):
         return self.query_one(f"#{dom_id}", RequestField)
 
     def _method(self) -> Any:
-        return GUIDANCE.get(str(self.query_one("#guidance", Select).value))
+        return GUIDANCE.get(str(self.query_one("#guidance", DropDown).value))
 
     def _sync_solver(self) -> None:
-        self.query_one("#solver-params", UnitParams).show(SOLVERS.get(str(self.query_one("#solver", Select).value)))
+        self.query_one("#solver-params", UnitParams).show(SOLVERS.get(str(self.query_one("#solver", DropDown).value)))
 
     def _sync_guidance(self) -> None:
         """Show what the chosen method takes (its unit's declaration), and only that."""
@@ -279,7 +279,7 @@ class LabScreen(Screen):
         self._sync_guidance()
 
     def _sync_schedule(self) -> None:
-        unit = SCHEDULES.get(str(self.query_one("#schedule", Select).value))
+        unit = SCHEDULES.get(str(self.query_one("#schedule", DropDown).value))
         rho = self._field("field-schedule_rho")
         rho.display = any(p.name == "rho" for p in unit.params)
         default = getattr(unit, "default_rho", None)
@@ -304,11 +304,11 @@ class LabScreen(Screen):
         equivalent.update(text)
         equivalent.display = bool(text)  # an empty line costs a row of an 80x24 terminal
 
-    @on(Select.Changed, "#guidance")
+    @on(DropDown.Changed, "#guidance")
     def _guidance_changed(self) -> None:
         self._sync_guidance()
 
-    @on(Select.Changed, "#solver")
+    @on(DropDown.Changed, "#solver")
     def _solver_changed(self) -> None:
         self._sync_solver()
 
@@ -316,7 +316,7 @@ class LabScreen(Screen):
     def _tnr_changed(self) -> None:
         self._sync_guidance()
 
-    @on(Select.Changed, "#schedule")
+    @on(DropDown.Changed, "#schedule")
     def _schedule_changed(self) -> None:
         self._sync_schedule()
 
@@ -398,8 +398,8 @@ class LabScreen(Screen):
             "prompt": self._field("field-prompt").value(),
             "negative_prompt": self._field("field-negative_prompt").value(),
             "model": self._field("field-model").value(),
-            "solver": str(self.query_one("#solver", Select).value),
-            "schedule": str(self.query_one("#schedule", Select).value),
+            "solver": str(self.query_one("#solver", DropDown).value),
+            "schedule": str(self.query_one("#schedule", DropDown).value),
             "guidance": method,
         }
         for name in ("steps", "decode_every", "seed", "width", "height", "schedule_rho"):
@@ -439,9 +439,9 @@ class LabScreen(Screen):
         put("cfg_rescale", request.cfg_rescale)
         put("guidance_sigma_min", request.guidance_sigma_min)
         put("guidance_sigma_max", request.guidance_sigma_max)
-        self.query_one("#solver", Select).value = request.solver
-        self.query_one("#schedule", Select).value = request.schedule
-        self.query_one("#guidance", Select).value = request.guidance
+        self.query_one("#solver", DropDown).value = request.solver
+        self.query_one("#schedule", DropDown).value = request.schedule
+        self.query_one("#guidance", DropDown).value = request.guidance
         self.query_one("#tnr", Checkbox).value = request.tnr
         self.query_one("#discrete-timesteps", Checkbox).value = request.discrete_timesteps
         self.query_one("#solver-params", UnitParams).show(SOLVERS.get(request.solver), request.solver_params)
