@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, Checkbox, Input, ProgressBar, Static
+from textual.widgets import Button, Checkbox, Input, Static
 
 from engine.guidance.base import equivalent_cfg_scale
 from engine.request import (
@@ -32,6 +32,7 @@ from tnr_tui.ui.widgets.header import Header
 from tnr_tui.ui.widgets.line import Line
 from tnr_tui.ui.widgets.picture import Picture
 from tnr_tui.ui.widgets.plot import LinePlot
+from tnr_tui.ui.widgets.progress import Progress
 from tnr_tui.ui.widgets.telemetry import CHOICES as PLOT_CHOICES
 from tnr_tui.ui.widgets.telemetry import DEFAULT_CHOICE, choice, has_values, series_of
 from tnr_tui.ui.widgets.unit_params import UnitParams
@@ -210,7 +211,7 @@ class LabScreen(Screen):
                 with Vertical(id="panel-preview", classes="panel") as panel:
                     panel.border_title = "Preview"
                     # The numbers first: on a small terminal the picture is what gets cut.
-                    yield ProgressBar(total=1, show_eta=False, id="progress")
+                    yield Progress(total=1, id="progress")
                     yield Line("idle", id="progress-text", markup=False)
                     yield Line("", id="result-text", markup=False)
                     # The picture and, beside it, the live plot of the run's telemetry (on a small terminal
@@ -545,7 +546,7 @@ class LabScreen(Screen):
         self.query_one("#model-state").set_class(state == "failed", "-failed")
 
     def show_started(self, request: GenerationRequest) -> None:
-        bar = self.query_one("#progress", ProgressBar)
+        bar = self.query_one("#progress", Progress)
         bar.update(total=request.steps, progress=0)
         self.query_one("#progress-text", Line).set(self._with_queue(f"starting: {request.steps} steps"))
         # The last run's result stays, muted, until this one ends: clearing it and writing it back moved the
@@ -555,7 +556,7 @@ class LabScreen(Screen):
         self._update_plot()
 
     def show_progress(self, message: Any) -> None:
-        self.query_one("#progress", ProgressBar).update(total=message.steps, progress=message.index + 1)
+        self.query_one("#progress", Progress).update(total=message.steps, progress=message.index + 1)
         # Every step: without a layout pass while the line fits (widgets/line.py).
         self.query_one("#progress-text", Line).set(
             self._with_queue(
