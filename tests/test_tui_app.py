@@ -84,7 +84,7 @@ async def test_markup_prompt_is_shown_literally(tmp_data_dir: Path, tiny_sdxl_di
         # An error message quoting the text must not be parsed as markup either.
         app.lab.query_one("#steps", Input).value = "[b]x"
         await pilot.pause(0.1)
-        assert app.lab.query_one("#field-steps", RequestField).error == "steps must be a whole number, got '[b]x'"
+        assert app.lab.query_one("#steps", RequestField).error == "steps must be a whole number, got '[b]x'"
 
 
 async def test_a_prompt_past_77_tokens_ends_with_a_warning_notification(
@@ -136,8 +136,8 @@ async def test_validation_uses_the_request_rules(tmp_data_dir: Path, tiny_sdxl_d
         lab.query_one("#width", Input).value = "100"
         lab.query_one("#cfg_rescale", Input).value = "1.5"
         await pilot.pause(0.1)
-        assert lab.query_one("#field-width", RequestField).error == "width must be a positive multiple of 8, got 100"
-        assert lab.query_one("#field-cfg_rescale", RequestField).error == "CFG rescale must be between 0 and 1, got 1.5"
+        assert lab.query_one("#width", RequestField).error == "width must be a positive multiple of 8, got 100"
+        assert lab.query_one("#cfg_rescale", RequestField).error == "CFG rescale must be between 0 and 1, got 1.5"
         await pilot.press("ctrl+r")
         await pilot.pause(0.1)
         assert not app.worker.busy and not app.ended  # nothing ran
@@ -148,11 +148,11 @@ async def test_guidance_panel_shows_only_the_methods_parameters(tmp_data_dir: Pa
     app = make_app(tmp_data_dir, tiny_sdxl_dir)
     async with app.run_test(size=(160, 50)) as pilot:
         lab = app.lab
-        shown = {name: lab.query_one(f"#field-{name}").display for name in ("scale", "tnr_power", "cfg_rescale")}
+        shown = {name: lab.query_one(f"#{name}").display for name in ("scale", "tnr_power", "cfg_rescale")}
         assert shown == {"scale": True, "tnr_power": False, "cfg_rescale": True}
         lab.query_one("#guidance", DropDown).value = "tnr"
         await pilot.pause(0.1)
-        shown = {name: lab.query_one(f"#field-{name}").display for name in ("scale", "tnr_power", "cfg_rescale")}
+        shown = {name: lab.query_one(f"#{name}").display for name in ("scale", "tnr_power", "cfg_rescale")}
         assert shown == {"scale": False, "tnr_power": True, "cfg_rescale": False}
         # The N-prompt form shows its equivalent CFG scale: g = (1 + s1 - s0) / 2 = (1 + 5 + 4) / 2.
         lab.query_one("#guidance", DropDown).value = "cfg"
@@ -402,7 +402,7 @@ async def test_lab_panels_fit_the_terminal(tmp_data_dir: Path, size: tuple[int, 
         assert controls.max_scroll_y == 0  # the default request's panels fit without scrolling
         for field in lab.query(RequestField):
             if all(node.display for node in field.ancestors_with_self):
-                box = field.input.region
+                box = field.content_region  # the text, after the label
                 assert box.width >= 8, f"{field.id} input is {box.width} columns"
                 assert box.right <= controls.region.right, f"{field.id} is cut off"
         from PIL import Image
@@ -445,10 +445,10 @@ async def test_schedule_rho_left_blank_means_each_schedules_own_default(
     app = make_app(tmp_data_dir, tiny_sdxl_dir)
     async with app.run_test(size=(160, 50)) as pilot:
         lab = app.lab
-        lab.query_one("#field-prompt", RequestField).input.value = "a red circle"
+        lab.query_one("#prompt", RequestField).input.value = "a red circle"
         lab.query_one("#schedule", DropDown).value = "power"
         # The drop-down's change is a message: wait for it (a fixed pause lost the race on a loaded 2-core host).
-        await wait_for(pilot, lambda: lab.query_one("#field-schedule_rho").display, 10.0, "the rho field shown")
+        await wait_for(pilot, lambda: lab.query_one("#schedule_rho").display, 10.0, "the rho field shown")
         assert lab.build_request().schedule_rho is None  # the power warp's own rho (1), as in the CLI
         lab.query_one("#schedule_rho", Input).value = "3"
         await wait_for(pilot, lambda: lab.build_request().schedule_rho == 3.0, 10.0, "rho 3 in the request")
@@ -473,7 +473,7 @@ async def test_a_blank_scale_is_the_loaded_models_default(
     async with app.run_test(size=(160, 50)) as pilot:
         state = app.lab.query_one("#model-state")
         await wait_for(pilot, lambda: ": loaded" in str(state.content), what="the model")  # not "not loaded"
-        scale = app.lab.query_one("#field-scale", RequestField)
+        scale = app.lab.query_one("#scale", RequestField)
         assert scale.input.value == "" and scale.input.placeholder == "2.5 (model)"
         app.lab.query_one("#guidance", DropDown).value = "cfg++"
         await pilot.pause(0.1)

@@ -58,14 +58,16 @@ async def test_a_field_draws_its_label_where_and_as_a_label_child_did() -> None:
         app.set_focus(None)
         await pilot.pause()
         field = app.query_one(RequestField)
-        assert not field.query(Label) and len(field.children) == 1  # the input alone (no message yet)
+        assert not field.children  # one widget: the label and the text are the field's own
         text = screen_text(app)
         assert text[0].startswith("Steps") and text[0] == text[1]  # the new field's line, the old one's
         assert text[2].startswith("Solver") and text[2] == text[3]
         for x in range(5):
             assert cell_style(app, x, 0) == cell_style(app, x, 1)  # the same muted colour, cell by cell
             assert cell_style(app, x, 2) == cell_style(app, x, 3)
-        assert field.input.region.x == 17 and app.query_one("#old-input").region.x == 17
+        for x in range(17, 30):
+            assert cell_style(app, x, 0) == cell_style(app, x, 1)  # and the text as the Input child drew it
+        assert field.content_region.x == 17 and app.query_one("#old-input").region.x == 17
 
 
 async def test_a_click_on_a_label_focuses_its_input_and_a_message_goes_below() -> None:
@@ -85,6 +87,33 @@ async def test_a_click_on_a_label_focuses_its_input_and_a_message_goes_below() -
         assert field.error == "steps must be a whole number, got 'x'"
         await pilot.pause()
         assert screen_text(app)[1].startswith("steps must be a whole number")  # under the field, from column 0
+        assert field.size.height == 2 and screen_text(app)[2].startswith("Steps")  # the next line moved down
+        field.value = "12"
+        for _ in range(100):
+            if not field.error:
+                break
+            await pilot.pause(0.01)
+        await pilot.pause()
+        assert field.size.height == 1 and screen_text(app)[1].startswith("Steps")  # valid: one row again
+
+
+async def test_a_long_message_wraps_to_the_fields_width_and_follows_a_resize() -> None:
+    app = Fields()
+    async with app.run_test(size=(40, 10)) as pilot:
+        field = app.query_one(RequestField)
+        field.value = "not a number at all, not even close"
+        for _ in range(100):
+            if field.error:
+                break
+            await pilot.pause(0.01)
+        await pilot.pause()
+        rows = field.size.height - 1
+        assert rows >= 2  # "steps must be a whole number, got '...'" is longer than 40 cells
+        shown = " ".join(line.rstrip() for line in screen_text(app)[1 : 1 + rows])
+        assert shown == field.error
+        await pilot.resize_terminal(90, 10)
+        await pilot.pause(0.1)
+        assert field.size.height == 2  # one row of message at 90 cells
 
 
 async def test_the_lab_has_no_label_widgets_for_its_fields_and_rows(tmp_data_dir: Path) -> None:

@@ -48,7 +48,7 @@ def test_lab_screen_tnr_with_weighted_prompts(snap_compare, tmp_data_dir: Path) 
         lab.query_one("#weighted").value = True
         lab.query_one("#width").value = "100"  # invalid: the message shows under the field
         for _ in range(200):  # validation runs on the Changed message: wait for its message and colours
-            if lab.query_one("#field-width").error and lab.query_one("#width").has_class("-invalid"):
+            if lab.query_one("#width").error and lab.query_one("#width").has_class("-invalid"):
                 break
             await pilot.pause(0.01)
         await pilot.pause(0.05)

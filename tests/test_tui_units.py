@@ -46,8 +46,8 @@ async def test_each_unit_shows_exactly_its_own_parameters(tmp_data_dir: Path) ->
                 shown = [f.param.name for f in lab.query_one(panel, UnitParams).query(ParamField)]
                 assert shown == [p.name for p in unit.params], unit.name
                 if registry is units.GUIDANCE:
-                    assert lab.query_one("#field-scale").display == unit.uses_scale
-                    assert lab.query_one("#field-cfg_rescale").display == unit.rescale
+                    assert lab.query_one("#scale").display == unit.uses_scale
+                    assert lab.query_one("#cfg_rescale").display == unit.rescale
                 # Built from untouched fields, the request is the unit's defaults: no parameter is set.
                 request = lab.build_request()
                 assert getattr(request, field) == unit.name and getattr(request, f"{field}_params") == {}
@@ -86,10 +86,10 @@ async def test_a_stochastic_solver_shows_eta_and_s_noise_and_tnr_is_a_checkbox(t
         fields = {f.param.name: f for f in lab.query_one("#solver-params", UnitParams).query(ParamField)}
         assert {"eta", "s_noise"} <= set(fields)
         fields["eta"].query_one(Input).value = "0.5"
-        assert lab.query_one("#field-tnr_power").display is False  # cfg without TNR
+        assert lab.query_one("#tnr_power").display is False  # cfg without TNR
         lab.query_one("#tnr", Checkbox).value = True
         await pilot.pause()
-        assert lab.query_one("#field-tnr_power").display is True
+        assert lab.query_one("#tnr_power").display is True
         request = lab.build_request()
         assert request.solver == stochastic.name and request.solver_params == {"eta": 0.5} and request.tnr
 

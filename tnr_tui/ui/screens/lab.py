@@ -255,12 +255,12 @@ class LabScreen(Screen):
         weighted = self.query_one("#weighted", Checkbox).value
         tnr_box = self.query_one("#tnr", Checkbox)
         tnr_box.display = not unit.tnr  # tnr and tnr-cfg have it always
-        self._field("field-scale").display = unit.uses_scale and not weighted
-        self._field("field-tnr_power").display = unit.tnr or tnr_box.value
-        self._field("field-cfg_rescale").display = unit.rescale
+        self._field("scale").display = unit.uses_scale and not weighted
+        self._field("tnr_power").display = unit.tnr or tnr_box.value
+        self._field("cfg_rescale").display = unit.rescale
         self.query_one("#window").display = unit.name != "none"
         model_scale = self.model_default_scales.get(unit.name)
-        self._field("field-scale").input.placeholder = (
+        self._field("scale").input.placeholder = (
             f"{unit.default_scale:g}" if model_scale is None else f"{model_scale:g} (model)"
         )
         self.query_one("#guidance-params", UnitParams).show(unit)
@@ -276,8 +276,8 @@ class LabScreen(Screen):
             # when the pair composes, and the Lab reads these fields right away.
             pair.mount_all(
                 [
-                    RequestField("scale", "Scale", "5.0", id="field-prompt-scale", input_id="prompt_scale"),
-                    RequestField("scale", "Neg scale", "-4.0", id="field-negative-scale", input_id="negative_scale"),
+                    RequestField("scale", "Scale", "5.0", id="prompt_scale"),
+                    RequestField("scale", "Neg scale", "-4.0", id="negative_scale"),
                 ]
             )
         return box
@@ -290,7 +290,7 @@ class LabScreen(Screen):
 
     def _sync_schedule(self) -> None:
         unit = SCHEDULES.get(str(self.query_one("#schedule", DropDown).value))
-        rho = self._field("field-schedule_rho")
+        rho = self._field("schedule_rho")
         rho.display = any(p.name == "rho" for p in unit.params)
         default = getattr(unit, "default_rho", None)
         rho.input.placeholder = "auto" if default is None else f"{default:g}"
@@ -376,15 +376,15 @@ class LabScreen(Screen):
         self._weighted_box()
         prompts = [
             WeightedPrompt(
-                self._field("field-negative_prompt").input.exact_value, self._scale_of("field-negative-scale")
+                self._field("negative_prompt").input.exact_value, self._scale_of("negative_scale")
             ),
-            WeightedPrompt(self._field("field-prompt").input.exact_value, self._scale_of("field-prompt-scale")),
+            WeightedPrompt(self._field("prompt").input.exact_value, self._scale_of("prompt_scale")),
         ]
         prompts += [row.prompt() for row in self.query(ExtraPrompt)]
         return tuple(prompts)
 
     def _scale_of(self, dom_id: str) -> float:
-        value = self._field(dom_id).value()
+        value = self._field(dom_id).parsed()
         if value is None:
             raise RequestError("prompt scale must be a number")
         return float(value)
@@ -405,15 +405,15 @@ class LabScreen(Screen):
         weighted = self.query_one("#weighted", Checkbox).value
         tnr = not unit.tnr and self.query_one("#tnr", Checkbox).value
         values: dict[str, Any] = {
-            "prompt": self._field("field-prompt").value(),
-            "negative_prompt": self._field("field-negative_prompt").value(),
-            "model": self._field("field-model").value(),
+            "prompt": self._field("prompt").parsed(),
+            "negative_prompt": self._field("negative_prompt").parsed(),
+            "model": self._field("model").parsed(),
             "solver": str(self.query_one("#solver", DropDown).value),
             "schedule": str(self.query_one("#schedule", DropDown).value),
             "guidance": method,
         }
         for name in ("steps", "decode_every", "seed", "width", "height", "schedule_rho"):
-            values[name] = self._field(f"field-{name}").value()
+            values[name] = self._field(name).parsed()
         values["discrete_timesteps"] = self.query_one("#discrete-timesteps", Checkbox).value
         values["solver_params"] = self.query_one("#solver-params", UnitParams).values()
         values["guidance_params"] = self.query_one("#guidance-params", UnitParams).values()
@@ -422,14 +422,14 @@ class LabScreen(Screen):
         # The Lab's runs keep their trajectory frames (History: t scrubs them); the CLI's need --keep-frames.
         values["keep_frames"] = True
         if unit.uses_scale and not weighted:
-            values["scale"] = self._field("field-scale").value()
+            values["scale"] = self._field("scale").parsed()
         if unit.tnr or tnr:
-            values["tnr_power"] = self._field("field-tnr_power").value()
+            values["tnr_power"] = self._field("tnr_power").parsed()
         if unit.rescale:
-            values["cfg_rescale"] = self._field("field-cfg_rescale").value()
+            values["cfg_rescale"] = self._field("cfg_rescale").parsed()
         if method != "none":
-            values["guidance_sigma_min"] = self._field("field-guidance_sigma_min").value()
-            values["guidance_sigma_max"] = self._field("field-guidance_sigma_max").value()
+            values["guidance_sigma_min"] = self._field("guidance_sigma_min").parsed()
+            values["guidance_sigma_max"] = self._field("guidance_sigma_max").parsed()
         if weighted:
             values["prompts"] = self._weighted_prompts()
         return GenerationRequest(**values)
@@ -439,7 +439,7 @@ class LabScreen(Screen):
         characters: shown escaped, kept exact while unedited (widgets.fields.TextInput)."""
 
         def put(name: str, value: Any) -> None:
-            self._field(f"field-{name}").input.show_exact("" if value is None else str(value))
+            self._field(name).input.show_exact("" if value is None else str(value))
 
         for name in ("prompt", "negative_prompt", "model", "steps", "decode_every", "seed", "width", "height"):
             put(name, getattr(request, name))
@@ -468,8 +468,8 @@ class LabScreen(Screen):
             neg, pos, *extras = request.prompts
             put("negative_prompt", neg.text)
             put("prompt", pos.text)
-            self._field("field-negative-scale").input.value = str(neg.scale)
-            self._field("field-prompt-scale").input.value = str(pos.scale)
+            self._field("negative_scale").input.value = str(neg.scale)
+            self._field("prompt_scale").input.value = str(pos.scale)
             extra_box.mount_all([ExtraPrompt(p.text, p.scale) for p in extras])
         self._sync_weighted()
         self._sync_schedule()
@@ -523,12 +523,12 @@ class LabScreen(Screen):
             panel.border_title = "Preview · ctrl+t plot"
 
     def action_new_seed(self) -> None:
-        self._field("field-seed").input.value = str(random.randint(0, min(MAX_SEED, 2**32 - 1)))
+        self._field("seed").input.value = str(random.randint(0, min(MAX_SEED, 2**32 - 1)))
 
     def action_load_model(self) -> None:
         app: Any = self.app
         try:
-            ref = parse_field("model", self._field("field-model").input.value)
+            ref = parse_field("model", self._field("model").input.value)
         except RequestError as exc:
             self.notify(str(exc), severity="error", markup=False)
             return
