@@ -33,6 +33,7 @@ from tnr_tui.ui.widgets.line import Line
 from tnr_tui.ui.widgets.picture import Picture
 from tnr_tui.ui.widgets.plot import LinePlot
 from tnr_tui.ui.widgets.progress import Progress
+from tnr_tui.ui.widgets.small_button import SmallButton
 from tnr_tui.ui.widgets.telemetry import CHOICES as PLOT_CHOICES
 from tnr_tui.ui.widgets.telemetry import DEFAULT_CHOICE, choice, has_values, series_of
 from tnr_tui.ui.widgets.unit_params import UnitParams
@@ -190,7 +191,7 @@ class LabScreen(Screen):
                     panel.border_title = "Seed & size"
                     with Horizontal(classes="pair"):
                         yield RequestField("seed", "Seed", "0")
-                        yield Button("new", id="new-seed", compact=True, tooltip="a new random seed (ctrl+n)")
+                        yield SmallButton("new", id="new-seed", tooltip="a new random seed (ctrl+n)")
                         yield Checkbox("lock", True, id="seed-lock", compact=True, tooltip="keep the seed between runs")
                     with Horizontal(classes="pair"):
                         yield RequestField("width", "Width", placeholder="native", blank_is_none=True)
@@ -199,7 +200,7 @@ class LabScreen(Screen):
                     panel.border_title = "Model"
                     with Horizontal(classes="pair"):
                         yield RequestField("model", "Model", app.model_ref)
-                        yield Button("load", id="load-model", compact=True)
+                        yield SmallButton("load", id="load-model")
                     yield LabelledRow(
                         "LoRAs",
                         TextInput("", placeholder="none: PATH[:WEIGHT]; ...", id="loras", compact=True),
@@ -362,11 +363,11 @@ class LabScreen(Screen):
             event.button.parent.remove()
         self.call_after_refresh(self._update_equivalent)
 
-    @on(Button.Pressed, "#new-seed")
+    @on(SmallButton.Pressed, "#new-seed")
     def _new_seed_pressed(self) -> None:
         self.action_new_seed()
 
-    @on(Button.Pressed, "#load-model")
+    @on(SmallButton.Pressed, "#load-model")
     def _load_pressed(self) -> None:
         self.action_load_model()
 
