@@ -241,6 +241,35 @@ async def test_a_keymap_with_unknown_ids_and_non_text_keys_says_so_and_applies_t
         assert runs == ["run"]  # the valid entry applies
 
 
+async def test_a_keymap_giving_a_binding_anothers_key_says_which_and_where(tmp_data_dir: Path) -> None:
+    import json
+
+    # ctrl+q is the app's quit (live on every screen); ctrl+g twice in the Lab; history's "r" on f2 (the app's).
+    keymap = {"lab.run": "ctrl+q", "lab.cancel": "ctrl+g", "lab.new_seed": "ctrl+g", "history.rerun": "f2"}
+    (tmp_data_dir / "keymap.json").write_text(json.dumps(keymap))
+    app = lab_app(tmp_data_dir)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.deferred_ready, "the keymap")
+        await pilot.pause()
+        warnings = [n.message for n in app._notifications if n.severity == "warning"]  # noqa: SLF001
+        assert warnings == [
+            "keymap: history.rerun and app.lab both take f2; lab.cancel and lab.new_seed both take ctrl+g; "
+            "lab.run and app.quit both take ctrl+q: only one of each runs (give one another key in keymap.json)"
+        ]
+
+
+def test_keys_on_different_screens_do_not_clash() -> None:
+    from tnr_tui.ui.app import binding_keys, keymap_clashes
+
+    defaults = binding_keys()
+    assert keymap_clashes({}, defaults) == []  # the lab's own keys: none taken twice
+    history_key = defaults["history.rerun"]
+    assert keymap_clashes({"lab.run": history_key}, defaults) == []  # the Lab's run on the History's key
+    assert keymap_clashes({"lab.run": f"ctrl+g,{defaults['lab.cancel']}"}, defaults) == [
+        f"lab.run and lab.cancel both take {defaults['lab.cancel']}"
+    ]
+
+
 def test_the_readme_names_every_binding_id() -> None:
     from tnr_tui.ui.app import binding_ids
 

@@ -39,9 +39,10 @@ class DeferredImported(Message):
     """From the import thread: the libraries the first frame did without are imported."""
 
 
-def binding_ids() -> set[str]:
-    """The ids a keymap may name: every Binding with an id on the lab's widget, screen and app classes (its
-    screens imported first: the History's and Compare's are otherwise built only when first shown)."""
+def binding_keys() -> dict[str, str]:
+    """Each id a keymap may name, with the key(s) its Binding declares (comma-separated): every Binding with an
+    id on the lab's widget, screen and app classes (its screens imported first: the History's and Compare's are
+    otherwise built only when first shown)."""
     from textual.dom import DOMNode
 
     import tnr_tui.ui.screens.compare
@@ -50,7 +51,7 @@ def binding_ids() -> set[str]:
     import tnr_tui.ui.screens.pair
     import tnr_tui.ui.screens.trajectory  # noqa: F401
 
-    ids: set[str] = set()
+    keys: dict[str, str] = {}
     pending = list(DOMNode.__subclasses__())
     seen: set[type] = set()
     while pending:
@@ -59,8 +60,39 @@ def binding_ids() -> set[str]:
             continue
         seen.add(cls)
         pending.extend(cls.__subclasses__())
-        ids.update(b.id for b in cls.__dict__.get("BINDINGS", ()) if isinstance(b, Binding) and b.id)
-    return ids
+        keys.update((b.id, b.key) for b in cls.__dict__.get("BINDINGS", ()) if isinstance(b, Binding) and b.id)
+    return keys
+
+
+def binding_ids() -> set[str]:
+    """The ids a keymap may name (binding_keys)."""
+    return set(binding_keys())
+
+
+def keymap_clashes(keymap: dict[str, str], defaults: dict[str, str]) -> list[str]:
+    """Where a keymap gives a binding a key another binding already has, in a place where both are live: the
+    same screen's (ids share their prefix: lab., history. ...) or the app's (app., live everywhere). Only the
+    first of the two to match would ever run. One line per clash, naming the ids and the key."""
+
+    def scope(binding_id: str) -> str:
+        return binding_id.split(".", 1)[0]
+
+    def keys(spec: str) -> set[str]:
+        return {k.strip() for k in spec.split(",") if k.strip()}
+
+    effective = {binding_id: keymap.get(binding_id, key) for binding_id, key in defaults.items()}
+    clashes: list[str] = []
+    for mine in sorted(keymap):
+        if mine not in effective:
+            continue
+        for other, spec in sorted(effective.items()):
+            if other == mine or not (scope(other) == scope(mine) or "app" in (scope(other), scope(mine))):
+                continue
+            if other in keymap and other < mine:
+                continue  # said once, from the first of the two
+            for key in sorted(keys(effective[mine]) & keys(spec)):
+                clashes.append(f"{mine} and {other} both take {key}")
+    return clashes
 
 
 class TnrLabApp(App[int]):
@@ -208,7 +240,8 @@ class TnrLabApp(App[int]):
                 keymap = json.loads(path.read_text())
                 if not isinstance(keymap, dict):
                     raise ValueError(f"{path.name} must be an object of binding ids and keys")
-                known = binding_ids()
+                defaults = binding_keys()
+                known = set(defaults)
                 unknown = sorted(str(k) for k in keymap if str(k) not in known)
                 not_text = sorted(str(k) for k, v in keymap.items() if not isinstance(v, str) or not v.strip())
                 usable = {str(k): v for k, v in keymap.items() if str(k) in known and str(k) not in not_text}
@@ -221,6 +254,14 @@ class TnrLabApp(App[int]):
                     self.notify(
                         f"keymap: {'; '.join(problems)} (ignored; ids start with {' '.join(groups)}, as lab.run:"
                         " README lists them)",
+                        severity="warning",
+                        markup=False,
+                        timeout=10,
+                    )
+                clashes = keymap_clashes(usable, defaults)
+                if clashes:  # applied as asked, but only one of each pair will ever run: say which keys
+                    self.notify(
+                        f"keymap: {'; '.join(clashes)}: only one of each runs (give one another key in {path.name})",
                         severity="warning",
                         markup=False,
                         timeout=10,
