@@ -19,3 +19,8 @@ def waiter(timeout: float = 60.0, poll: float = 0.05) -> Callable[..., Awaitable
             await pilot.pause(poll)
 
     return wait_for
+
+
+async def settle(pilot: Any, condition: Any, what: str, timeout: float = 4.0) -> None:
+    """Wait (polling every 20 ms) for a condition the app reaches within a few frames: a widget's own change."""
+    await waiter(timeout, 0.02)(pilot, condition, what=what)

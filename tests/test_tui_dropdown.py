@@ -7,30 +7,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pilot_wait import settle
 from textual.app import App, ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Input, Select
 
+from tests.tui_cells import looks, screen_lines
 from tnr_tui.ui.widgets.dropdown import DropDown, DropDownList
 
 NAMES = ("euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_2m_sde", "lms")
-
-
-def screen_lines(app: App) -> list[str]:
-    return ["".join(segment.text for segment in strip) for strip in app.screen._compositor.render_strips()]  # noqa: SLF001
-
-
-def cells(app: App, y: int, width: int) -> list[tuple[str, Any, Any, Any]]:
-    """Each cell of row y up to width as it looks: its character, background, and (not for a blank, where
-    it shows nothing) its colour and weight."""
-    strip = app.screen._compositor.render_strips()[y]  # noqa: SLF001
-    out: list[tuple[str, Any, Any, Any]] = []
-    for segment in strip:
-        style = segment.style
-        for char in segment.text:
-            shown = char.strip() and style is not None
-            out.append((char, style and style.bgcolor, style.color if shown else None, style.bold if shown else None))
-    return out[:width]
 
 
 class Pair(App):
@@ -52,27 +37,28 @@ class Pair(App):
         self.changes.append((event.control.id, event.value))
 
 
-async def settle(pilot: Any, condition: Any, what: str) -> None:
-    for _ in range(200):
-        if condition():
-            return
-        await pilot.pause(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_a_drop_down_is_drawn_as_a_compact_select_cell_for_cell() -> None:
     app = Pair()
     async with app.run_test(size=(40, 6)) as pilot:
         app.set_focus(None)
         await pilot.pause()
         assert screen_lines(app)[0].startswith("heun")
-        assert cells(app, 0, 20) == cells(app, 1, 20)  # text and colours of the closed drop-down and the Select
+        assert looks(app, 0, 20) == looks(app, 1, 20)  # text and colours of the closed drop-down and the Select
         app.query_one(DropDown).focus()
         await pilot.pause()
-        focused_dd = cells(app, 0, 20)
+        focused_dd = looks(app, 0, 20)
         app.query_one(Select).focus()
         await pilot.pause()
-        assert focused_dd == cells(app, 1, 20)
+        assert focused_dd == looks(app, 1, 20)
+
+
+async def opened(pilot: Any, app: Pair) -> DropDown:
+    """The drop-down, focused and opened with enter."""
+    drop_down = app.query_one(DropDown)
+    drop_down.focus()
+    await pilot.press("enter")
+    await settle(pilot, lambda: drop_down.expanded, "the list to open")
+    return drop_down
 
 
 @pytest.mark.parametrize("key", ["enter", "space", "down", "up"])
@@ -96,10 +82,7 @@ async def test_the_keys_that_open_a_select_open_it_on_the_current_option(key: st
 async def test_typing_jumps_to_an_option_and_enter_takes_it() -> None:
     app = Pair()
     async with app.run_test(size=(40, 16)) as pilot:
-        drop_down = app.query_one(DropDown)
-        drop_down.focus()
-        await pilot.press("enter")
-        await settle(pilot, lambda: drop_down.expanded, "the list to open")
+        drop_down = await opened(pilot, app)
         await pilot.press("d", "p", "m", "p", "p", "_", "2", "m", "_")  # one word: the first "dpmpp_2m_" name
         listing = drop_down.query_one(DropDownList)
         assert listing.highlighted == NAMES.index("dpmpp_2m_sde")
@@ -131,10 +114,7 @@ async def test_a_click_opens_it_a_click_on_an_option_takes_it() -> None:
 async def test_the_focus_leaving_the_list_closes_it_unchanged() -> None:
     app = Pair()
     async with app.run_test(size=(40, 16)) as pilot:
-        drop_down = app.query_one(DropDown)
-        drop_down.focus()
-        await pilot.press("enter")
-        await settle(pilot, lambda: drop_down.expanded, "the list to open")
+        drop_down = await opened(pilot, app)
         await pilot.press("down")
         app.query_one("#other", Input).focus()
         await settle(pilot, lambda: not drop_down.expanded, "the list to close")

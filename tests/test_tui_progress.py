@@ -3,12 +3,11 @@ ProgressBar(show_eta=False) draws, cell for cell, at every step of a run and whe
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from textual.app import App, ComposeResult
 from textual.widgets import ProgressBar
 
+from tests.tui_cells import looks
 from tnr_tui.ui.widgets.progress import Progress
 
 
@@ -18,16 +17,6 @@ class Bars(App):
     def compose(self) -> ComposeResult:
         yield Progress(total=1)
         yield ProgressBar(total=1, show_eta=False)
-
-
-def looks(app: App, y: int) -> list[tuple[str, Any, Any]]:
-    """Row y as it looks: each cell's character and background, and the colour of a cell that is not blank."""
-    out: list[tuple[str, Any, Any]] = []
-    for segment in app.screen._compositor.render_strips()[y]:  # noqa: SLF001
-        for char in segment.text:
-            style = segment.style
-            out.append((char, style and style.bgcolor, style.color if char.strip() and style else None))
-    return out
 
 
 @pytest.mark.parametrize(("width", "steps"), [(40, 7), (23, 7), (31, 20)])

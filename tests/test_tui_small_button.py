@@ -4,32 +4,13 @@ press effect), posting SmallButton.Pressed."""
 
 from __future__ import annotations
 
-from typing import Any
-
+from pilot_wait import settle
 from textual.app import App, ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Button
 
+from tests.tui_cells import looks
 from tnr_tui.ui.widgets.small_button import SmallButton
-
-
-def looks(app: App, y: int, width: int) -> list[tuple[str, Any, Any, Any, Any]]:
-    """Row y's cells as they look: character, background, and (where not blank) colour, bold and reverse."""
-    out: list[tuple[str, Any, Any, Any, Any]] = []
-    for segment in app.screen._compositor.render_strips()[y]:  # noqa: SLF001
-        style = segment.style
-        for char in segment.text:
-            shown = bool(char.strip()) and style is not None
-            out.append(
-                (
-                    char,
-                    style and style.bgcolor,
-                    style.color if shown else None,
-                    style.bold if shown else None,
-                    style.reverse if shown else None,
-                )
-            )
-    return out[:width]
 
 
 class Pair(App):
@@ -47,14 +28,6 @@ class Pair(App):
 
     def on_small_button_pressed(self, event: SmallButton.Pressed) -> None:
         self.pressed.append(str(event.control.id))
-
-
-async def settle(pilot: Any, condition: Any, what: str) -> None:
-    for _ in range(200):
-        if condition():
-            return
-        await pilot.pause(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_it_is_drawn_as_a_compact_button_idle_and_focused() -> None:
