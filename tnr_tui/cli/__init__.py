@@ -27,7 +27,25 @@ THREADS_HELP = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+# The top-level options that take a value (--data-dir DIR): the command line of the lab itself is these alone.
+_LAB_VALUE_OPTIONS = ("--data-dir", "--history-url", "--outputs", "--image-protocol", "--model", "--threads")
+
+
+def opens_the_lab(argv: Sequence[str]) -> bool:
+    """Whether argv is only top-level options (`tnr-lab --data-dir D`): the lab, whose parser needs none of the
+    commands' (their modules and ~160 arguments were ~10-15 ms of the lab's start). Anything else, a command,
+    a typo or --help, gets the whole parser and its messages."""
+    tokens = iter(argv)
+    for token in tokens:
+        if token in _LAB_VALUE_OPTIONS:
+            if next(tokens, None) is None:
+                return False  # let the whole parser say the value is missing
+        elif not any(token.startswith(option + "=") for option in _LAB_VALUE_OPTIONS):
+            return False
+    return True
+
+
+def build_parser(with_commands: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tnr-lab",
         allow_abbrev=False,  # --tnr must never be taken for --tnr-power
@@ -61,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", default=None, help="model for the TUI (default: the embedded model)")
     parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    if not with_commands:
+        parser.set_defaults(command=None)
+        return parser
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_NoAbbrevParser)
     for name in SUBCOMMANDS:
         try:
@@ -134,8 +155,9 @@ def _not_utf8(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(with_commands=not opens_the_lab(given))
+    args = parser.parse_args(given)
     from engine.request import RequestError
 
     bad = _not_utf8(args)
