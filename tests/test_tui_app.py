@@ -396,7 +396,8 @@ async def test_a_broken_keymap_file_is_a_warning_not_a_crash(tmp_data_dir: Path)
 async def test_lab_panels_fit_the_terminal(tmp_data_dir: Path, size: tuple[int, int]) -> None:
     app = TnrLabApp(data_dir=tmp_data_dir, image_protocol="halfcell", autoload=False)
     async with app.run_test(size=size) as pilot:
-        await pilot.pause(0.1)
+        # Laid out before anything is read (a fixed pause read zero regions on a loaded host, in another test).
+        await wait_for(pilot, lambda: app.first_frame_at is not None, 20.0, "the first frame")
         lab = app.lab
         controls = lab.query_one("#controls")
         assert controls.max_scroll_y == 0  # the default request's panels fit without scrolling
@@ -408,15 +409,28 @@ async def test_lab_panels_fit_the_terminal(tmp_data_dir: Path, size: tuple[int, 
         from PIL import Image
 
         lab.query_one("#preview", Picture).show(Image.new("RGB", (64, 64), "red"), "final image, seed 0")
-        await pilot.pause(0.1)
+        await wait_for(
+            pilot,
+            lambda: (
+                bool(lab.query("#preview .picture-image")) and lab.query_one("#preview .picture-image").region.width
+            ),
+            20.0,
+            "the picture laid out",
+        )
         preview = lab.query_one("#preview .picture-image").region
         assert preview.width >= 28 and lab.query_one("#preview .picture-caption").region.bottom <= size[1] - 1
         assert preview.width >= 28 and preview.bottom <= size[1] - 1  # above the footer
         # The busiest panels (tnr-cfg, N prompts) still fit at 80x24, scrolling if they must, never clipped.
         lab.query_one("#guidance", DropDown).value = "tnr-cfg"
         lab.query_one("#weighted").value = True
-        await pilot.pause(0.1)
-        for name in ("tnr_power", "cfg_rescale", "prompt_scale", "negative_scale", "guidance_sigma_max"):
+        names = ("tnr_power", "cfg_rescale", "prompt_scale", "negative_scale", "guidance_sigma_max")
+        await wait_for(
+            pilot,
+            lambda: all(lab.query(f"#{n}") and lab.query_one(f"#{n}").region.width for n in names),
+            20.0,
+            "the busiest panels laid out",
+        )
+        for name in names:
             box = lab.query_one(f"#{name}", Input).region
             assert box.width >= 8 and box.right <= controls.region.right, name
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pilot_wait import settle
 from textual.app import App, ComposeResult
 from textual.widgets import Input, Label, Select
 
@@ -162,11 +163,14 @@ async def test_a_units_parameter_label_does_not_run_into_its_value(tmp_data_dir:
     app = TnrLabApp(data_dir=tmp_data_dir, image_protocol="halfcell", autoload=False)
     async with app.run_test(size=(150, 46)) as pilot:
         app.lab.query_one("#guidance", DropDown).value = "seg"
-        await pilot.pause(0.1)
-        fields = [f for f in app.lab.query(ParamField) if f.param.name == "seg_blur_sigma"]
-        assert fields, "seg shows its blur_sigma"
-        label = fields[0].query_one(Label)
-        value = fields[0].query_one(TextInput)
+
+        def fields() -> list[ParamField]:
+            return [f for f in app.lab.query(ParamField) if f.param.name == "seg_blur_sigma"]
+
+        # Mounted, then laid out: on a loaded host a fixed pause read the regions before the layout (all 0).
+        await settle(pilot, lambda: fields() and fields()[0].query_one(TextInput).region.width > 0, "seg's fields")
+        label = fields()[0].query_one(Label)
+        value = fields()[0].query_one(TextInput)
         assert value.region.x >= label.region.right + 1  # one cell between "blur_sigma" and "9999999.0"
 
 
