@@ -13,6 +13,7 @@ from textual.containers import Vertical
 from textual.widgets import Input, Select
 
 from tests.tui_cells import looks, screen_lines
+from tnr_tui.ui.widgets import dropdown
 from tnr_tui.ui.widgets.dropdown import DropDown, DropDownList
 
 NAMES = ("euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_2m_sde", "lms")
@@ -79,7 +80,8 @@ async def test_the_keys_that_open_a_select_open_it_on_the_current_option(key: st
         assert "▼" in screen_lines(app)[0]
 
 
-async def test_typing_jumps_to_an_option_and_enter_takes_it() -> None:
+async def test_typing_jumps_to_an_option_and_enter_takes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dropdown, "TYPE_AHEAD_SECONDS", 60.0)  # one word however slow the host
     app = Pair()
     async with app.run_test(size=(40, 16)) as pilot:
         drop_down = await opened(pilot, app)
@@ -93,7 +95,8 @@ async def test_typing_jumps_to_an_option_and_enter_takes_it() -> None:
         assert screen_lines(app)[0].startswith("dpmpp_2m ")
 
 
-async def test_a_click_opens_it_a_click_on_an_option_takes_it() -> None:
+async def test_a_click_opens_it_a_click_on_an_option_takes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dropdown, "CLICK_SECONDS", 60.0)  # a press and its click together however slow the host
     app = Pair()
     async with app.run_test(size=(40, 16)) as pilot:
         drop_down = app.query_one(DropDown)

@@ -4,12 +4,14 @@ press effect), posting SmallButton.Pressed."""
 
 from __future__ import annotations
 
+import pytest
 from pilot_wait import settle
 from textual.app import App, ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Button
 
 from tests.tui_cells import looks
+from tnr_tui.ui.widgets import small_button
 from tnr_tui.ui.widgets.small_button import SmallButton
 
 
@@ -45,14 +47,16 @@ async def test_it_is_drawn_as_a_compact_button_idle_and_focused() -> None:
         assert mine == looks(app, 1, 10)
 
 
-async def test_a_click_or_enter_presses_it_once_per_press_effect() -> None:
+async def test_a_click_or_enter_presses_it_once_per_press_effect(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The press effect lasts 0.2 s; 2 s here, so that the second click falls inside it however slow the host.
+    monkeypatch.setattr(small_button, "ACTIVE_SECONDS", 2.0)
     app = Pair()
     async with app.run_test(size=(30, 4)) as pilot:
         button = app.query_one(SmallButton)
         await pilot.click(SmallButton)
         await settle(pilot, lambda: app.pressed, "the press")
         assert button.has_class("-active")
-        await pilot.click(SmallButton)  # inside the 0.2 s effect: not a second press, as with a Button
+        await pilot.click(SmallButton)  # inside the press effect: not a second press, as with a Button
         await settle(pilot, lambda: not button.has_class("-active"), "the effect to end")
         assert app.pressed == ["small"]
         button.focus()
