@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from engine.request import MAX_SEED
+from tests.cli_argv import generate_argv
 from tnr_tui.cli import main
 from tnr_tui.services.study import StudyConfig, StudyError
 from tnr_tui.services.sweep import SweepError, parse_seeds
@@ -29,35 +30,16 @@ def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine.models, "load_bundle", refuse)
 
 
-def _generate(tmp_path, *extra: str) -> list[str]:
-    return [
-        "--data-dir",
-        str(tmp_path / "home"),
-        "generate",
-        "--prompt",
-        "a red circle",
-        "--steps",
-        "1",
-        "--width",
-        "64",
-        "--height",
-        "64",
-        "--out",
-        str(tmp_path / "o.png"),
-        *extra,
-    ]
-
-
 @pytest.mark.parametrize("count", [str(MAX_SEEDS + 1), "100000000"])
 def test_generate_batch_over_the_seed_cap_is_one_line(tmp_path, capsys, no_model, count: str) -> None:
-    assert main(_generate(tmp_path, "--batch", count)) == 2
+    assert main(generate_argv(tmp_path / "home", tmp_path / "o.png", "--batch", count)) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"at most {MAX_SEEDS}" in err, err
     assert not (tmp_path / "home").exists()  # nothing opened, nothing recorded
 
 
 def test_generate_batch_past_the_largest_seed_is_said_before_the_model_loads(tmp_path, capsys, no_model) -> None:
-    assert main(_generate(tmp_path, "--seed", str(MAX_SEED), "--batch", "2")) == 2
+    assert main(generate_argv(tmp_path / "home", tmp_path / "o.png", "--seed", str(MAX_SEED), "--batch", "2")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(MAX_SEED) in err and "--batch" in err, err
     assert not (tmp_path / "home").exists()

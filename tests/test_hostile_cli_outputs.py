@@ -14,29 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_argv import generate_argv
 from tnr_tui.cli import main
 from tnr_tui.services.history import RunFilter, open_store
-
-
-def _generate(home: Path, model: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "--data-dir",
-        str(home),
-        "generate",
-        "--model",
-        str(model),
-        "--prompt",
-        "a red circle",
-        "--steps",
-        "1",
-        "--width",
-        "64",
-        "--height",
-        "64",
-        "--out",
-        str(out),
-        *extra,
-    ]
 
 
 @pytest.fixture
@@ -76,7 +56,7 @@ def test_an_unwritable_place_is_one_line_before_the_model_loads(
         out = unwritable / "new" / "o.png"  # a folder that would have to be made inside it
     if where == "latent":
         extra = ("--save-latent", str(unwritable / "l.safetensors"))
-    assert main(_generate(home, tiny_sdxl_dir, out, *extra)) == 2
+    assert main(generate_argv(home, out, *extra, model=tiny_sdxl_dir)) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(unwritable) in err and "permission denied" in err, err
     assert not home.exists()  # no run recorded as failed for it
@@ -96,7 +76,7 @@ def test_a_read_only_file_system_is_named(tmp_path: Path, monkeypatch: pytest.Mo
             return getattr(self._st, name)
 
     monkeypatch.setattr(os, "statvfs", lambda p: ReadOnly(real(p)) if Path(p) == target else real(p))
-    assert main(_generate(tmp_path / "home", Path("embedded"), target / "o.png")) == 2
+    assert main(generate_argv(tmp_path / "home", target / "o.png", model=Path("embedded"))) == 2
     err = capsys.readouterr().err
     assert "read-only file system" in err and str(target) in err, err
 
@@ -105,7 +85,7 @@ def test_a_failed_copy_keeps_every_image_of_the_batch(tmp_path: Path, tiny_sdxl_
     home = tmp_path / "home"
     out = tmp_path / "b.png"
     (tmp_path / "b-0.png").mkdir()  # seed 0's copy cannot be written: a directory is in the way
-    rc = main(_generate(home, tiny_sdxl_dir, out, "--batch", "3", "--json"))
+    rc = main(generate_argv(home, out, "--batch", "3", "--json", model=tiny_sdxl_dir))
     err = capsys.readouterr().err
     assert rc == 2 and "b-0.png" in err, err
     store = open_store(home)
