@@ -191,24 +191,37 @@ async def test_a_live_run_is_not_deleted_from_the_history_screen(tmp_data_dir: P
     assert open_store(tmp_data_dir).get_run(live) is not None
 
 
+def app_with_a_run_to_export(data_dir: Path) -> TnrLabApp:
+    from tests.test_tui_history_screen import done_run_with_image
+
+    store = open_store(data_dir)
+    done_run_with_image(store, "to export")
+    store.close()
+    return lab_app(data_dir)
+
+
+async def export_to(pilot: Any, app: TnrLabApp, path: Path) -> Any:
+    """Open History's export dialog on the run, give it `path` and press Export once; the dialog, once it has
+    answered (an error shown, or closed)."""
+    from tnr_tui.ui.screens.dialogs import ExportDialog
+
+    await pilot.press("f3")
+    await until(pilot, lambda: app.history_screen.query_one("#runs").row_count == 1, "the run listed")
+    await pilot.press("e")
+    await until(pilot, lambda: isinstance(app.screen, ExportDialog), "the export dialog")
+    dialog = app.screen
+    dialog.query_one("#export-path", Input).value = str(path)
+    await pilot.click("#export")
+    await until(pilot, lambda: app.screen is not dialog or str(dialog.query_one("#export-error").content), "the answer")
+    return dialog
+
+
 async def test_exporting_to_a_directory_is_said_in_the_dialog_which_stays_open(
     tmp_data_dir: Path, tmp_path: Path
 ) -> None:
-    from tests.test_tui_history_screen import done_run_with_image
-
-    store = open_store(tmp_data_dir)
-    done_run_with_image(store, "to export")
-    store.close()
-    app = lab_app(tmp_data_dir)
+    app = app_with_a_run_to_export(tmp_data_dir)
     async with app.run_test(size=(160, 50)) as pilot:
-        await pilot.press("f3")
-        await pilot.pause(0.2)
-        await pilot.press("e")
-        await pilot.pause(0.1)
-        dialog = app.screen
-        dialog.query_one("#export-path", Input).value = str(tmp_path)
-        await pilot.click("#export")
-        await pilot.pause(0.1)
+        dialog = await export_to(pilot, app, tmp_path)
         assert app.screen is dialog  # still open, the path to fix in front of the user
         assert str(dialog.query_one("#export-error").content) == f"{tmp_path} is a directory: give a file name in it"
     assert not any(p.is_file() for p in tmp_path.iterdir())  # nothing was written into the directory
@@ -321,23 +334,11 @@ async def test_keys_read_in_one_burst_go_where_the_focus_is_when_each_is_taken(t
 
 
 async def test_exporting_over_an_existing_file_asks_first(tmp_data_dir: Path, tmp_path: Path) -> None:
-    from tests.test_tui_history_screen import done_run_with_image
-
-    store = open_store(tmp_data_dir)
-    done_run_with_image(store, "to export")
-    store.close()
     mine = tmp_path / "mine.png"
     mine.write_bytes(b"the user's own picture")
-    app = lab_app(tmp_data_dir)
+    app = app_with_a_run_to_export(tmp_data_dir)
     async with app.run_test(size=(160, 50)) as pilot:
-        await pilot.press("f3")
-        await pilot.pause(0.2)
-        await pilot.press("e")
-        await pilot.pause(0.1)
-        dialog = app.screen
-        dialog.query_one("#export-path", Input).value = str(mine)
-        await pilot.click("#export")
-        await pilot.pause(0.1)
+        dialog = await export_to(pilot, app, mine)
         assert app.screen is dialog and mine.read_bytes() == b"the user's own picture"
         assert str(dialog.query_one("#export-error").content) == (
             f"{mine} exists: press Export again to replace it, or change the path"
@@ -345,6 +346,6 @@ async def test_exporting_over_an_existing_file_asks_first(tmp_data_dir: Path, tm
         button = dialog.query_one("#export")
         await until(pilot, lambda: not button.has_class("-active"), "the first press effect to end")  # see above
         await pilot.click("#export")  # the same export again: confirmed
-        await pilot.pause(0.2)
+        await until(pilot, lambda: app.screen is not dialog, "the dialog to close")
         assert app.screen is not dialog
     assert mine.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # replaced by the run's image, as asked
