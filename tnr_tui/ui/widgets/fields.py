@@ -75,30 +75,6 @@ class RequestFieldValidator(Validator):
         return self.success()
 
 
-class SelfLabelled(Widget):
-    """A widget that draws its own label, in the cells its first child's left margin leaves free, in its own
-    colour (children keep theirs): a Label child would be one widget more for the Lab's first frame (about
-    2 ms of CPU each on the 2-core box, measured). A click on the label focuses that first child, as an HTML
-    label does."""
-
-    def __init__(self, label: str, *children: Widget, id: str | None = None, classes: str | None = None) -> None:
-        super().__init__(*children, id=id, classes=classes)
-        self._label = label
-
-    @property
-    def label(self) -> str:
-        return self._label
-
-    def render(self) -> Text:
-        """The label, cut to the first child's left margin (under the children, it is covered)."""
-        width = self.children[0].styles.margin.left if self.children else 0
-        return Text(self._label[:width], no_wrap=True, overflow="crop", end="")
-
-    def on_click(self, event: events.Click) -> None:
-        if self.children and event.widget is self and self.children[0].focusable:
-            self.children[0].focus()
-
-
 class RequestField(TextInput):
     """An input for one GenerationRequest field that draws its own label and its validation message.
 
@@ -191,10 +167,6 @@ class RequestField(TextInput):
         if self._message:
             self._fit_message()  # the message wraps to the new width
 
-    def on_click(self, event: events.Click) -> None:
-        if event.y > 0:
-            event.prevent_default()  # a click on the message is not one in the text
-
     # ---- drawing the label and the message ----
 
     def _cell_style(self, component: str) -> Style:
@@ -230,12 +202,13 @@ def paste(strip: Strip, x1: int, over: Strip) -> Strip:
     return Strip.join([over.crop(x1, end), strip.crop(end - x1, width)])
 
 
-class LabelledRow(SelfLabelled):
+class LabelledRow(Widget):
     """A one-line row of widgets (a drop-down, an input) after a label the row draws itself.
 
-    As RequestField does, and for the same reason (a Label child is one widget more for the first frame): the
-    label fills the cells that the first widget's left margin leaves free (10), in the row's colour (muted).
-    A click on the label focuses the first widget; the row's tooltip is the label's."""
+    As RequestField does, and for the same reason (a Label child is one widget more for the Lab's first
+    frame, about 2 ms of CPU each on the 2-core box, measured): the label fills the cells that the first
+    widget's left margin leaves free (10), in the row's colour (muted; the children keep theirs). A click on
+    the label focuses the first widget, as an HTML label does; the row's tooltip is the label's."""
 
     DEFAULT_CSS = """
     LabelledRow { layout: horizontal; height: 1; color: $text-muted; }
@@ -250,8 +223,22 @@ class LabelledRow(SelfLabelled):
         classes: str | None = None,
         tooltip: str | None = None,
     ) -> None:
-        super().__init__(label, *children, id=id, classes=classes)
+        super().__init__(*children, id=id, classes=classes)
+        self._label = label
         if children:
             children[0].add_class("-after-label")
         if tooltip is not None:
             self.tooltip = tooltip
+
+    @property
+    def label(self) -> str:
+        return self._label
+
+    def render(self) -> Text:
+        """The label, cut to the first child's left margin (under the children, it is covered)."""
+        width = self.children[0].styles.margin.left if self.children else 0
+        return Text(self._label[:width], no_wrap=True, overflow="crop", end="")
+
+    def on_click(self, event: events.Click) -> None:
+        if self.children and event.widget is self and self.children[0].focusable:
+            self.children[0].focus()
