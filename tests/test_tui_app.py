@@ -459,7 +459,7 @@ async def test_schedule_rho_left_blank_means_each_schedules_own_default(
     app = make_app(tmp_data_dir, tiny_sdxl_dir)
     async with app.run_test(size=(160, 50)) as pilot:
         lab = app.lab
-        lab.query_one("#prompt", RequestField).input.value = "a red circle"
+        lab.query_one("#prompt", RequestField).value = "a red circle"
         lab.query_one("#schedule", DropDown).value = "power"
         # The drop-down's change is a message: wait for it (a fixed pause lost the race on a loaded 2-core host).
         await wait_for(pilot, lambda: lab.query_one("#schedule_rho").display, 10.0, "the rho field shown")
@@ -488,10 +488,10 @@ async def test_a_blank_scale_is_the_loaded_models_default(
         state = app.lab.query_one("#model-state")
         await wait_for(pilot, lambda: ": loaded" in str(state.content), what="the model")  # not "not loaded"
         scale = app.lab.query_one("#scale", RequestField)
-        assert scale.input.value == "" and scale.input.placeholder == "2.5 (model)"
+        assert scale.value == "" and scale.placeholder == "2.5 (model)"
         app.lab.query_one("#guidance", DropDown).value = "cfg++"
         await pilot.pause(0.1)
-        assert scale.input.placeholder == "0.8"  # this model names no cfg++ scale: the lab's own default
+        assert scale.placeholder == "0.8"  # this model names no cfg++ scale: the lab's own default
         app.lab.query_one("#guidance", DropDown).value = "cfg"
         await pilot.press(*"a red circle")
         await set_small(app, steps=1)

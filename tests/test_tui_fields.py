@@ -76,11 +76,11 @@ async def test_a_click_on_a_label_focuses_its_input_and_a_message_goes_below() -
     async with app.run_test(size=(60, 8)) as pilot:
         app.set_focus(None)
         await pilot.click(RequestField, offset=(2, 0))
-        assert app.focused is app.query_one(RequestField).input
+        assert app.focused is app.query_one(RequestField)
         await pilot.click(LabelledRow, offset=(2, 0))
         assert app.focused is app.query_one(LabelledRow).query_one(Select)
         field = app.query_one(RequestField)
-        field.input.value = "x"
+        field.value = "x"
         for _ in range(100):
             if field.error:
                 break

@@ -261,7 +261,7 @@ class LabScreen(Screen):
         self._field("cfg_rescale").display = unit.rescale
         self.query_one("#window").display = unit.name != "none"
         model_scale = self.model_default_scales.get(unit.name)
-        self._field("scale").input.placeholder = (
+        self._field("scale").placeholder = (
             f"{unit.default_scale:g}" if model_scale is None else f"{model_scale:g} (model)"
         )
         self.query_one("#guidance-params", UnitParams).show(unit)
@@ -294,7 +294,7 @@ class LabScreen(Screen):
         rho = self._field("schedule_rho")
         rho.display = any(p.name == "rho" for p in unit.params)
         default = getattr(unit, "default_rho", None)
-        rho.input.placeholder = "auto" if default is None else f"{default:g}"
+        rho.placeholder = "auto" if default is None else f"{default:g}"
 
     def _update_equivalent(self) -> None:
         text = ""
@@ -376,10 +376,8 @@ class LabScreen(Screen):
     def _weighted_prompts(self) -> tuple[WeightedPrompt, ...]:
         self._weighted_box()
         prompts = [
-            WeightedPrompt(
-                self._field("negative_prompt").input.exact_value, self._scale_of("negative_scale")
-            ),
-            WeightedPrompt(self._field("prompt").input.exact_value, self._scale_of("prompt_scale")),
+            WeightedPrompt(self._field("negative_prompt").exact_value, self._scale_of("negative_scale")),
+            WeightedPrompt(self._field("prompt").exact_value, self._scale_of("prompt_scale")),
         ]
         prompts += [row.prompt() for row in self.query(ExtraPrompt)]
         return tuple(prompts)
@@ -440,7 +438,7 @@ class LabScreen(Screen):
         characters: shown escaped, kept exact while unedited (widgets.fields.TextInput)."""
 
         def put(name: str, value: Any) -> None:
-            self._field(name).input.show_exact("" if value is None else str(value))
+            self._field(name).show_exact("" if value is None else str(value))
 
         for name in ("prompt", "negative_prompt", "model", "steps", "decode_every", "seed", "width", "height"):
             put(name, getattr(request, name))
@@ -469,8 +467,8 @@ class LabScreen(Screen):
             neg, pos, *extras = request.prompts
             put("negative_prompt", neg.text)
             put("prompt", pos.text)
-            self._field("negative_scale").input.value = str(neg.scale)
-            self._field("prompt_scale").input.value = str(pos.scale)
+            self._field("negative_scale").value = str(neg.scale)
+            self._field("prompt_scale").value = str(pos.scale)
             extra_box.mount_all([ExtraPrompt(p.text, p.scale) for p in extras])
         self._sync_weighted()
         self._sync_schedule()
@@ -524,12 +522,12 @@ class LabScreen(Screen):
             panel.border_title = "Preview · ctrl+t plot"
 
     def action_new_seed(self) -> None:
-        self._field("seed").input.value = str(random.randint(0, min(MAX_SEED, 2**32 - 1)))
+        self._field("seed").value = str(random.randint(0, min(MAX_SEED, 2**32 - 1)))
 
     def action_load_model(self) -> None:
         app: Any = self.app
         try:
-            ref = parse_field("model", self._field("model").input.value)
+            ref = parse_field("model", self._field("model").value)
         except RequestError as exc:
             self.notify(str(exc), severity="error", markup=False)
             return

@@ -126,11 +126,6 @@ class RequestField(TextInput):
         return self._label
 
     @property
-    def input(self) -> RequestField:
-        """The field itself (it was a container of its input): `field.input.value` reads as it did."""
-        return self
-
-    @property
     def error(self) -> str:
         return self._message
 
