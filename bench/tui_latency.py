@@ -34,6 +34,11 @@ from typing import Any
 FIRST_FRAME_SCRIPT = r"""
 import time, sys
 t0 = time.perf_counter()
+try:  # as `tnr-lab` does from its first line, to its first frame (not in a tree from before it did)
+    from tnr_tui.ui import collector
+    collector.hold()
+except ImportError:
+    pass
 from tnr_tui.ui.app import TnrLabApp
 import asyncio
 t_imported = time.perf_counter()

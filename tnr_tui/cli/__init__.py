@@ -156,7 +156,17 @@ def _not_utf8(args: argparse.Namespace) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(with_commands=not opens_the_lab(given))
+    if opens_the_lab(given):
+        from tnr_tui.ui import collector
+
+        # Off until the lab's first frame (the app turns it back on there): ~40-70 ms of its start.
+        with collector.held():
+            return _main(given, lab=True)
+    return _main(given, lab=False)
+
+
+def _main(given: list[str], lab: bool) -> int:
+    parser = build_parser(with_commands=not lab)
     args = parser.parse_args(given)
     from engine.request import RequestError
 

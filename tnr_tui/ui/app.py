@@ -20,7 +20,9 @@ from textual.screen import Screen
 
 from engine.request import EMBEDDED_MODEL, GenerationRequest
 from tnr_tui.services.text import visible
+from tnr_tui.ui import collector
 from tnr_tui.ui.screens.lab import LabScreen
+from tnr_tui.ui.stylesheet import LabStylesheet
 from tnr_tui.ui.widgets.picture import import_image_library, load_image_class, prepare_images
 from tnr_tui.ui.worker import DeviceWorker, ModelState, RunEnded, RunPreview, RunProgress, RunStarted
 
@@ -132,6 +134,8 @@ class TnrLabApp(App[int]):
     ) -> None:
         self.image_protocol = prepare_images(image_protocol)  # before run(): it may query the terminal
         super().__init__()
+        # Parses each CSS source once before the first frame, where Textual's parses each three times.
+        self.stylesheet = LabStylesheet.taking_over(self.stylesheet, self.get_css_variables())
         # One instance of each screen for the app's life: the Lab keeps its panels while History is open.
         self.lab_screen = LabScreen()
         # History and Compare are made (their modules imported) when first shown or asked for: the first frame
@@ -205,6 +209,7 @@ class TnrLabApp(App[int]):
 
     def _after_first_paint(self) -> None:
         self.first_frame_at = time.perf_counter()
+        collector.release(freeze=True)  # held off since `tnr-lab` started, if it was
         if self.autoload:
             self.load_model(self.model_ref)  # the worker thread loads it; this returns at once
         # Importing them on the UI thread froze it for 0.3 s just as the user starts typing (measured).
