@@ -272,7 +272,7 @@ def report_first_frames(
         f"{med['build']:.3f}, Textual's start {med['start']:.3f}), best {seconds[0]:.3f} s, "
         f"CPU {med['cpu']:.3f} s; {repeats} runs: {[round(s, 3) for s in seconds]}; "
         f"imported before it: {', '.join(loaded) or 'none of torch, sqlalchemy, textual_image'}; "
-        f"{'modules compiled every start' if no_bytecode_cache else 'bytecode cached'}; "
+        f"{'bytecode from the tree only' if no_bytecode_cache else 'bytecode cached'}; "
         f"load average {load:.1f}  goal <= 0.5 s"
     )
     firsts, completes = sorted(f.first for f in terminal), sorted(f.complete for f in terminal)
@@ -295,7 +295,8 @@ def main() -> int:
     parser.add_argument(
         "--no-bytecode-cache",
         action="store_true",
-        help="compile every module at every start, as PYTHONDONTWRITEBYTECODE=1 makes Python do",
+        help="no bytecode cache of the bench's own: the interpreter reads what the tree's __pycache__ holds (what "
+        "scripts/install.sh compiled) and compiles the rest at every start, as PYTHONDONTWRITEBYTECODE=1 makes it",
     )
     parser.add_argument("--gallery", type=int, default=0, metavar="RUNS", help="time gallery pages over RUNS runs")
     parser.add_argument(
