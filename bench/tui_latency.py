@@ -67,6 +67,43 @@ asyncio.run(main())
 """
 
 
+# The peer: Textual's own floor on this host, in the same run. A bare App (one line of text) from its
+# interpreter's first statement to its first refresh, timed as the lab is. What the lab takes over it is ours.
+TEXTUAL_FLOOR_SCRIPT = r"""
+import time
+t0 = time.perf_counter()
+from textual.app import App
+from textual.widgets import Static
+import asyncio
+
+class Floor(App):
+    def compose(self):
+        yield Static("tnr-lab")
+
+    def on_mount(self):
+        self.call_after_refresh(self.painted)
+
+    def painted(self):
+        self.first_frame_at = time.perf_counter()
+
+async def main():
+    app = Floor()
+    app.first_frame_at = None
+    async with app.run_test(size=(150, 46)) as pilot:
+        while app.first_frame_at is None:
+            await pilot.pause(0.005)
+        print(app.first_frame_at - t0)
+asyncio.run(main())
+"""
+
+
+def textual_floor(data_dir: str, env: dict[str, str] | None = None) -> float:
+    out = subprocess.run(
+        [sys.executable, "-c", TEXTUAL_FLOOR_SCRIPT], capture_output=True, text=True, check=True, env=env, cwd=data_dir
+    )
+    return float(out.stdout.split()[-1])
+
+
 @dataclass
 class FirstFrame:
     seconds: float  # interpreter's first statement to the first frame
@@ -261,7 +298,11 @@ async def gallery_pages(runs: int, data_dir: str, pages: int = 20) -> dict[str, 
 
 
 def report_first_frames(
-    frames: list[FirstFrame], terminal: list[TerminalFrames], no_bytecode_cache: bool, load: float
+    frames: list[FirstFrame],
+    terminal: list[TerminalFrames],
+    no_bytecode_cache: bool,
+    load: float,
+    floor: list[float],
 ) -> None:
     repeats = len(frames)
     med = {k: statistics.median(getattr(f, k) for f in frames) for k in ("seconds", "imports", "build", "start", "cpu")}
@@ -274,6 +315,12 @@ def report_first_frames(
         f"imported before it: {', '.join(loaded) or 'none of torch, sqlalchemy, textual_image'}; "
         f"{'bytecode from the tree only' if no_bytecode_cache else 'bytecode cached'}; "
         f"load average {load:.1f}  goal <= 0.5 s"
+    )
+    floor_median = statistics.median(floor)
+    print(
+        f"Textual's floor (a bare App, one Static, timed the same way, alternating with the lab): median "
+        f"{floor_median:.3f} s; the lab takes {med['seconds'] / floor_median:.2f}x it, "
+        f"{med['seconds'] - floor_median:.3f} s more"
     )
     firsts, completes = sorted(f.first for f in terminal), sorted(f.complete for f in terminal)
     print(
@@ -322,14 +369,17 @@ def main() -> int:
                 first_frame(data_dir, side_env)  # fills the bytecode cache (not counted)
         load = os.getloadavg()[0]
         measured: dict[str, tuple[list[FirstFrame], list[TerminalFrames]]] = {name: ([], []) for name in sides}
+        floor: list[float] = []
+        textual_floor(data_dir, env)  # its bytecode is site-packages'; this warms the disk cache (not counted)
         for repeat in range(args.repeats):  # the sides alternate, their order swapped every repeat
+            floor.append(textual_floor(data_dir, env))
             for name in list(sides)[:: 1 if repeat % 2 == 0 else -1]:
                 measured[name][0].append(first_frame(data_dir, sides[name]))
                 measured[name][1].append(terminal_frames(data_dir, sides[name]))
         for name, (frames, terminal) in measured.items():
             if len(sides) > 1:
                 print(f"-- {name}")
-            report_first_frames(frames, terminal, args.no_bytecode_cache, load)
+            report_first_frames(frames, terminal, args.no_bytecode_cache, load, floor)
         if args.first_frame_only:
             return 0
         lags: list[float] = []
