@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pilot_wait import waiter
+from pilot_wait import open_history, waiter
 from textual.widgets import DataTable, Input, Select
 
 from engine.request import GenerationRequest
@@ -121,8 +121,9 @@ async def test_an_unopenable_history_is_a_notification_not_a_crash(tmp_path: Pat
         assert errors and errors[-1].title == "Not run" and "history cannot be opened" in errors[-1].message
         assert app.worker.pending == 0 and not app.ended  # nothing runs unrecorded
         await pilot.press("f3")
-        await pilot.pause(0.2)
-        assert [n for n in notifications(app) if n.title == "History"]
+        await wait_for(
+            pilot, lambda: [n for n in notifications(app) if n.title == "History"], what="the History's notice"
+        )
         await pilot.press("f2")
         await pilot.pause(0.1)
         assert app.lab.query_one("#prompt", Input).value == "a red circle"  # the typed prompt is kept
@@ -227,8 +228,7 @@ def history_with_runs(tmp_data_dir: Path, tiny_sdxl_dir: Path) -> Path:
 async def test_history_search_select_rerun_and_load(history_with_runs: Path, tiny_sdxl_dir: Path) -> None:
     app = make_app(history_with_runs, tiny_sdxl_dir)
     async with app.run_test(size=(160, 50)) as pilot:
-        await pilot.press("f3")
-        await pilot.pause(0.2)
+        await open_history(pilot)
         history = app.history_screen
         table = history.query_one("#runs", DataTable)
         assert table.row_count == 3
@@ -260,8 +260,7 @@ async def test_history_search_select_rerun_and_load(history_with_runs: Path, tin
 async def test_history_favourite_note_and_delete(history_with_runs: Path, tiny_sdxl_dir: Path) -> None:
     app = make_app(history_with_runs, tiny_sdxl_dir)
     async with app.run_test(size=(160, 50)) as pilot:
-        await pilot.press("f3")
-        await pilot.pause(0.2)
+        await open_history(pilot)
         history = app.history_screen
         run = history.selected_run()
         image_path = app.store.resolve(run.output("image").path)
@@ -285,8 +284,7 @@ async def test_history_export_dialog_writes_png_and_json(
 ) -> None:
     app = make_app(history_with_runs, tiny_sdxl_dir)
     async with app.run_test(size=(160, 50)) as pilot:
-        await pilot.press("f3")
-        await pilot.pause(0.2)
+        await open_history(pilot)
         run = app.history_screen.selected_run()
         for fmt, name in (("png", "out.png"), ("request", "req.json")):
             await pilot.press("e")
@@ -307,8 +305,7 @@ async def test_history_pages_instead_of_loading_everything(tmp_data_dir: Path, t
         store.create_run(GenerationRequest(prompt=f"p{i}"), status="queued")
     app = make_app(tmp_data_dir, tiny_sdxl_dir)
     async with app.run_test(size=(160, 50)) as pilot:
-        await pilot.press("f3")
-        await pilot.pause(0.2)
+        await open_history(pilot)
         table = app.history_screen.query_one("#runs", DataTable)
         assert table.row_count == 60 and app.history_screen.pages_loaded == 1
         table.move_cursor(row=50)

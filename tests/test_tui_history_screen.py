@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from pilot_wait import waiter
+from pilot_wait import open_history, waiter
 from textual.widgets import DataTable
 
 from engine.request import GenerationRequest
@@ -73,8 +73,7 @@ async def test_a_stored_image_that_cannot_be_read_is_a_caption_not_a_crash(tmp_d
     damage(bad_path, how)
     app = history_app(tmp_data_dir)
     async with app.run_test(size=(160, 50)) as pilot:
-        await pilot.press("f3")
-        await pilot.pause(0.2)
+        await open_history(pilot)
         history = app.history_screen
         table = history.query_one("#runs", DataTable)
         thumb = history.query_one("#thumb")
@@ -108,8 +107,7 @@ async def test_an_image_too_large_to_decode_is_refused_before_decoding(tmp_data_
     monkeypatch.setattr(picture, "THUMBNAIL_MAX_PIXELS", 300 * 200 - 1)
     app = history_app(tmp_data_dir)
     async with app.run_test(size=(160, 50)) as pilot:
-        await pilot.press("f3")
-        await pilot.pause(0.2)
+        await open_history(pilot)
         caption = str(app.history_screen.query_one("#thumb .picture-caption").content)
         assert caption == f"image unreadable: too large to show (300x200): {path}"
 
@@ -134,8 +132,7 @@ async def test_control_characters_in_user_text_show_as_escapes_everywhere(tmp_da
     store.close()
     app = history_app(tmp_data_dir)
     async with app.run_test(size=(160, 50)) as pilot:
-        await pilot.press("f3")
-        await pilot.pause(0.2)
+        await open_history(pilot)
         history = app.history_screen
         table = history.query_one("#runs", DataTable)
         cell = str(table.get_cell(run_id, "prompt"))
@@ -170,8 +167,7 @@ async def test_control_characters_in_user_text_show_as_escapes_everywhere(tmp_da
         app.lab.query_one("#prompt").value = "pasted\x1b[2J"
         assert lab.query_one("#prompt").value == "pasted\\x1b[2J"
         # The delete dialog quotes the prompt.
-        await pilot.press("f3")
-        await pilot.pause(0.2)
+        await open_history(pilot)
         await pilot.press("delete")
         await pilot.pause(0.1)
         question = str(app.screen.query_one("Static").content)
@@ -194,8 +190,7 @@ async def test_the_delete_dialog_lists_the_files_it_deletes_and_keeps_the_users_
     assert sorted(expected) == sorted([image, latent])
     app = history_app(tmp_data_dir)
     async with app.run_test(size=(160, 50)) as pilot:
-        await pilot.press("f3")
-        await pilot.pause(0.2)
+        await open_history(pilot)
         await pilot.press("delete")
         await pilot.pause(0.1)
         question = str(app.screen.query_one("Static").content)
@@ -218,8 +213,7 @@ async def test_a_history_action_that_fails_is_a_notification_not_a_crash(tmp_dat
     store.close()
     app = history_app(tmp_data_dir)
     async with app.run_test(size=(160, 50)) as pilot:
-        await pilot.press("f3")
-        await pilot.pause(0.2)
+        await open_history(pilot)
 
         def refuse(*_args: Any, **_kwargs: Any) -> None:
             raise HistoryError("the history is read-only here")

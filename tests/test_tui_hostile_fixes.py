@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pilot_wait import open_history
 from textual.widgets import Checkbox, Input
 
 from engine.request import GenerationRequest, WeightedPrompt
@@ -181,8 +182,7 @@ async def test_a_live_run_is_not_deleted_from_the_history_screen(tmp_data_dir: P
     store.close()
     app = lab_app(tmp_data_dir)
     async with app.run_test(size=(160, 50)) as pilot:
-        await pilot.press("f3")
-        await pilot.pause(0.2)
+        await open_history(pilot)
         await pilot.press("delete")
         await pilot.pause(0.1)
         messages = [n.message for n in app._notifications]  # noqa: SLF001
@@ -297,8 +297,7 @@ def test_the_readme_names_every_binding_id() -> None:
 async def test_a_runs_key_on_an_empty_list_says_so(tmp_data_dir: Path) -> None:
     app = lab_app(tmp_data_dir)
     async with app.run_test(size=(160, 50)) as pilot:
-        await pilot.press("f3")
-        await pilot.pause(0.2)
+        await open_history(pilot)
         for key in ("r", "t", "f", "e"):
             await pilot.press(key)
             await pilot.pause(0.05)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pilot_wait import open_history
 from textual.widgets import Input
 
 from tnr_tui.ui.app import TnrLabApp
@@ -77,8 +78,7 @@ def test_export_dialog(snap_compare, tmp_data_dir: Path) -> None:
 
     async def setup(pilot) -> None:
         await settled(pilot)
-        await pilot.press("f3")
-        await pilot.pause()
+        await open_history(pilot)
         pilot.app.screen.action_export()
         await pilot.pause()
         pilot.app.screen.query_one("#export-path").value = "/tmp/run.png"
