@@ -297,6 +297,28 @@ async def gallery_pages(runs: int, data_dir: str, pages: int = 20) -> dict[str, 
     return times
 
 
+def report_pairs(
+    ours: list[FirstFrame],
+    our_terminal: list[TerminalFrames],
+    theirs: list[FirstFrame],
+    their_terminal: list[TerminalFrames],
+) -> None:
+    """This tree against the other, repeat by repeat (each repeat ran both sides back to back): on a host whose
+    speed changes from one minute to the next, the median of the differences says more than two medians."""
+
+    def paired(mine: list[float], other: list[float]) -> str:
+        differences = sorted(a - b for a, b in zip(mine, other, strict=True))
+        faster = sum(d < 0 for d in differences)
+        return f"{1000 * statistics.median(differences):+.0f} ms (this tree faster in {faster} of {len(differences)})"
+
+    print(
+        f"-- paired, this tree minus the other, median of {len(ours)} repeats: headless "
+        f"{paired([f.seconds for f in ours], [f.seconds for f in theirs])}, its CPU "
+        f"{paired([f.cpu for f in ours], [f.cpu for f in theirs])}; from the command "
+        f"{paired([f.complete for f in our_terminal], [f.complete for f in their_terminal])}"
+    )
+
+
 def report_first_frames(
     frames: list[FirstFrame],
     terminal: list[TerminalFrames],
@@ -380,6 +402,9 @@ def main() -> int:
             if len(sides) > 1:
                 print(f"-- {name}")
             report_first_frames(frames, terminal, args.no_bytecode_cache, load, floor)
+        if len(sides) > 1:
+            (ours, our_terminal), (theirs, their_terminal) = measured.values()
+            report_pairs(ours, our_terminal, theirs, their_terminal)
         if args.first_frame_only:
             return 0
         lags: list[float] = []
