@@ -35,7 +35,7 @@ FIRST_FRAME_SCRIPT = r"""
 import time, sys
 t0 = time.perf_counter()
 try:  # as `tnr-lab` does from its first line, to its first frame (not in a tree from before it did)
-    from tnr_tui.ui import collector
+    from engine import collector
     collector.hold()
 except ImportError:
     pass

@@ -10,7 +10,20 @@ from pathlib import Path
 # Set before anything imports torch, which reads it once.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import gc
+
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _no_frozen_objects_left():
+    """`tnr-lab generate` called in this process freezes what exists at its model's load (engine/collector.py),
+    as its own process should; a test process is not that one, so what a test froze is unfrozen after it. And
+    no command or app may leave the collector off (engine/collector.py holds it only while a process starts)."""
+    yield
+    if gc.get_freeze_count():
+        gc.unfreeze()
+    assert gc.isenabled(), "the test left Python's garbage collector off"
 
 
 @pytest.fixture(scope="session")

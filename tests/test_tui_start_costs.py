@@ -18,9 +18,9 @@ from pilot_wait import settle
 from textual.color import Color
 from textual.css.stylesheet import Stylesheet, StylesheetParseError
 
+from engine import collector
 from tnr_tui import cli
 from tnr_tui.cli.errors import UserError
-from tnr_tui.ui import collector
 from tnr_tui.ui.app import TnrLabApp
 from tnr_tui.ui.stylesheet import LabStylesheet
 
@@ -177,3 +177,45 @@ async def test_the_app_turns_a_held_collector_back_on_at_its_first_frame(tmp_dat
         await started(app, pilot)
         assert gc.isenabled() and not collector.is_held()
         assert gc.get_freeze_count() > 0  # the start-up's objects, out of later collections' way
+
+
+def test_load_bundle_holds_the_collector_while_it_works_and_turns_it_back_on(monkeypatch, collector_state) -> None:
+    import engine.models.loading as loading
+
+    gc.enable()
+    seen = []
+
+    def building(ref, device, dtype, config):
+        seen.append(gc.isenabled())
+        raise loading.ModelError("no such model")
+
+    monkeypatch.setattr(loading, "_load_bundle", building)
+    with pytest.raises(loading.ModelError):
+        loading.load_bundle("/nowhere")
+    assert seen == [False] and gc.isenabled() and not collector.is_held()
+    assert gc.get_freeze_count() == 0  # not frozen: a sweep, a study or the lab's worker goes on for long
+
+
+def test_generate_holds_the_collector_from_its_start_to_the_end_of_the_models_load(
+    tmp_data_dir: Path, tiny_sdxl_dir: Path, monkeypatch, collector_state, capsys
+) -> None:
+    import engine.models as models
+
+    gc.enable()
+    before, after = [], []
+    real_load = models.load_bundle
+
+    def load(*args, **kwargs):
+        before.append(gc.isenabled())  # before load_bundle's own hold: the command's
+        bundle = real_load(*args, **kwargs)
+        after.append((gc.isenabled(), gc.get_freeze_count() > 0))
+        return bundle
+
+    monkeypatch.setattr(models, "load_bundle", load)
+    out = tmp_data_dir / "one.png"
+    argv = ["--data-dir", str(tmp_data_dir), "generate", "--model", str(tiny_sdxl_dir), "--prompt", "a cat"]
+    assert cli.main([*argv, "--steps", "2", "--width", "64", "--height", "64", "--out", str(out)]) == 0
+    assert out.is_file()
+    # Off from the command's start; on again for the sampling, what exists then frozen (the process ends soon).
+    assert before == [False] and after == [(True, True)]
+    assert gc.isenabled() and not collector.is_held()

@@ -156,19 +156,28 @@ def _not_utf8(args: argparse.Namespace) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else list(argv)
-    if opens_the_lab(given):
-        from tnr_tui.ui import collector
+    lab = opens_the_lab(given)
+    from engine import collector
 
-        # Off until the lab's first frame (the app turns it back on there): ~40-70 ms of its start.
-        with collector.held():
-            return _main(given, lab=True)
-    return _main(given, lab=False)
+    if lab:
+        collector.hold()  # the garbage collector, off until the lab's first frame: ~40-70 ms of its start
+    try:
+        return _main(given, lab)
+    finally:
+        collector.release()  # if the first frame or the model's load did not turn it back on
 
 
 def _main(given: list[str], lab: bool) -> int:
     parser = build_parser(with_commands=not lab)
     args = parser.parse_args(given)
+    from engine import collector
     from engine.request import RequestError
+
+    if args.command == "generate":
+        # Off while torch imports, until its model is loaded (load_bundle turns it back on, frozen: the process
+        # ends after its images): ~1 s of a 5 s generate. Not for sweeps and studies: one on Ray never loads a
+        # model here, and runs for hours.
+        collector.hold(freeze_at_release=True)
 
     bad = _not_utf8(args)
     if bad is not None:

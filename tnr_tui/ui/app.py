@@ -18,9 +18,9 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
 
+from engine import collector
 from engine.request import EMBEDDED_MODEL, GenerationRequest
 from tnr_tui.services.text import visible
-from tnr_tui.ui import collector
 from tnr_tui.ui.screens.lab import LabScreen
 from tnr_tui.ui.stylesheet import LabStylesheet
 from tnr_tui.ui.widgets.picture import import_image_library, load_image_class, prepare_images
