@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 _lock = threading.Lock()
 _held = False
@@ -58,14 +56,3 @@ def release(freeze: bool = False) -> bool:
 
 def is_held() -> bool:
     return _held
-
-
-@contextmanager
-def held() -> Iterator[None]:
-    """The collector held off inside; turned back on at the end if the app did not do it first (it failed
-    before its first frame, or never drew one)."""
-    hold()
-    try:
-        yield
-    finally:
-        release()

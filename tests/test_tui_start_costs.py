@@ -132,8 +132,8 @@ def test_hold_turns_the_collector_off_and_release_turns_it_back_on(collector_sta
 
 def test_a_collector_the_caller_turned_off_stays_off(collector_state) -> None:
     gc.disable()
-    with collector.held():
-        assert not gc.isenabled()
+    collector.hold()
+    assert not gc.isenabled() and not collector.is_held()
     assert not collector.release(freeze=True)
     assert not gc.isenabled()
 
