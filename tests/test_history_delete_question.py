@@ -6,7 +6,7 @@ from __future__ import annotations
 from PIL import Image
 
 from tnr_tui.services.history import OutputFile, open_store
-from tnr_tui.ui.screens.history import delete_question
+from tnr_tui.services.history.deleting import delete_question
 
 
 def run_with_image(store, prompt):

@@ -44,6 +44,16 @@ def add_parser(subparsers: Any) -> None:
     data_dir_flag(q)
     q.set_defaults(func=run, action=cmd_show, readonly=True)
 
+    q = sub.add_parser(
+        "delete",
+        help="delete runs and the history's own files of them (says what goes and asks first; --yes not to)",
+    )
+    q.add_argument("ids", nargs="+", metavar="ID", help="run ids (or unique prefixes)")
+    q.add_argument("--yes", action="store_true", help="delete without asking (needed where stdin is not a terminal)")
+    q.add_argument("--json", action="store_true", help='[{"id", "files"}] of what was deleted, on stdout')
+    data_dir_flag(q)
+    q.set_defaults(func=run, action=cmd_delete)
+
     q = sub.add_parser("steps", help="one run's per-step telemetry rows (sigma, norms, x0 change, ...)")
     q.add_argument("id", help="run id (or a unique prefix)")
     form = q.add_mutually_exclusive_group()
@@ -290,6 +300,43 @@ def strict_json(value: Any, **kwargs: Any) -> str:
     """JSON every parser reads: a run's stats, metrics or telemetry may hold NaN (a metric of a black image,
     an imported record), which json.dumps would print as the bare word NaN; here it is null."""
     return json.dumps(finite(value), allow_nan=False, **kwargs)
+
+
+def cmd_delete(args: argparse.Namespace, store: Any) -> int:
+    """Every id is checked before anything goes: a typo or a live run among them deletes nothing."""
+    from tnr_tui.services.history.deleting import delete_question, is_live
+
+    runs: dict[str, Any] = {}
+    for key in args.ids:
+        found = store.find_run(key)
+        if is_live(store, found):
+            raise UserError(
+                f"run {found.id} is {found.status}: cancel it first (escape in the lab, or stop the command that "
+                "runs it), then delete it; nothing was deleted"
+            )
+        runs.setdefault(found.id, found)
+    if not args.yes:
+        for found in runs.values():
+            print(delete_question(store, found, store.files_to_delete(found.id)) + "\n", file=sys.stderr)
+        if not sys.stdin.isatty():
+            raise UserError(
+                "nothing was deleted: stdin is not a terminal to ask on; give --yes to delete without asking"
+            )
+        print(f"Delete {len(runs)} run(s)? [y/N] ", end="", file=sys.stderr, flush=True)
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            print("nothing was deleted", file=sys.stderr)
+            return 0
+    deleted: list[dict[str, Any]] = []
+    try:
+        for run_id in runs:
+            removed = store.delete_run(run_id, delete_files=True)
+            deleted.append({"id": run_id, "files": [str(p) for p in removed]})
+            if not args.json:
+                print(f"deleted run {run_id} and {len(removed)} file(s)")
+    finally:
+        if args.json:  # what did go, also when a later run of the list failed
+            print(strict_json(deleted, indent=2))
+    return 0
 
 
 def cmd_show(args: argparse.Namespace, store: Any) -> int:

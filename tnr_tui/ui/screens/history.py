@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from textual.widgets import Checkbox, DataTable, Input, Select, Static
 
 from engine.request import GenerationRequest, RequestError
 from engine.units import GUIDANCE
+from tnr_tui.services.history.deleting import delete_question, is_live
 from tnr_tui.services.text import visible
 from tnr_tui.ui.screens import preset_breakpoints
 from tnr_tui.ui.screens.dialogs import ConfirmDialog, ExportDialog, NoteDialog
@@ -72,39 +72,6 @@ def describe_run(run: Any) -> str:
             continue
         lines.append(f"{key}: {json.dumps(value, ensure_ascii=False)}")
     # Every value may come from an import: one line each, control characters shown (tnr_tui.services.text).
-    return "\n".join(visible(line) for line in lines)
-
-
-DELETE_LIST_MAX = 8  # files named in the delete dialog; the rest are counted
-
-
-def delete_question(store: Any, run: Any, files: list[Path]) -> str:
-    """The delete dialog's text: the run, and exactly which files go (`Store.files_to_delete`) and which of
-    its recorded files stay (outside the history's outputs/, or another run's too)."""
-    lines = [f"Delete run {run.id}?", run.prompt.replace("\n", " ")[:200], ""]
-    going = {Path(os.path.realpath(p)) for p in files}
-    kept = [store.resolve(o.path) for o in run.outputs if Path(os.path.realpath(store.resolve(o.path))) not in going]
-    if files:
-        lines.append(f"It deletes {len(files)} file(s):")
-        lines += [f"  {p}" for p in files[:DELETE_LIST_MAX]]
-        if len(files) > DELETE_LIST_MAX:
-            lines.append(f"  … and {len(files) - DELETE_LIST_MAX} more")
-    else:
-        lines.append("It deletes no file.")
-    # A recorded file already gone (deleted by hand, a disk swapped) is neither deleted nor kept: say so, rather
-    # than call the history's own file "not the history's own".
-    missing = [p for p in kept if not os.path.lexists(p)]
-    kept = [p for p in kept if os.path.lexists(p)]
-    if missing:
-        lines.append(f"{len(missing)} recorded file(s) are missing already:")
-        lines += [f"  {p}" for p in missing[:DELETE_LIST_MAX]]
-        if len(missing) > DELETE_LIST_MAX:
-            lines.append(f"  … and {len(missing) - DELETE_LIST_MAX} more")
-    if kept:
-        lines.append(f"It keeps {len(kept)} recorded file(s) that are not the history's own to delete:")
-        lines += [f"  {p}" for p in kept[:DELETE_LIST_MAX]]
-        if len(kept) > DELETE_LIST_MAX:
-            lines.append(f"  … and {len(kept) - DELETE_LIST_MAX} more")
     return "\n".join(visible(line) for line in lines)
 
 
@@ -515,7 +482,7 @@ class HistoryScreen(Screen):
         ok, current = self._store_call("cannot delete it", lambda: app.store.get_run(run.id))
         if not ok:
             return
-        if current is not None and current.status in ("queued", "running") and not app.store.process_gone(current):
+        if current is not None and is_live(app.store, current):
             # Deleting it under the sampler lost the run (its image was written nowhere) while the toast
             # claimed its files: a live run is cancelled first, then deleted.
             self.notify(
