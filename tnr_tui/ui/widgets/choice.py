@@ -14,8 +14,9 @@ from typing import Any
 from rich.text import Text
 from textual import events
 from textual.binding import Binding
-from textual.message import Message
 from textual.widget import Widget
+
+from tnr_tui.ui.widgets.value_changed import ValueChanged
 
 
 class Choice(Widget, can_focus=True):
@@ -30,14 +31,8 @@ class Choice(Widget, can_focus=True):
     Choice:focus { background: $block-cursor-blurred-background; text-style: bold; }
     """
 
-    class Changed(Message):
-        def __init__(self, choice: Choice, value: Any) -> None:
-            super().__init__()
-            self.choice, self.value = choice, value
-
-        @property
-        def control(self) -> Choice:
-            return self.choice
+    class Changed(ValueChanged):
+        """The value changed (a step, a click, or setting `value`)."""
 
     def __init__(self, options: Sequence[tuple[str, Any]], value: Any, *, id: str | None = None) -> None:
         super().__init__(id=id)

@@ -23,9 +23,10 @@ from typing import Any
 from rich.text import Text
 from textual import events, on
 from textual.binding import Binding
-from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import OptionList
+
+from tnr_tui.ui.widgets.value_changed import ValueChanged
 
 TYPE_AHEAD_SECONDS = 1.0  # keys typed within this of each other search as one word
 CLICK_SECONDS = 0.5  # a press and its click come within this (the click ends what the press began)
@@ -104,16 +105,8 @@ class DropDown(Widget, can_focus=True):
     }
     """
 
-    class Changed(Message):
+    class Changed(ValueChanged):
         """The value changed (by the list, or by setting `value`)."""
-
-        def __init__(self, drop_down: DropDown, value: Any) -> None:
-            super().__init__()
-            self.drop_down, self.value = drop_down, value
-
-        @property
-        def control(self) -> DropDown:
-            return self.drop_down
 
     def __init__(
         self, options: Sequence[tuple[str, Any]], value: Any, *, id: str | None = None, classes: str | None = None
