@@ -81,19 +81,13 @@ async def test_a_click_on_a_label_focuses_its_input_and_a_message_goes_below() -
         assert app.focused is app.query_one(LabelledRow).query_one(Select)
         field = app.query_one(RequestField)
         field.value = "x"
-        for _ in range(100):
-            if field.error:
-                break
-            await pilot.pause(0.01)
+        await settle(pilot, lambda: field.error, "the field's message")
         assert field.error == "steps must be a whole number, got 'x'"
         await pilot.pause()
         assert screen_text(app)[1].startswith("steps must be a whole number")  # under the field, from column 0
         assert field.size.height == 2 and screen_text(app)[2].startswith("Steps")  # the next line moved down
         field.value = "12"
-        for _ in range(100):
-            if not field.error:
-                break
-            await pilot.pause(0.01)
+        await settle(pilot, lambda: not field.error, "the message gone")
         await pilot.pause()
         assert field.size.height == 1 and screen_text(app)[1].startswith("Steps")  # valid: one row again
 
@@ -103,10 +97,7 @@ async def test_a_long_message_wraps_to_the_fields_width_and_follows_a_resize() -
     async with app.run_test(size=(40, 10)) as pilot:
         field = app.query_one(RequestField)
         field.value = "not a number at all, not even close"
-        for _ in range(100):
-            if field.error:
-                break
-            await pilot.pause(0.01)
+        await settle(pilot, lambda: field.error, "the field's message")
         await pilot.pause()
         rows = field.size.height - 1
         assert rows >= 2  # "steps must be a whole number, got '...'" is longer than 40 cells

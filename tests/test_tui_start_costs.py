@@ -27,11 +27,10 @@ from tnr_tui.ui.stylesheet import LabStylesheet
 
 @pytest.fixture
 def collector_state():
-    """Leave the interpreter's collector as the test found it (on, nothing frozen by the test)."""
+    """Leave the interpreter's collector as the test found it (conftest unfreezes what the test froze)."""
     was_enabled = gc.isenabled()
     yield
     collector.release()
-    gc.unfreeze()
     (gc.enable if was_enabled else gc.disable)()
 
 
