@@ -97,11 +97,17 @@ asyncio.run(main())
 """
 
 
-def textual_floor(data_dir: str, env: dict[str, str] | None = None) -> float:
+def fresh_interpreter(script: str, data_dir: str, env: dict[str, str] | None) -> list[str]:
+    """What `script` prints, as words, run in a fresh interpreter from the data directory: `python -c` puts the
+    working directory first on sys.path, which would shadow PYTHONPATH (--also-tree) when run from a checkout."""
     out = subprocess.run(
-        [sys.executable, "-c", TEXTUAL_FLOOR_SCRIPT], capture_output=True, text=True, check=True, env=env, cwd=data_dir
+        [sys.executable, "-c", script, data_dir], capture_output=True, text=True, check=True, env=env, cwd=data_dir
     )
-    return float(out.stdout.split()[-1])
+    return out.stdout.split()
+
+
+def textual_floor(data_dir: str, env: dict[str, str] | None = None) -> float:
+    return float(fresh_interpreter(TEXTUAL_FLOOR_SCRIPT, data_dir, env)[-1])
 
 
 @dataclass
@@ -127,17 +133,7 @@ def bytecode_env(cache_dir: str | None) -> dict[str, str]:
 
 def first_frame(data_dir: str, env: dict[str, str] | None = None) -> FirstFrame:
     """One fresh interpreter's time to the first frame, split, and the heavy libraries imported before it."""
-    # From the data directory: `python -c` puts the working directory first on sys.path, which would shadow
-    # PYTHONPATH (--also-tree) when run from a checkout.
-    out = subprocess.run(
-        [sys.executable, "-c", FIRST_FRAME_SCRIPT, data_dir],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
-        cwd=data_dir,
-    )
-    *numbers, loaded = out.stdout.split()
+    *numbers, loaded = fresh_interpreter(FIRST_FRAME_SCRIPT, data_dir, env)
     return FirstFrame(*(float(n) for n in numbers), loaded)
 
 
